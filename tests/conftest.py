@@ -1,0 +1,38 @@
+"""Shared fixtures: paths to the real datasets beside the repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+HER2ST = SHARED_DATA / "her2st" / "data"
+
+
+def her2st_section_files(section: str) -> dict[str, Path]:
+    """Paths of one her2st section's counts, spot file and H&E image."""
+    images = sorted((HER2ST / "ST-imgs" / section[0] / section).glob("*.jpg"))
+    return {
+        "counts": HER2ST / "ST-cnts" / f"{section}.tsv.gz",
+        "spots": HER2ST / "ST-spotfiles" / f"{section}_selection.tsv",
+        "image": images[0] if images else HER2ST / "missing.jpg",
+    }
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"Expected the shared datasets at {SHARED_DATA}; it is missing.")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def her2st_section_dir(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    """A folder holding section C2's three files, as a user would lay them out."""
+    files = her2st_section_files("C2")
+    folder = tmp_path_factory.mktemp("her2st_C2")
+    for path in files.values():
+        (folder / path.name).symlink_to(path)
+    return folder
