@@ -1,0 +1,257 @@
+"""Write predictions, positions and gene maps into a SpatialData zarr store, atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+    from .predict import GeneMaps, Predictions
+
+__all__ = [
+    "EXPRESSION_KEY",
+    "OUTPUT_KEYS",
+    "POSITIONS_KEY",
+    "PREDICTIONS_KEY",
+    "build_output",
+    "write_atomic",
+    "write_predictions",
+]
+
+EXPRESSION_KEY = "histosge_expression"
+POSITIONS_KEY = "histosge_positions"
+PREDICTIONS_KEY = "histosge_predictions"
+OUTPUT_KEYS = (EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"Cannot serialise {type(obj).__name__}")
+
+
+def _image_transformations(sdata: SpatialData, image_key: str) -> dict[str, Any]:
+    from spatialdata.transformations import get_transformation
+
+    return dict(get_transformation(sdata.images[image_key], get_all=True))
+
+
+def build_output(
+    sdata: SpatialData,
+    *,
+    image_key: str,
+    predictions: Predictions,
+    maps: GeneMaps | None,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build the ``histosge_*`` elements: gene-map image, position circles and predictions table.
+
+    Parameters
+    ----------
+    sdata
+        The input store (read only).
+    image_key
+        The H&E image the positions are given in (scale-0 pixels).
+    predictions
+        Predictions at the measured spots and the new positions.
+    maps
+        Rasterised maps, or ``None`` to skip the image element.
+    meta
+        Training configuration, metrics and provenance for the table's ``uns``.
+
+    Returns
+    -------
+    Element name to parsed SpatialData element.
+
+    Examples
+    --------
+    >>> from napari_histosge.io import load_sample  # doctest: +SKIP
+    """
+    import anndata as ad
+    import pandas as pd
+    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+    from spatialdata.transformations import Scale, Sequence, Translation
+
+    image_tf = _image_transformations(sdata, image_key)
+    elements: dict[str, Any] = {}
+    if maps is not None:
+        map_tf = {
+            cs: Sequence(
+                [
+                    Scale([maps.pitch_px, maps.pitch_px], axes=("x", "y")),
+                    Translation([maps.origin_px[0], maps.origin_px[1]], axes=("x", "y")),
+                    tf,
+                ]
+            )
+            for cs, tf in image_tf.items()
+        }
+        h, w = maps.data.shape[1:]
+        elements[EXPRESSION_KEY] = Image2DModel.parse(
+            np.ascontiguousarray(maps.data, dtype=np.float32),
+            dims=("c", "y", "x"),
+            c_coords=list(maps.genes),
+            transformations=map_tf,
+            chunks=(1, min(h, 2048), min(w, 2048)),
+        )
+
+    m = len(predictions.positions_px)
+    radius = np.where(
+        predictions.is_spot, predictions.spot_diameter_px / 2.0, predictions.spot_diameter_px / 4.0
+    )
+    elements[POSITIONS_KEY] = ShapesModel.parse(
+        np.asarray(predictions.positions_px, dtype=float),
+        geometry=0,
+        radius=radius.astype(float),
+        index=pd.RangeIndex(m, name="instance_id"),
+        transformations={cs: tf for cs, tf in image_tf.items()},
+    )
+    obs = pd.DataFrame(
+        {
+            "position_id": np.asarray(predictions.ids, dtype=str),
+            "kind": pd.Categorical(np.asarray(predictions.kind, dtype=str)),
+            "region": pd.Categorical([POSITIONS_KEY] * m),
+            "instance_id": np.arange(m),
+        },
+        index=pd.Index(np.asarray(predictions.ids, dtype=str), name=None),
+    )
+    adata = ad.AnnData(
+        X=np.asarray(predictions.values, dtype=np.float32),
+        obs=obs,
+        var=pd.DataFrame(index=pd.Index([str(g) for g in predictions.genes])),
+    )
+    adata.obsm["spatial"] = np.asarray(predictions.positions_px, dtype=float)
+    info = dict(meta or predictions.meta)
+    adata.uns["histosge"] = {
+        "meta_json": json.dumps(info, default=_json_default, sort_keys=True),
+        "values": "log1p of counts normalised to 1e4 per spot",
+        "image_key": image_key,
+    }
+    elements[PREDICTIONS_KEY] = TableModel.parse(
+        adata, region=POSITIONS_KEY, region_key="region", instance_key="instance_id"
+    )
+    return elements
+
+
+def write_atomic(sdata: SpatialData, out: str | Path) -> Path:
+    """Write ``sdata`` to ``out`` through a temporary sibling, then move it into place.
+
+    A failure while writing leaves whatever was at ``out`` untouched and removes the partial
+    copy. The caller decides whether replacing ``out`` is allowed.
+
+    Examples
+    --------
+    >>> write_atomic(sdata, "slide.zarr")  # doctest: +SKIP
+    """
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    tmp = out.parent / f".{out.name}.tmp-{token}"
+    try:
+        sdata.write(tmp, overwrite=False, update_sdata_path=False)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        backup = out.parent / f".{out.name}.old-{token}"
+        os.replace(out, backup)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(backup, out)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
+def write_predictions(
+    sdata: SpatialData,
+    out: str | Path,
+    *,
+    image_key: str,
+    predictions: Predictions,
+    maps: GeneMaps | None = None,
+    meta: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the input elements plus the ``histosge_*`` outputs into the store ``out``.
+
+    The input elements are copied unchanged; the outputs are the image ``histosge_expression``
+    (channels = genes, placed on the H&E), the circles ``histosge_positions`` and the table
+    ``histosge_predictions`` annotating them (config and metrics in ``uns["histosge"]``).
+    The write is atomic: on failure the store at ``out`` is left as it was.
+
+    Parameters
+    ----------
+    sdata
+        The input slide; not modified.
+    out
+        Output ``.zarr`` path. It may be the store ``sdata`` was read from.
+    image_key
+        The H&E image the predictions are placed on.
+    predictions
+        Predictions to write.
+    maps
+        Rasterised maps to write.
+    meta
+        Extra provenance for ``uns``.
+    overwrite
+        Replace an existing store (another one than ``sdata``'s) or earlier ``histosge_*``
+        outputs. Without it such a write is refused.
+
+    Returns
+    -------
+    The path written.
+
+    Examples
+    --------
+    >>> write_predictions(sdata, "out.zarr", image_key="he", predictions=p)  # doctest: +SKIP
+    """
+    from spatialdata import SpatialData
+
+    out_path = Path(out).resolve()
+    source = Path(sdata.path).resolve() if getattr(sdata, "path", None) else None
+    existing_outputs = [k for k in OUTPUT_KEYS if k in sdata]
+    if out_path.exists() and out_path != source and not overwrite:
+        raise FileExistsError(
+            f"Expected `out` to be a new path or the input store, found an existing `{out_path}`; "
+            "pass overwrite=True (--overwrite) to replace it."
+        )
+    if existing_outputs and not overwrite:
+        raise FileExistsError(
+            f"Expected no earlier outputs in the store, found `{existing_outputs}`; "
+            "pass overwrite=True (--overwrite) to replace them."
+        )
+    if image_key not in sdata.images:
+        raise KeyError(f"Expected `image_key` in `{list(sdata.images)}`, found `{image_key}`.")
+
+    new = build_output(sdata, image_key=image_key, predictions=predictions, maps=maps, meta=meta)
+    images = {k: v for k, v in sdata.images.items() if k not in OUTPUT_KEYS}
+    shapes = {k: v for k, v in sdata.shapes.items() if k not in OUTPUT_KEYS}
+    tables = {k: v for k, v in sdata.tables.items() if k not in OUTPUT_KEYS}
+    if EXPRESSION_KEY in new:
+        images[EXPRESSION_KEY] = new[EXPRESSION_KEY]
+    shapes[POSITIONS_KEY] = new[POSITIONS_KEY]
+    tables[PREDICTIONS_KEY] = new[PREDICTIONS_KEY]
+    combined = SpatialData(
+        images=images,
+        labels=dict(sdata.labels.items()),
+        points=dict(sdata.points.items()),
+        shapes=shapes,
+        tables=tables,
+    )
+    return write_atomic(combined, out_path)

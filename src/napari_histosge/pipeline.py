@@ -1,0 +1,379 @@
+"""The workflow as steps: open a slide, extract features, train, predict, render, export.
+
+The command line and the napari dock both drive these functions; each long step is a generator
+that yields :class:`~napari_histosge._progress.Progress` and returns its result.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._progress import Progress
+from .predict import GeneMaps, Predictions, rasterize
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+    from .features import FeatureSet
+    from .geometry import SpotGeometry
+    from .io import SlideKeys
+    from .train import TrainConfig, TrainedModel
+
+__all__ = [
+    "ExtractOptions",
+    "Slide",
+    "SlideFeatures",
+    "export",
+    "iter_extract",
+    "iter_train",
+    "parse_positions",
+    "predict",
+    "render",
+]
+
+
+@dataclass
+class Slide:
+    """One slide: the SpatialData object, the chosen elements and the spot geometry.
+
+    Examples
+    --------
+    >>> from napari_histosge.io import load_sample
+    >>> slide = Slide.open(load_sample())
+    >>> slide.geometry.centers_px.shape[1]
+    2
+    """
+
+    sdata: SpatialData
+    keys: SlideKeys
+    geometry: SpotGeometry
+    source: Path | None = None
+    _measured_cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(
+        cls,
+        src: str | Path | SpatialData,
+        *,
+        image_key: str | None = None,
+        spots_key: str | None = None,
+        table_key: str | None = None,
+    ) -> Slide:
+        """Read (if needed) and validate a slide, resolving its image, spots and table."""
+        from spatialdata import SpatialData
+
+        from .geometry import spot_geometry
+        from .io import read_slide, resolve_keys, validate_slide
+
+        if isinstance(src, SpatialData):
+            sdata = src
+            source = Path(sdata.path) if getattr(sdata, "path", None) else None
+        else:
+            source = Path(src)
+            sdata = read_slide(source, image_key=image_key, spots_key=spots_key, table_key=table_key)
+        keys = resolve_keys(sdata, image_key=image_key, spots_key=spots_key, table_key=table_key)
+        validate_slide(sdata, keys)
+        geom = spot_geometry(
+            sdata, image_key=keys.image_key, spots_key=keys.spots_key, table_key=keys.table_key
+        )
+        return cls(sdata=sdata, keys=keys, geometry=geom, source=source)
+
+    @property
+    def table(self) -> Any:
+        """The AnnData table annotating the spots."""
+        return self.sdata.tables[self.keys.table_key]
+
+    @property
+    def genes(self) -> list[str]:
+        """All genes of the spot table."""
+        return [str(g) for g in self.table.var_names]
+
+    def targets(self, genes: Sequence[str] | None = None, n_top_genes: int = 1000, fit_mask=None):
+        """Expression targets (log1p of counts normalised to 1e4) of the spots."""
+        from .expression import prepare_targets
+
+        return prepare_targets(self.table, genes=genes, n_top_genes=n_top_genes, fit_mask=fit_mask)
+
+    def measured(self, genes: Sequence[str]) -> np.ndarray:
+        """Measured expression of ``genes`` at the spots, in the target space, for display."""
+        key = "all"
+        if key not in self._measured_cache:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tg = self.targets(genes=self.genes)
+            self._measured_cache[key] = tg
+        tg = self._measured_cache[key]
+        lookup = {g: i for i, g in enumerate(tg.genes)}
+        missing = [g for g in genes if g not in lookup]
+        if missing:
+            raise KeyError(f"Expected genes of the spot table, found unknown `{missing[:5]}`.")
+        return np.asarray(tg.values)[:, [lookup[g] for g in genes]]
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """Feature extraction settings.
+
+    Parameters
+    ----------
+    encoder
+        ``"histology"`` (built in, no weights), ``"uni"``, ``"uni2-h"`` or ``"timm:<name>"``.
+    weights
+        Local weights file (``.safetensors``, ``.pth``, ``.bin``), ``"random"``, or ``None``.
+    device
+        ``"cpu"``, ``"cuda"``, ``"mps"``, or ``None`` to choose automatically.
+    batch_size
+        Patches per batch.
+    patch_sizes
+        Patch sizes in spot diameters; the encoder's default when ``None``.
+    bf16
+        bf16 autocast on CPUs that support it.
+    positions
+        ``"4x"`` (HisToSGE's positions half-way between neighbouring spots) or ``"grid:<µm>"``.
+    """
+
+    encoder: str = "histology"
+    weights: str | None = None
+    device: str | None = None
+    batch_size: int = 32
+    patch_sizes: tuple[float, ...] | None = None
+    bf16: bool = False
+    positions: str = "4x"
+
+
+@dataclass
+class SlideFeatures:
+    """Features of the measured spots and of the super-resolution positions."""
+
+    spots: FeatureSet
+    positions_px: np.ndarray
+    positions: FeatureSet
+    positions_name: str
+    from_cache: bool
+
+
+def parse_positions(spec: str) -> tuple[str, float | None]:
+    """Parse ``"4x"`` or ``"grid:<µm>"``.
+
+    Examples
+    --------
+    >>> parse_positions("grid:25")
+    ('grid', 25.0)
+    """
+    spec = spec.strip().lower()
+    if spec == "4x":
+        return "4x", None
+    if spec.startswith("grid:"):
+        try:
+            pitch = float(spec.split(":", 1)[1])
+        except ValueError:
+            pitch = -1.0
+        if not np.isfinite(pitch) or pitch <= 0:
+            raise ValueError(f"Expected `grid:<pitch in µm>` with a positive pitch, found `{spec}`.")
+        return "grid", pitch
+    raise ValueError(f"Expected positions `4x` or `grid:<µm>`, found `{spec}`.")
+
+
+def new_positions(slide: Slide, spec: str) -> tuple[str, np.ndarray]:
+    """Super-resolution positions (image pixels) for ``spec``."""
+    from .geometry import grid_positions, subspot_positions
+
+    kind, pitch = parse_positions(spec)
+    if kind == "4x":
+        return "4x", subspot_positions(slide.geometry.centers_px, lattice=slide.geometry.lattice)
+    assert pitch is not None
+    name = f"grid{pitch:g}um".replace(".", "p")
+    return name, grid_positions(slide.geometry, pitch_um=pitch)
+
+
+def iter_extract(
+    slide: Slide, options: ExtractOptions | None = None
+) -> Generator[Progress, None, SlideFeatures]:
+    """Embed the spots and the super-resolution positions (cached in the store).
+
+    Examples
+    --------
+    >>> from napari_histosge import run_generator
+    >>> feats = run_generator(iter_extract(slide))  # doctest: +SKIP
+    """
+    from .encoders import get_encoder
+    from .features import iter_extract_features
+
+    opts = options or ExtractOptions()
+    encoder = get_encoder(opts.encoder, weights=opts.weights, device=opts.device, bf16=opts.bf16)
+    common: dict[str, Any] = {
+        "image_key": slide.keys.image_key,
+        "encoder": encoder,
+        "geometry": slide.geometry,
+        "batch_size": opts.batch_size,
+        "device": opts.device,
+        "bf16": opts.bf16,
+        "patch_unit": "spot",
+    }
+    if opts.patch_sizes is not None:
+        common["patch_sizes"] = tuple(opts.patch_sizes)
+    spots = yield from iter_extract_features(
+        slide.sdata, slide.geometry.centers_px, cache_name="spots", **common
+    )
+    name, xy = new_positions(slide, opts.positions)
+    pos = yield from iter_extract_features(slide.sdata, xy, cache_name=name, **common)
+    return SlideFeatures(
+        spots=spots,
+        positions_px=xy,
+        positions=pos,
+        positions_name=name,
+        from_cache=bool(spots.from_cache and pos.from_cache),
+    )
+
+
+def iter_train(
+    slide: Slide,
+    features: SlideFeatures,
+    *,
+    config: TrainConfig | None = None,
+    genes: Sequence[str] | None = None,
+    n_top_genes: int = 1000,
+    should_stop: Callable[[], bool] | None = None,
+) -> Generator[Progress, None, TrainedModel]:
+    """Train the HisToSGE model on the slide's spots.
+
+    Examples
+    --------
+    >>> model = run_generator(iter_train(slide, feats))  # doctest: +SKIP
+    """
+    from .train import TrainConfig, iter_fit
+
+    cfg = config or TrainConfig()
+    targets = slide.targets(genes=genes, n_top_genes=n_top_genes)
+    xy_um = slide.geometry.centers_px * slide.geometry.um_per_px
+    model = yield from iter_fit(
+        features.spots.features,
+        xy_um,
+        np.asarray(targets.values, dtype=np.float32),
+        genes=list(targets.genes),
+        config=cfg,
+        feature_meta=dict(features.spots.meta),
+        should_stop=should_stop,
+    )
+    return model
+
+
+def predict(
+    slide: Slide,
+    features: SlideFeatures,
+    model: TrainedModel,
+    *,
+    use_measured: bool = True,
+) -> Predictions:
+    """Predict expression at the measured spots and at the new positions.
+
+    Parameters
+    ----------
+    slide
+        The slide the features belong to.
+    features
+        Output of :func:`iter_extract`.
+    model
+        A trained model; its encoder and patch sizes must match the features'.
+    use_measured
+        Let the model attend to the measured spots it was trained on. Set ``False`` to predict
+        from image and coordinates alone, as for a section without spatial transcriptomics.
+
+    Examples
+    --------
+    >>> preds = predict(slide, feats, model)  # doctest: +SKIP
+    """
+    from .train import check_features
+
+    check_features(model, features.spots.meta)
+    um = slide.geometry.um_per_px
+    reference = "train" if use_measured else None
+    spot_vals = model.predict(features.spots.features, slide.geometry.centers_px * um, reference=reference)
+    pos_vals = model.predict(features.positions.features, features.positions_px * um, reference=reference)
+    n_pos = len(features.positions_px)
+    kind = np.array(["spot"] * len(spot_vals) + [features.positions_name] * n_pos, dtype=object)
+    ids = np.concatenate(
+        [
+            np.asarray(slide.geometry.spot_ids, dtype=str),
+            np.array([f"{features.positions_name}_{i}" for i in range(n_pos)], dtype=str),
+        ]
+    )
+    meta = {
+        "features": dict(features.spots.meta),
+        "positions": features.positions_name,
+        "used_measured_spots": bool(use_measured),
+        "model": _model_meta(model),
+    }
+    return Predictions(
+        genes=list(model.genes),
+        positions_px=np.concatenate([slide.geometry.centers_px, features.positions_px]),
+        values=np.concatenate([spot_vals, pos_vals]).astype(np.float32),
+        kind=kind.astype(str),
+        ids=ids,
+        spot_diameter_px=float(slide.geometry.diameter_px),
+        meta=meta,
+    )
+
+
+def _model_meta(model: Any) -> dict[str, Any]:
+    cfg = getattr(model, "config", None)
+    out: dict[str, Any] = {}
+    if cfg is not None and is_dataclass(cfg):
+        out["config"] = asdict(cfg)
+    history = getattr(model, "history", None)
+    if history:
+        out["history"] = history
+    return out
+
+
+def render(
+    slide: Slide,
+    predictions: Predictions,
+    *,
+    genes: Sequence[str] | None = None,
+    pitch_px: float | None = None,
+) -> GeneMaps:
+    """Rasterise predictions into per-gene maps placed on the H&E image.
+
+    Examples
+    --------
+    >>> maps = render(slide, preds, genes=["Gfap"])  # doctest: +SKIP
+    """
+    return rasterize(predictions, genes=genes, pitch_px=pitch_px, geometry=slide.geometry)
+
+
+def export(
+    slide: Slide,
+    predictions: Predictions,
+    maps: GeneMaps | None,
+    out: str | Path,
+    *,
+    meta: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write predictions, positions, maps (and cached features) into a zarr store, atomically.
+
+    Examples
+    --------
+    >>> export(slide, preds, maps, "out.zarr")  # doctest: +SKIP
+    """
+    from .export import write_predictions
+
+    info = dict(predictions.meta)
+    if meta:
+        info.update(meta)
+    return write_predictions(
+        slide.sdata,
+        out,
+        image_key=slide.keys.image_key,
+        predictions=predictions,
+        maps=maps,
+        meta=info,
+        overwrite=overwrite,
+    )
