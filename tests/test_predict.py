@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_histosge.predict import GeneMaps, Predictions, rasterize, sample_map
+
+
+def _hex_predictions(n_genes: int = 3, seed: int = 0) -> Predictions:
+    rng = np.random.default_rng(seed)
+    xs, ys = np.meshgrid(np.arange(6), np.arange(5))
+    xy = np.stack([xs.ravel() * 100.0 + (ys.ravel() % 2) * 50.0 + 40, ys.ravel() * 86.6 + 40], 1)
+    vals = rng.random((len(xy), n_genes)).astype(np.float32)
+    return Predictions(
+        genes=[f"g{i}" for i in range(n_genes)],
+        positions_px=xy,
+        values=vals,
+        kind=np.array(["spot"] * len(xy)),
+        ids=np.array([f"s{i}" for i in range(len(xy))]),
+        spot_diameter_px=55.0,
+    )
+
+
+def test_rasterize_reproduces_predictions_at_positions():
+    preds = _hex_predictions()
+    maps = rasterize(preds, pitch_px=7.0)
+    assert maps.data.dtype == np.float32
+    assert maps.data.shape[0] == 3
+    for gi, gene in enumerate(preds.genes):
+        sampled = sample_map(maps, gene, preds.positions_px)
+        np.testing.assert_array_equal(sampled, preds.values[:, gi])
+
+
+def test_rasterize_nan_off_tissue_and_gene_subset():
+    preds = _hex_predictions()
+    maps = rasterize(preds, genes=["g2"], pitch_px=10.0)
+    assert maps.genes == ["g2"]
+    far = sample_map(maps, "g2", np.array([[-1000.0, -1000.0]]))
+    assert np.isnan(far).all()
+    assert np.isnan(maps.data).any()  # corners of the bounding box are off tissue
+    assert np.isfinite(maps.data).mean() > 0.5
+
+
+def test_rasterize_gaussian_is_smooth_and_bounded():
+    preds = _hex_predictions()
+    maps = rasterize(preds, method="gaussian")
+    finite = maps.data[np.isfinite(maps.data)]
+    assert finite.min() >= preds.values.min() - 1e-6
+    assert finite.max() <= preds.values.max() + 1e-6
+
+
+def test_rasterize_rejects_bad_input():
+    preds = _hex_predictions()
+    with pytest.raises(KeyError, match="unknown"):
+        rasterize(preds, genes=["nope"])
+    with pytest.raises(ValueError, match="method"):
+        rasterize(preds, method="cubic")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pitch"):
+        rasterize(preds, pitch_px=-1)
+
+
+def test_gene_maps_napari_placement():
+    maps = GeneMaps(np.zeros((1, 3, 3), np.float32), ["a"], 4.0, (10.0, 20.0))
+    assert maps.scale == (4.0, 4.0)
+    assert maps.translate == (20.0, 10.0)
+    assert maps.pixel_of(np.array([[14.0, 28.0]])).tolist() == [[2, 1]]
