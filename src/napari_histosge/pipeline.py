@@ -94,11 +94,19 @@ class Slide:
         """All genes of the spot table."""
         return [str(g) for g in self.table.var_names]
 
-    def targets(self, genes: Sequence[str] | None = None, n_top_genes: int = 1000, fit_mask=None):
+    def targets(
+        self,
+        genes: Sequence[str] | None = None,
+        n_top_genes: int = 1000,
+        fit_mask: np.ndarray | None = None,
+        flavor: str = "seurat_v3",
+    ) -> Any:
         """Expression targets (log1p of counts normalised to 1e4) of the spots."""
         from .expression import prepare_targets
 
-        return prepare_targets(self.table, genes=genes, n_top_genes=n_top_genes, fit_mask=fit_mask)
+        return prepare_targets(
+            self.table, genes=genes, n_top_genes=n_top_genes, fit_mask=fit_mask, flavor=flavor  # type: ignore[arg-type]
+        )
 
     def measured(self, genes: Sequence[str]) -> np.ndarray:
         """Measured expression of ``genes`` at the spots, in the target space, for display."""

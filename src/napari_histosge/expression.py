@@ -1,0 +1,165 @@
+"""Expression targets: highly variable genes, ``normalize_total(1e4)`` and ``log1p`` via scanpy."""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+__all__ = ["Targets", "prepare_targets", "select_genes"]
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What the model learns and predicts.
+
+    Parameters
+    ----------
+    values
+        ``(n, g)`` float32: log1p of counts normalised to 1e4 per spot over all genes.
+    genes
+        The ``g`` gene names.
+    log_normalized_input
+        Whether the input was already log-normalised and used as is.
+    """
+
+    values: np.ndarray
+    genes: list[str]
+    log_normalized_input: bool
+
+
+def select_genes(
+    adata: AnnData,
+    *,
+    genes: Sequence[str] | None = None,
+    n_top_genes: int = 1000,
+    fit_mask: np.ndarray | None = None,
+    lognorm: bool = False,
+    flavor: Literal["seurat_v3", "variance"] = "seurat_v3",
+) -> list[str]:
+    """Genes to model: the user's list (checked) or the top highly variable genes.
+
+    Highly variable genes come from scanpy's ``seurat_v3`` flavour on raw counts (``seurat`` on
+    log-normalised input), or with ``flavor="variance"`` the genes of highest variance after
+    ``normalize_total(1e4)`` and ``log1p``; either way computed on the ``fit_mask`` spots only.
+
+    Examples
+    --------
+    >>> import anndata as ad
+    >>> a = ad.AnnData(np.random.default_rng(0).poisson(2, (30, 50)).astype(float))
+    >>> len(select_genes(a, n_top_genes=10))
+    10
+    """
+    import scanpy as sc
+
+    names = [str(g) for g in adata.var_names]
+    if genes is not None:
+        genes = [str(g) for g in genes]
+        known = set(names)
+        missing = [g for g in genes if g not in known]
+        if missing:
+            hints = {g: difflib.get_close_matches(g, names, n=2) for g in missing[:3]}
+            raise ValueError(
+                f"Expected genes of the table ({len(names)} genes), found {len(missing)} unknown: "
+                f"{missing[:5]}; close matches: {hints}."
+            )
+        if len(set(genes)) != len(genes):
+            raise ValueError("Expected each gene once in the gene list, found duplicates.")
+        if not genes:
+            raise ValueError("Expected at least one gene in the gene list, found none.")
+        return genes
+    if n_top_genes < 1:
+        raise ValueError(f"Expected `n_top_genes` >= 1, found `{n_top_genes}`.")
+    if n_top_genes >= len(names):
+        return names
+    sub = adata if fit_mask is None else adata[np.asarray(fit_mask, dtype=bool)]
+    sub = sub.copy()
+    if "counts" in sub.layers:
+        sub.X = sub.layers["counts"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if flavor == "variance":
+            if not lognorm:
+                sc.pp.normalize_total(sub, target_sum=1e4)
+                sc.pp.log1p(sub)
+            x = sub.X
+            mean = np.asarray(x.mean(0)).ravel()
+            sq = np.asarray(x.multiply(x).mean(0)).ravel() if hasattr(x, "multiply") else (np.asarray(x) ** 2).mean(0)
+            score = sq - mean**2
+        elif flavor != "seurat_v3":
+            raise ValueError(f"Expected `flavor` to be one of ['seurat_v3', 'variance'], found `{flavor}`.")
+        elif lognorm:
+            hv = sc.pp.highly_variable_genes(sub, n_top_genes=n_top_genes, flavor="seurat", inplace=False)
+            score = np.nan_to_num(np.asarray(hv["dispersions_norm"], dtype=float), nan=-np.inf)
+        else:
+            hv = sc.pp.highly_variable_genes(
+                sub, n_top_genes=n_top_genes, flavor="seurat_v3", inplace=False
+            )
+            score = -np.asarray(hv["highly_variable_rank"].fillna(np.inf), dtype=float)
+    order = np.argsort(-score, kind="stable")[:n_top_genes]
+    return [names[i] for i in order]
+
+
+def prepare_targets(
+    adata: AnnData,
+    *,
+    genes: Sequence[str] | None = None,
+    n_top_genes: int = 1000,
+    fit_mask: np.ndarray | None = None,
+    flavor: Literal["seurat_v3", "variance"] = "seurat_v3",
+) -> Targets:
+    """Expression the model predicts, computed on a copy of ``adata``.
+
+    Raw counts (``X`` or ``layers["counts"]``) are normalised to 1e4 per spot over all genes and
+    log1p-transformed; already log-normalised input is used as is, with a warning.
+
+    Parameters
+    ----------
+    adata
+        The spot table; not modified.
+    genes
+        Genes to keep; the top ``n_top_genes`` highly variable genes when ``None``.
+    n_top_genes
+        Number of highly variable genes.
+    fit_mask
+        Spots that may inform gene selection (the training spots).
+    flavor
+        How highly variable genes are ranked (see :func:`select_genes`).
+
+    Returns
+    -------
+    The targets.
+
+    Examples
+    --------
+    >>> import anndata as ad
+    >>> a = ad.AnnData(np.random.default_rng(0).poisson(2, (30, 50)).astype(float))
+    >>> prepare_targets(a, n_top_genes=5).values.shape
+    (30, 5)
+    """
+    import anndata as ad
+    import scanpy as sc
+    import scipy.sparse as sp
+
+    from .io import counts_or_lognorm
+
+    x, lognorm = counts_or_lognorm(adata)
+    chosen = select_genes(
+        adata, genes=genes, n_top_genes=n_top_genes, fit_mask=fit_mask, lognorm=lognorm, flavor=flavor
+    )
+    work = ad.AnnData(X=x.copy() if sp.issparse(x) else np.array(x, dtype=np.float32))
+    work.var_names = [str(g) for g in adata.var_names]
+    if not lognorm:
+        work.X = work.X.astype(np.float32)
+        sc.pp.normalize_total(work, target_sum=1e4)
+        sc.pp.log1p(work)
+    cols = work[:, chosen].X
+    values = cols.toarray() if sp.issparse(cols) else np.asarray(cols)
+    return Targets(values=values.astype(np.float32), genes=list(chosen), log_normalized_input=lognorm)
