@@ -36,11 +36,12 @@ def _drive(gen: Generator[Progress, None, T], *, quiet: bool = False) -> T:
                 continue
             bar = bars.get(item.stage)
             if bar is None:
-                bar = tqdm(total=item.total, desc=item.stage, unit="step", file=sys.stderr, leave=True)
+                bar = tqdm(
+                    total=item.total, desc=item.stage, unit="step", file=sys.stderr, mininterval=0.5
+                )
                 bars[item.stage] = bar
             if item.total is not None and bar.total != item.total:
                 bar.total = item.total
-            bar.n = item.step
             postfix = {
                 k: (f"{v:.4g}" if isinstance(v, float) else v)
                 for k, v in item.info.items()
@@ -48,7 +49,7 @@ def _drive(gen: Generator[Progress, None, T], *, quiet: bool = False) -> T:
             }
             if postfix:
                 bar.set_postfix(postfix, refresh=False)
-            bar.refresh()
+            bar.update(max(0, item.step - bar.n))
     finally:
         for bar in bars.values():
             bar.close()
@@ -312,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``histosge``; errors exit non-zero with one clear line."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*autosharding.*")
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
