@@ -36,3 +36,30 @@ def her2st_section_dir(tmp_path_factory: pytest.TempPathFactory, shared_data: Pa
     for path in files.values():
         (folder / path.name).symlink_to(path)
     return folder
+
+
+@pytest.fixture
+def sample_sdata():
+    from napari_histosge.io import load_sample
+
+    return load_sample()
+
+
+@pytest.fixture(scope="session")
+def her2st_c2_zarr(tmp_path_factory: pytest.TempPathFactory, her2st_section_dir: Path) -> Path:
+    """Section C2 converted once per session with ``convert``; tests must not modify it."""
+    from napari_histosge.io import convert
+
+    out = tmp_path_factory.mktemp("stores") / "C2.zarr"
+    convert(her2st_section_dir, out)
+    return out
+
+
+@pytest.fixture
+def her2st_c2_copy(tmp_path: Path, her2st_c2_zarr: Path) -> Path:
+    """A private copy of the converted C2 store that a test may write into."""
+    import shutil
+
+    dst = tmp_path / "C2.zarr"
+    shutil.copytree(her2st_c2_zarr, dst)
+    return dst

@@ -321,7 +321,12 @@ def read_visium(folder: str | Path) -> SpatialData:
     counts = sorted(folder.glob("*filtered_feature_bc_matrix.h5"))
     if counts:
         kwargs["counts_file"] = counts[0].name
-    sdata = visium(folder, **kwargs)
+    try:
+        sdata = visium(folder, **kwargs)
+    except ValueError as err:
+        if "dataset_id" not in str(err):
+            raise
+        sdata = visium(folder, dataset_id=folder.name, **kwargs)
     for key, table in sdata.tables.items():
         meta = dict(table.uns.get(SLIDE_META_KEY, {}))
         meta.update({"technology": "Visium", "spot_diameter_um": 55.0, "spot_pitch_um": 100.0})
