@@ -1,0 +1,46 @@
+"""npe2 reader and sample-data contributions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["napari_get_reader", "sample_layers"]
+
+
+def _looks_like_slide(path: Path) -> bool:
+    if not path.is_dir():
+        return False
+    if path.suffix == ".zarr" or (path / "zarr.json").exists() or (path / ".zgroup").exists():
+        return True
+    visium = (path / "spatial").is_dir() and any(path.glob("*filtered_feature_bc_matrix.h5"))
+    st = any(path.glob("*_selection.tsv")) and any(path.glob("*.tsv.gz"))
+    return visium or st
+
+
+def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[Any]] | None:
+    """Return a reader for SpatialData stores, Visium folders and ST section folders."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    return read_layers if _looks_like_slide(Path(path)) else None
+
+
+def read_layers(path: str | list[str]) -> list[Any]:
+    """Read a slide and return its H&E and spots layers."""
+    from ._layers import slide_layers
+    from .pipeline import Slide
+
+    p = path[0] if isinstance(path, list) else path
+    return slide_layers(Slide.open(Path(p)))
+
+
+def sample_layers() -> list[Any]:
+    """The bundled Visium mouse-brain crop as H&E and spots layers."""
+    from ._layers import slide_layers
+    from .io import load_sample
+    from .pipeline import Slide
+
+    return slide_layers(Slide.open(load_sample()))
