@@ -100,7 +100,13 @@ def contrast_limits(values: np.ndarray) -> tuple[float, float]:
     return (round(float(lo), 6), round(float(hi), 6))
 
 
-def gene_layer(maps: GeneMaps, gene: str, *, sdata: Any = None) -> LayerData:
+#: Colormaps for several genes shown together with additive blending (one hue per gene).
+MULTI_GENE_COLORMAPS = ("magenta", "green", "cyan", "yellow", "red", "blue")
+
+
+def gene_layer(
+    maps: GeneMaps, gene: str, *, sdata: Any = None, colormap: str = "inferno"
+) -> LayerData:
     """One gene's super-resolved map, placed over the H&E, additive and semi-transparent.
 
     Examples
@@ -115,7 +121,7 @@ def gene_layer(maps: GeneMaps, gene: str, *, sdata: Any = None) -> LayerData:
         "name": f"{gene} (HisToSGE)",
         "scale": maps.scale,
         "translate": maps.translate,
-        "colormap": "inferno",
+        "colormap": colormap,
         "blending": "additive",
         "opacity": 0.8,
         "contrast_limits": contrast_limits(plane),
@@ -130,8 +136,11 @@ def slide_layers(slide: Slide) -> list[LayerData]:
 
 
 def gene_layers(maps: GeneMaps, genes: Sequence[str], *, sdata: Any = None) -> list[LayerData]:
-    """Gene-map layers for several genes."""
-    return [gene_layer(maps, g, sdata=sdata) for g in genes]
+    """Gene-map layers: ``inferno`` for one gene, one hue per gene for several."""
+    if len(genes) == 1:
+        return [gene_layer(maps, genes[0], sdata=sdata)]
+    cmaps = MULTI_GENE_COLORMAPS
+    return [gene_layer(maps, g, sdata=sdata, colormap=cmaps[i % len(cmaps)]) for i, g in enumerate(genes)]
 
 
 def spot_values(predictions: Predictions, gene: str) -> np.ndarray:

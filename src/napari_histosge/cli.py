@@ -244,7 +244,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``histosge demo``: the whole workflow on the bundled sample, in napari when possible."""
-    from ._demo import run_demo
+    from ._widgets._demo import run_demo
 
     return run_demo(out_dir=Path(args.out), headless=args.headless, genes=args.genes_shown)
 

@@ -60,6 +60,35 @@ class Predictions:
         """Predictions at the measured spots."""
         return self.values[self.is_spot]
 
+    def top_genes(self, n: int = 2, *, distinct: bool = False) -> list[str]:
+        """The ``n`` genes whose predictions vary most over the positions.
+
+        With ``distinct``, each next gene is the most variable one whose pattern correlates
+        less than 0.3 (absolute) with the genes already chosen, when there is one.
+
+        Examples
+        --------
+        >>> p = Predictions(["a", "b"], np.zeros((2, 2)), np.array([[0.0, 0.0], [0.0, 3.0]]),
+        ...                 np.array(["spot", "4x"]), np.array(["s0", "p0"]), 10.0)
+        >>> p.top_genes(1)
+        ['b']
+        """
+        vals = np.asarray(self.values, dtype=float)
+        var = np.nan_to_num(vals.var(axis=0))
+        order = np.argsort(-var, kind="stable")
+        if not distinct:
+            return [self.genes[i] for i in order[:n]]
+        chosen = [int(order[0])]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for i in order[1:]:
+                if len(chosen) >= n:
+                    break
+                r = [abs(np.nan_to_num(np.corrcoef(vals[:, i], vals[:, j])[0, 1])) for j in chosen]
+                if max(r) < 0.3:
+                    chosen.append(int(i))
+        chosen += [int(i) for i in order if int(i) not in chosen][: n - len(chosen)]
+        return [self.genes[i] for i in chosen]
+
     def gene_index(self, genes: Sequence[str]) -> np.ndarray:
         """Column indices of ``genes``; raises ``KeyError`` naming unknown genes.
 

@@ -74,7 +74,7 @@ def test_full_workflow_alignment_and_export(dock, qtbot, tmp_path):
     _wait(qtbot, widget)
     for gene in genes:
         layer = viewer.layers[f"{gene} (HisToSGE)"]
-        assert layer.blending == "additive" and layer.colormap.name == "inferno"
+        assert layer.blending == "additive" and layer.colormap.name in ("magenta", "green")
         # Alignment: the map pixel under each spot centre holds that spot's prediction.
         preds = widget.predictions
         gi = preds.genes.index(gene)

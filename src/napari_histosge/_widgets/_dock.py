@@ -590,7 +590,9 @@ class HisToSGEWidget(QWidget):
 
     def _on_predictions(self, predictions: Any) -> None:
         self.predictions = predictions
-        self.gene_model.setStringList(list(predictions.genes))
+        # Most spatially variable genes first, so the list opens on informative maps.
+        ranked = predictions.top_genes(len(predictions.genes))
+        self.gene_model.setStringList(ranked)
         if predictions.genes:
             first = self.gene_proxy.index(0, 0)
             self.gene_list.setCurrentIndex(first)
@@ -635,7 +637,7 @@ class HisToSGEWidget(QWidget):
         self._start("Rendering", worker, self._on_maps)
 
     def _on_maps(self, maps: Any) -> None:
-        from .._layers import gene_layer, spot_values, spots_layer
+        from .._layers import gene_layers, spot_values, spots_layer
 
         for name, layer in list(self.gene_layers.items()):
             if layer in self.viewer.layers:
@@ -644,8 +646,9 @@ class HisToSGEWidget(QWidget):
         if self.measured_layer is not None and self.measured_layer in self.viewer.layers:
             self.viewer.layers.remove(self.measured_layer)
         self.measured_layer = None
-        for gene in maps.genes:
-            data, kwargs, _ = gene_layer(maps, gene, sdata=self.sdata)
+        for gene, (data, kwargs, _) in zip(
+            maps.genes, gene_layers(maps, maps.genes, sdata=self.sdata), strict=True
+        ):
             self.gene_layers[gene] = self.viewer.add_image(data, **kwargs)
         if self.measured_check.isChecked():
             gene = maps.genes[0]
