@@ -4,23 +4,42 @@ from __future__ import annotations
 
 from typing import Any
 
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
+import pyqtgraph as pg
+from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 __all__ = ["LossPlot"]
 
 
-class LossPlot(FigureCanvasQTAgg):
-    """Train and validation loss per epoch, redrawn at most every few epochs."""
+class LossPlot(QWidget):
+    """Train and validation loss per epoch.
 
-    def __init__(self) -> None:
-        fig = Figure(figsize=(3.2, 1.8), tight_layout=True)
-        super().__init__(fig)
-        self.setMinimumHeight(150)
-        self.axes = fig.add_subplot(111)
+    pyqtgraph redraws a curve in well under a millisecond, so the plot follows every epoch
+    without ever holding up napari's event loop.
+
+    Parameters
+    ----------
+    parent
+        Parent widget.
+    """
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
         self.train: list[float] = []
         self.val: list[float] = []
-        self.clear()
+        self.plot_widget = pg.PlotWidget(background=None)
+        self.plot_widget.setMinimumHeight(150)
+        self.plot_widget.setLabel("bottom", "epoch")
+        self.plot_widget.setLabel("left", "MSE")
+        self.plot_widget.showGrid(x=True, y=True, alpha=0.2)
+        legend = self.plot_widget.addLegend(offset=(-5, 5))
+        legend.setLabelTextSize("7pt")
+        self.train_curve = self.plot_widget.plot([], [], pen=pg.mkPen("#1f77b4", width=2), name="train")
+        self.val_curve = self.plot_widget.plot(
+            [], [], pen=pg.mkPen("#ff7f0e", width=2), name="validation"
+        )
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.plot_widget)
 
     def clear(self) -> None:
         """Forget the curves."""
@@ -28,24 +47,18 @@ class LossPlot(FigureCanvasQTAgg):
         self._redraw()
 
     def add(self, info: dict[str, Any]) -> None:
-        """Add one epoch (``train_loss`` and ``val_loss``)."""
+        """Add one epoch from a training progress record (``train_loss`` and ``val_loss``)."""
         self.train.append(float(info["train_loss"]))
-        self.val.append(float(info["val_loss"]))
-        if len(self.train) % 5 == 1:
-            self._redraw()
-
-    def _redraw(self) -> None:
-        ax = self.axes
-        ax.clear()
-        ax.set_xlabel("step", fontsize=7)
-        ax.set_ylabel("MSE", fontsize=7)
-        ax.tick_params(labelsize=6)
-        if self.train:
-            ax.plot(self.train, label="train", color="#1f77b4")
-            ax.plot(self.val, label="validation", color="#ff7f0e")
-            ax.legend(fontsize=6)
-        self.draw_idle()
+        val = info.get("val_loss")
+        self.val.append(float("nan") if val is None else float(val))
+        self._redraw()
 
     def finish(self) -> None:
         """Draw the final state."""
         self._redraw()
+
+    def _redraw(self) -> None:
+        steps = list(range(1, len(self.train) + 1))
+        self.train_curve.setData(steps, self.train)
+        finite = [(s, v) for s, v in zip(steps, self.val, strict=True) if v == v]
+        self.val_curve.setData([s for s, _ in finite], [v for _, v in finite])
