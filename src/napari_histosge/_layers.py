@@ -15,13 +15,21 @@ if TYPE_CHECKING:
     from .pipeline import Slide
     from .predict import GeneMaps, Predictions
 
-__all__ = ["gene_layer", "image_layer", "slide_layers", "spots_layer", "contrast_limits"]
+__all__ = [
+    "contrast_limits",
+    "gene_layer",
+    "gene_layers",
+    "image_layer",
+    "slide_layers",
+    "spot_values",
+    "spots_layer",
+]
 
 LayerData = tuple[Any, dict[str, Any], str]
 
 
 def image_layer(slide: Slide) -> LayerData:
-    """The H&E as a lazy multiscale RGB image layer.
+    """Build the H&E as a lazy multiscale RGB image layer.
 
     Examples
     --------
@@ -34,7 +42,6 @@ def image_layer(slide: Slide) -> LayerData:
     from .io import image_levels
 
     levels = image_levels(slide.sdata.images[slide.keys.image_key])
-    w0 = levels[0].sizes["x"]
     data = [lv.data.transpose(1, 2, 0) for lv in levels]
     kwargs: dict[str, Any] = {
         "name": slide.keys.image_key,
@@ -42,14 +49,13 @@ def image_layer(slide: Slide) -> LayerData:
         "multiscale": len(data) > 1,
         "metadata": {"sdata": slide.sdata, "name": slide.keys.image_key},
     }
-    del w0
     return (data if len(data) > 1 else data[0], kwargs, "image")
 
 
 def spots_layer(
     slide: Slide, *, values: np.ndarray | None = None, gene: str | None = None
 ) -> LayerData:
-    """The spots as points of their true diameter, optionally coloured by a gene.
+    """Build the spots as points of their true diameter, optionally coloured by a gene.
 
     Examples
     --------
@@ -123,7 +129,7 @@ def gene_layer(
         "translate": maps.translate,
         "colormap": colormap,
         "blending": "additive",
-        "opacity": 0.8,
+        "opacity": 0.7,
         "contrast_limits": contrast_limits(plane),
         "metadata": {"sdata": sdata, "name": "histosge_expression", "gene": gene},
     }
@@ -140,10 +146,13 @@ def gene_layers(maps: GeneMaps, genes: Sequence[str], *, sdata: Any = None) -> l
     if len(genes) == 1:
         return [gene_layer(maps, genes[0], sdata=sdata)]
     cmaps = MULTI_GENE_COLORMAPS
-    return [gene_layer(maps, g, sdata=sdata, colormap=cmaps[i % len(cmaps)]) for i, g in enumerate(genes)]
+    return [
+        gene_layer(maps, g, sdata=sdata, colormap=cmaps[i % len(cmaps)])
+        for i, g in enumerate(genes)
+    ]
 
 
 def spot_values(predictions: Predictions, gene: str) -> np.ndarray:
-    """The model's predictions of ``gene`` at the measured spots."""
+    """Return the model's predictions of ``gene`` at the measured spots."""
     idx = predictions.gene_index([gene])[0]
     return predictions.spot_values[:, idx]

@@ -38,7 +38,7 @@ def read_layers(path: str | list[str]) -> list[Any]:
 
 
 def sample_layers() -> list[Any]:
-    """The bundled Visium mouse-brain crop as H&E and spots layers."""
+    """Open the bundled Visium mouse-brain crop as H&E and spots layers."""
     from ._layers import slide_layers
     from .io import load_sample
     from .pipeline import Slide

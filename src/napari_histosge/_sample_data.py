@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.resources import files
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,6 +19,17 @@ SAMPLE_ID = "V1_Adult_Mouse_Brain"
 def load_sample() -> SpatialData:
     """Build the sample SpatialData from the bundled JPEG and AnnData.
 
+    The image is the full-resolution H&E crop (identity transformation); the circles sit at
+    ``obsm["spatial"]`` (x = column, y = row in the JPEG's pixels) with the true 55 µm Visium
+    spot radius (``spot_diameter_fullres`` spans a theoretical 65 µm spot, so the radius is
+    ``55 / 65 * spot_diameter_fullres / 2``); the table keeps the AnnData's log1p-normalised
+    values in ``X`` (sparse), its ``obs`` and barcodes.
+
+    Returns
+    -------
+    SpatialData with ``V1_Adult_Mouse_Brain_image``, ``V1_Adult_Mouse_Brain_spots`` and
+    ``table``.
+
     Examples
     --------
     >>> sorted(load_sample().images)
@@ -27,26 +39,36 @@ def load_sample() -> SpatialData:
     import scipy.sparse as sp
     from spatialdata import SpatialData
 
-    from .io import SLIDE_META_KEY, _circles, _parse_image, _read_image_file, _table
+    from .geometry import VISIUM_DIAMETER_UM, VISIUM_PITCH_UM
+    from .io import (
+        SLIDE_META_KEY,
+        SPACERANGER_SPOT_UM,
+        _circles,
+        _parse_image,
+        _read_image_file,
+        _table,
+    )
 
-    root = files("napari_histosge") / "sample_data"
-    rgb = _read_image_file(root / "mouse_brain_crop.jpg")  # type: ignore[arg-type]
-    src = ad.read_h5ad(str(root / "mouse_brain_crop.h5ad"))
+    root = Path(str(files("napari_histosge") / "sample_data"))
+    rgb = _read_image_file(root / "mouse_brain_crop.jpg")
+    src = ad.read_h5ad(root / "mouse_brain_crop.h5ad")
     scalefactors = src.uns["spatial"][SAMPLE_ID]["scalefactors"]
-    diameter_px = float(scalefactors["spot_diameter_fullres"])
+    fullres_px = float(scalefactors["spot_diameter_fullres"])
+    um_per_px = SPACERANGER_SPOT_UM / fullres_px
     xy = np.asarray(src.obsm["spatial"], dtype=float)
     spots_key = f"{SAMPLE_ID}_spots"
     meta = {
         "technology": "Visium",
-        "spot_diameter_um": 55.0,
-        "spot_pitch_um": 100.0,
-        "um_per_px": 55.0 / diameter_px,
+        "spot_diameter_um": VISIUM_DIAMETER_UM,
+        "spot_pitch_um": VISIUM_PITCH_UM,
+        "um_per_px": um_per_px,
+        "image": "mouse_brain_crop.jpg",
         "source": "10x Genomics V1_Adult_Mouse_Brain crop (CC BY 4.0), via squidpy test data",
         "values": "log1p-normalised",
     }
-    x = src.X.toarray() if sp.issparse(src.X) else np.asarray(src.X)
+    x = src.X if sp.issparse(src.X) else np.asarray(src.X)
     table = _table(
-        sp.csr_matrix(x.astype(np.float32)),
+        sp.csr_matrix(x, dtype=np.float32),
         [str(s) for s in src.obs_names],
         [str(g) for g in src.var_names],
         spots_key,
@@ -55,7 +77,7 @@ def load_sample() -> SpatialData:
         {"leiden": src.obs["leiden"].to_numpy(), "in_tissue": src.obs["in_tissue"].to_numpy()},
     )
     return SpatialData(
-        images={f"{SAMPLE_ID}_image": _parse_image(rgb)},
-        shapes={spots_key: _circles(xy, diameter_px / 2.0)},
+        images={f"{SAMPLE_ID}_image": _parse_image(np.moveaxis(rgb, 2, 0))},
+        shapes={spots_key: _circles(xy, VISIUM_DIAMETER_UM / um_per_px / 2.0)},
         tables={"table": table},
     )

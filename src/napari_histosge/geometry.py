@@ -1,9 +1,13 @@
-"""Spot centres and sizes in image pixels, and super-resolution positions."""
+"""Spot centres and sizes in image pixels, super-resolution positions and a tissue mask.
+
+All positions are ``(x, y)`` = (column, row) float64 in the scale-0 pixels of the chosen image
+element (see ``docs/architecture.md``).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -15,11 +19,24 @@ __all__ = [
     "detect_lattice",
     "grid_positions",
     "lattice_pitch",
+    "neighbour_pairs",
     "spot_geometry",
     "subspot_positions",
+    "tissue_mask",
 ]
 
 Lattice = Literal["hexagonal", "square"]
+
+#: Centre-to-centre distance and diameter of the spots, in µm, per array layout.
+VISIUM_PITCH_UM = 100.0
+VISIUM_DIAMETER_UM = 55.0
+ST_PITCH_UM = 200.0
+ST_DIAMETER_UM = 100.0
+
+# Neighbours are pairs closer than this many lattice pitches: between the nearest (1) and the
+# next-nearest distance of a square (sqrt 2) and of a hexagonal lattice (sqrt 3).
+_EDGE_TOL = 1.2
+_DIAG_MAX = 1.7
 
 
 @dataclass(frozen=True)
@@ -60,11 +77,8 @@ class SpotGeometry:
         return self.centers_px * self.um_per_px
 
 
-def _affine_xy(element: object, cs: str) -> np.ndarray:
-    from spatialdata.transformations import get_transformation
-
-    tf = get_transformation(element, to_coordinate_system=cs)
-    return np.asarray(tf.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=float)
+# --------------------------------------------------------------------------------------------
+# Lattice
 
 
 def lattice_pitch(xy: np.ndarray) -> float:
@@ -84,11 +98,46 @@ def lattice_pitch(xy: np.ndarray) -> float:
     return float(np.median(d[:, 1]))
 
 
-def detect_lattice(xy: np.ndarray) -> Lattice:
-    """Tell a hexagonal (Visium) from a square (legacy ST) spot array.
+def neighbour_pairs(xy: np.ndarray) -> tuple[np.ndarray, float]:
+    """Pairs of neighbouring spots on the lattice and the lattice pitch.
 
-    On a hexagonal lattice an interior spot has 6 neighbours at the pitch, on a square one 4;
-    the decision uses the most common count among spots with any neighbour.
+    The pitch is the median length of all pairs closer than 1.25 nearest-neighbour distances
+    (less biased by jitter than the nearest-neighbour distance alone); neighbours are the pairs
+    closer than 1.2 pitches.
+
+    Parameters
+    ----------
+    xy
+        ``(n, 2)`` spot centres.
+
+    Returns
+    -------
+    ``(m, 2)`` index pairs ``i < j`` and the pitch in the units of ``xy``.
+
+    Examples
+    --------
+    >>> pairs, pitch = neighbour_pairs(np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0]]))
+    >>> pairs.tolist(), pitch
+    ([[0, 1]], 1.0)
+    """
+    from scipy.spatial import cKDTree
+
+    xy = np.asarray(xy, dtype=float)
+    p0 = lattice_pitch(xy)
+    tree = cKDTree(xy)
+    near = tree.query_pairs(1.25 * p0, output_type="ndarray")
+    pitch = float(np.median(np.linalg.norm(xy[near[:, 0]] - xy[near[:, 1]], axis=1)))
+    pairs = tree.query_pairs(_EDGE_TOL * pitch, output_type="ndarray")
+    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+    return pairs[order].astype(int).reshape(-1, 2), pitch
+
+
+def detect_lattice(xy: np.ndarray) -> Lattice:
+    """Tell a hexagonal (Visium) from a square (legacy ST) spot array by neighbour angles.
+
+    Directions to neighbours repeat every 60° on a hexagonal lattice and every 90° on a square
+    one; the lattice whose angular order (``|mean(exp(6iθ))|`` against ``|mean(exp(4iθ))|``) is
+    stronger wins. This holds for rotated, jittered and partial arrays.
 
     Examples
     --------
@@ -96,13 +145,64 @@ def detect_lattice(xy: np.ndarray) -> Lattice:
     >>> detect_lattice(np.c_[xs.ravel(), ys.ravel()])
     'square'
     """
-    from scipy.spatial import cKDTree
-
     xy = np.asarray(xy, dtype=float)
-    pitch = lattice_pitch(xy)
-    tree = cKDTree(xy)
-    counts = np.array([len(n) - 1 for n in tree.query_ball_point(xy, r=1.2 * pitch)])
-    return "hexagonal" if np.percentile(counts, 90) >= 5.5 else "square"
+    if len(xy) < 3:
+        return "hexagonal"
+    pairs, _ = neighbour_pairs(xy)
+    if len(pairs) == 0:
+        return "hexagonal"
+    v = xy[pairs[:, 1]] - xy[pairs[:, 0]]
+    theta = np.arctan2(v[:, 1], v[:, 0])
+    order6 = abs(np.exp(6j * theta).mean())
+    order4 = abs(np.exp(4j * theta).mean())
+    return "hexagonal" if order6 > order4 + 1e-9 else "square"
+
+
+# --------------------------------------------------------------------------------------------
+# Spots on the image
+
+
+def _affine_xy(element: object, cs: str) -> np.ndarray:
+    from spatialdata.transformations import get_transformation
+
+    tf = get_transformation(element, to_coordinate_system=cs)
+    return np.asarray(
+        tf.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")),  # type: ignore[union-attr]
+        dtype=float,
+    )
+
+
+def spots_to_image_affine(sdata: SpatialData, *, image_key: str, spots_key: str) -> np.ndarray:
+    """The 3 x 3 affine matrix taking the spots' coordinates to the image's scale-0 pixels.
+
+    It composes the spots' transformation into a coordinate system they share with the image
+    and the inverse of the image's transformation into that system.
+
+    Examples
+    --------
+    >>> from napari_histosge.io import load_sample
+    >>> sdata = load_sample()
+    >>> spots_to_image_affine(sdata, image_key="V1_Adult_Mouse_Brain_image",
+    ...                       spots_key="V1_Adult_Mouse_Brain_spots").round(6).tolist()
+    [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    """
+    from spatialdata.transformations import get_transformation
+
+    shapes = sdata.shapes[spots_key]
+    image = sdata.images[image_key]
+    spot_cs = set(get_transformation(shapes, get_all=True))  # type: ignore[arg-type]
+    image_cs = set(get_transformation(image, get_all=True))  # type: ignore[arg-type]
+    shared = sorted(spot_cs & image_cs)
+    if not shared:
+        raise ValueError(
+            f"Expected `{spots_key}` and `{image_key}` to share a coordinate system, found "
+            f"{sorted(spot_cs)} for the spots and {sorted(image_cs)} for the image."
+        )
+    cs = "global" if "global" in shared else shared[0]
+    image_to_cs = _affine_xy(image, cs)
+    if abs(np.linalg.det(image_to_cs[:2, :2])) < 1e-12:
+        raise ValueError(f"Expected an invertible transformation of `{image_key}` to `{cs}`.")
+    return np.linalg.inv(image_to_cs) @ _affine_xy(shapes, cs)
 
 
 def spot_geometry(
@@ -111,36 +211,58 @@ def spot_geometry(
     """Spot centres and diameter in the image's pixels, through the stored transformations.
 
     Centres go from the spots' frame to a shared coordinate system and back through the inverse
-    of the image's transformation, so a scaled hires image works as well as the full resolution.
+    of the image's transformation, so a scaled hires image works as well as the full
+    resolution. The diameter is the circles' radius through the same transformation. µm per
+    pixel comes from the spot diameter in µm recorded by the readers
+    (``table.uns["histosge_slide"]["spot_diameter_um"]``). For stores written elsewhere it comes
+    from the lattice: the 100 µm Visium pitch on a hexagonal array (robust to the 65 µm
+    convention of Space Ranger's ``spot_diameter_fullres``), the 100 µm spot diameter on a
+    square (legacy ST) one.
+
+    Parameters
+    ----------
+    sdata
+        The slide.
+    image_key, spots_key, table_key
+        The H&E image, the spot circles and the table annotating them.
+
+    Returns
+    -------
+    The spots' geometry, in the table's order.
 
     Examples
     --------
     >>> from napari_histosge.io import load_sample, resolve_keys
     >>> sdata = load_sample(); keys = resolve_keys(sdata)
-    >>> round(spot_geometry(sdata, **keys.__dict__).diameter_px, 1)
-    89.4
+    >>> geom = spot_geometry(sdata, **keys.__dict__)
+    >>> geom.lattice, round(geom.diameter_px, 1), round(geom.um_per_px, 3)
+    ('hexagonal', 75.7, 0.727)
     """
-    from spatialdata.transformations import get_transformation
-
     from .io import SLIDE_META_KEY
 
+    for key, container, what in (
+        (image_key, sdata.images, "image_key"),
+        (spots_key, sdata.shapes, "spots_key"),
+        (table_key, sdata.tables, "table_key"),
+    ):
+        if key not in container:
+            raise KeyError(f"Expected `{what}` to be one of {list(container)}, found `{key}`.")
     shapes = sdata.shapes[spots_key]
     table = sdata.tables[table_key]
-    image = sdata.images[image_key]
-    shared = sorted(
-        set(get_transformation(shapes, get_all=True)) & set(get_transformation(image, get_all=True))
-    )
-    if not shared:
+    if "radius" not in shapes.columns:
         raise ValueError(
-            f"Expected `{spots_key}` and `{image_key}` to share a coordinate system, found none."
+            f"Expected `{spots_key}` to be circles (a `radius` column), found columns "
+            f"{list(shapes.columns)}."
         )
-    cs = "global" if "global" in shared else shared[0]
-    to_px = np.linalg.inv(_affine_xy(image, cs)) @ _affine_xy(shapes, cs)
+    to_px = spots_to_image_affine(sdata, image_key=image_key, spots_key=spots_key)
 
     attrs = table.uns.get("spatialdata_attrs", {})
     instance_key = attrs.get("instance_key")
     if instance_key is None or instance_key not in table.obs:
-        raise ValueError(f"Expected table `{table_key}` to name its instance key, found {attrs}.")
+        raise ValueError(
+            f"Expected table `{table_key}` to name its instance key in "
+            f"uns['spatialdata_attrs'], found {attrs}."
+        )
     region_key = attrs.get("region_key")
     obs = table.obs
     if region_key in obs and obs[region_key].nunique() > 1:
@@ -154,23 +276,33 @@ def spot_geometry(
         )
     sel = shapes.loc[ids]
     xy = np.c_[sel.geometry.x.to_numpy(), sel.geometry.y.to_numpy(), np.ones(len(sel))]
-    centers = (xy @ to_px.T)[:, :2]
+    centers = np.ascontiguousarray((xy @ to_px.T)[:, :2], dtype=np.float64)
     radius = float(np.median(sel["radius"].to_numpy(dtype=float)))
     scale = float(np.sqrt(abs(np.linalg.det(to_px[:2, :2]))))
     diameter_px = 2.0 * radius * scale
-    lattice = detect_lattice(centers) if len(centers) >= 3 else "hexagonal"
-    meta = dict(table.uns.get(SLIDE_META_KEY, {}))
-    diameter_um = float(meta.get("spot_diameter_um", 55.0 if lattice == "hexagonal" else 100.0))
-    if diameter_px <= 0:
+    if not np.isfinite(diameter_px) or diameter_px <= 0:
         raise ValueError(f"Expected a positive spot radius in `{spots_key}`, found {radius}.")
+    lattice = detect_lattice(centers)
+    meta = dict(table.uns.get(SLIDE_META_KEY, {}))
+    if "spot_diameter_um" in meta:
+        um_per_px = float(meta["spot_diameter_um"]) / diameter_px
+    elif lattice == "hexagonal" and len(centers) >= 7:
+        um_per_px = VISIUM_PITCH_UM / neighbour_pairs(centers)[1]
+    else:
+        diameter_um = VISIUM_DIAMETER_UM if lattice == "hexagonal" else ST_DIAMETER_UM
+        um_per_px = diameter_um / diameter_px
     return SpotGeometry(
         spot_ids=np.asarray(obs.index.astype(str)),
         centers_px=centers,
         diameter_px=diameter_px,
-        um_per_px=diameter_um / diameter_px,
+        um_per_px=float(um_per_px),
         lattice=lattice,
         image_key=image_key,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Super-resolution positions
 
 
 def _dedupe(points: np.ndarray, tol: float) -> np.ndarray:
@@ -178,9 +310,9 @@ def _dedupe(points: np.ndarray, tol: float) -> np.ndarray:
 
     if len(points) == 0:
         return points.reshape(0, 2)
-    tree = cKDTree(points)
     keep = np.ones(len(points), dtype=bool)
-    for i, j in sorted(tree.query_pairs(tol)):
+    pairs = cKDTree(points).query_pairs(tol, output_type="ndarray")
+    for i, j in pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]:
         if keep[i] and keep[j]:
             keep[j] = False
     return points[keep]
@@ -189,10 +321,16 @@ def _dedupe(points: np.ndarray, tol: float) -> np.ndarray:
 def subspot_positions(centers_px: np.ndarray, *, lattice: Lattice | None = None) -> np.ndarray:
     """HisToSGE's 4x positions: half-way points between neighbouring spots on the lattice.
 
-    Neighbours are found from the coordinates (pairs closer than 1.2 pitches), so no pixel offset
-    is assumed. On a hexagonal lattice the edge midpoints add about 3 positions per spot; on a
-    square lattice the edge midpoints add about 2 and the cell centres (midpoints of diagonal
-    neighbours) about 1, so the density grows about 4x on both.
+    Neighbours are found from the coordinates with a KD-tree (pairs closer than 1.2 lattice
+    pitches, see :func:`neighbour_pairs`), so no pixel offset is assumed and the result scales
+    with the coordinates.
+
+    - Hexagonal (Visium): the midpoint of every neighbouring pair. An interior spot has 6
+      neighbours and shares each edge with one other spot, so there are about 3 new positions
+      per spot (fewer at the border): spots plus new positions give about 4x the density.
+    - Square (legacy ST): the edge midpoints (about 2 per spot) plus the cell centres (about
+      1 per spot): the mean of the 4 corners of a cell, or the midpoint of the diagonal when a
+      corner is missing. Again about 4x the density.
 
     Parameters
     ----------
@@ -203,7 +341,9 @@ def subspot_positions(centers_px: np.ndarray, *, lattice: Lattice | None = None)
 
     Returns
     -------
-    ``(m, 2)`` new positions, not including the spots themselves.
+    ``(m, 2)`` new positions, deduplicated, not including the spots themselves. A hexagonal
+    patch of ``nx`` by ``ny`` spots gives ``3 nx ny - 2 nx - 2 ny + 1`` positions; a square
+    one gives ``2 nx ny - nx - ny`` edge midpoints plus ``(nx - 1)(ny - 1)`` cell centres.
 
     Examples
     --------
@@ -214,35 +354,67 @@ def subspot_positions(centers_px: np.ndarray, *, lattice: Lattice | None = None)
     from scipy.spatial import cKDTree
 
     xy = np.asarray(centers_px, dtype=float)
-    pitch = lattice_pitch(xy)
+    if xy.ndim != 2 or xy.shape[1] != 2:
+        raise ValueError(f"Expected spot centres of shape (n, 2), found {xy.shape}.")
+    if len(xy) < 2:
+        return np.zeros((0, 2))
     kind = lattice or detect_lattice(xy)
-    tree = cKDTree(xy)
-    pairs = np.array(sorted(tree.query_pairs(1.2 * pitch)), dtype=int).reshape(-1, 2)
-    mids = [(xy[pairs[:, 0]] + xy[pairs[:, 1]]) / 2.0]
-    if kind == "square":
-        diag = np.array(sorted(tree.query_pairs(1.6 * pitch)), dtype=int).reshape(-1, 2)
+    if kind not in ("hexagonal", "square"):
+        raise ValueError(f"Expected `lattice` to be one of ['hexagonal', 'square'], found `{kind}`.")
+    pairs, pitch = neighbour_pairs(xy)
+    new = [(xy[pairs[:, 0]] + xy[pairs[:, 1]]) / 2.0]
+    if kind == "square" and len(pairs):
+        tree = cKDTree(xy)
+        diag = tree.query_pairs(_DIAG_MAX * pitch, output_type="ndarray")
         d = np.linalg.norm(xy[diag[:, 0]] - xy[diag[:, 1]], axis=1)
-        diag = diag[(d > 1.2 * pitch) & (d < 1.6 * pitch)]
-        mids.append((xy[diag[:, 0]] + xy[diag[:, 1]]) / 2.0)
-    new = _dedupe(np.concatenate(mids), 0.1 * pitch)
-    if len(new):
-        dist, _ = tree.query(new)
-        new = new[dist > 0.1 * pitch]
-    return new
+        diag = diag[d > _EDGE_TOL * pitch]
+        adjacency: list[set[int]] = [set() for _ in range(len(xy))]
+        for i, j in pairs:
+            adjacency[i].add(int(j))
+            adjacency[j].add(int(i))
+        centres = []
+        for i, j in diag:
+            corners = [int(i), int(j), *sorted(adjacency[i] & adjacency[j])]
+            # A cell has exactly two other corners; more means a distorted array: use the diagonal.
+            use = corners if len(corners) == 4 else corners[:2]
+            centres.append(xy[use].mean(axis=0))
+        if centres:
+            new.append(np.asarray(centres))
+    out = _dedupe(np.concatenate(new), 0.25 * pitch)
+    if len(out):
+        dist, _ = cKDTree(xy).query(out)
+        out = out[dist > 0.25 * pitch]
+    return out
 
 
 def grid_positions(
-    geometry: SpotGeometry,
+    geom: SpotGeometry,
     *,
     pitch_um: float,
     mask: np.ndarray | None = None,
     mask_scale: float = 1.0,
 ) -> np.ndarray:
-    """A regular grid at ``pitch_um`` restricted to tissue.
+    """A regular square grid at ``pitch_um`` restricted to tissue.
 
-    Without a mask, tissue is where measured spots are: grid points within 0.75 of the spot
-    spacing from a spot. With a boolean ``mask`` (``mask[row, col]`` at ``mask_scale`` image
-    pixels per mask pixel), points inside the mask are kept.
+    Without a mask, tissue is where measured spots are: grid points within 0.75 spot pitches of
+    a spot. With a boolean ``mask`` (``mask[row, col]``, ``mask_scale`` image pixels per mask
+    pixel, for example from :func:`tissue_mask`), the points of that window that fall inside
+    the mask are kept.
+
+    Parameters
+    ----------
+    geom
+        The spots' geometry.
+    pitch_um
+        Grid spacing in µm.
+    mask
+        Optional boolean tissue mask.
+    mask_scale
+        Scale-0 image pixels per mask pixel.
+
+    Returns
+    -------
+    ``(m, 2)`` positions in image pixels, row by row.
 
     Examples
     --------
@@ -255,13 +427,15 @@ def grid_positions(
 
     if not np.isfinite(pitch_um) or pitch_um <= 0:
         raise ValueError(f"Expected a positive grid pitch in µm, found `{pitch_um}`.")
-    step = pitch_um / geometry.um_per_px
-    xy = geometry.centers_px
+    if not np.isfinite(mask_scale) or mask_scale <= 0:
+        raise ValueError(f"Expected a positive `mask_scale`, found `{mask_scale}`.")
+    step = pitch_um / geom.um_per_px
+    xy = geom.centers_px
     spacing = lattice_pitch(xy)
     reach = 0.75 * spacing
     lo = xy.min(axis=0) - reach
     hi = xy.max(axis=0) + reach
-    n_points = ((hi - lo) / step + 1).prod()
+    n_points = float(np.prod((hi - lo) / step + 1))
     if n_points > 5_000_000:
         raise ValueError(
             f"Expected a grid of at most 5 million points, found {int(n_points)} at {pitch_um} µm; "
@@ -273,9 +447,86 @@ def grid_positions(
     if mask is None:
         dist, _ = cKDTree(xy).query(grid)
         return grid[dist <= reach]
-    m = np.asarray(mask, dtype=bool)
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"Expected a 2-D tissue mask (rows, columns), found shape {m.shape}.")
+    m = m.astype(bool)
     rc = np.floor(grid[:, ::-1] / mask_scale).astype(int)
     ok = (rc[:, 0] >= 0) & (rc[:, 0] < m.shape[0]) & (rc[:, 1] >= 0) & (rc[:, 1] < m.shape[1])
     keep = np.zeros(len(grid), dtype=bool)
     keep[ok] = m[rc[ok, 0], rc[ok, 1]]
     return grid[keep]
+
+
+# --------------------------------------------------------------------------------------------
+# Tissue mask
+
+
+def _otsu(values: np.ndarray, bins: int = 256) -> float:
+    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(centres[int(np.argmax(between))])
+
+
+def tissue_mask(
+    image: Any, *, level: int | None = None, max_side: int = 2048
+) -> tuple[np.ndarray, float]:
+    """A boolean tissue mask of an H&E image: Otsu threshold on colour saturation.
+
+    Stained tissue is saturated, glass and background are grey or white. The mask is computed
+    on a low-resolution level, then closed, hole-filled and opened.
+
+    Parameters
+    ----------
+    image
+        An image element (single or multiscale), ``(c, y, x)`` RGB.
+    level
+        Pyramid level to use; by default the coarsest level at least 512 pixels on its longer
+        side.
+    max_side
+        The chosen level is subsampled further to at most this many pixels per side.
+
+    Returns
+    -------
+    The mask (``mask[row, col]``) and the scale-0 image pixels per mask pixel, ready for
+    ``grid_positions(..., mask=mask, mask_scale=scale)``.
+
+    Examples
+    --------
+    >>> from napari_histosge.io import load_sample
+    >>> mask, scale = tissue_mask(load_sample().images["V1_Adult_Mouse_Brain_image"])
+    >>> mask.dtype, scale
+    (dtype('bool'), 1.0)
+    """
+    from scipy import ndimage
+
+    from .io import image_levels
+
+    levels = image_levels(image)
+    if level is None:
+        sides = [max(lv.sizes["y"], lv.sizes["x"]) for lv in levels]
+        ok = [i for i, s in enumerate(sides) if s >= 512]
+        level = ok[-1] if ok else 0
+    if not -len(levels) <= level < len(levels):
+        raise ValueError(f"Expected `level` in [0, {len(levels) - 1}], found `{level}`.")
+    lv = levels[level]
+    stride = max(1, int(np.ceil(max(lv.sizes["y"], lv.sizes["x"]) / max_side)))
+    rgb = np.asarray(lv.data[:3, ::stride, ::stride], dtype=np.float32)
+    if rgb.shape[0] != 3:
+        raise ValueError(f"Expected an RGB image (3 channels), found {rgb.shape[0]}.")
+    hi = rgb.max(axis=0)
+    lo = rgb.min(axis=0)
+    sat = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1e-6), 0.0)
+    t = _otsu(sat)
+    mask = sat > t
+    mask = ndimage.binary_closing(mask, iterations=2)
+    mask = ndimage.binary_fill_holes(mask)
+    mask = ndimage.binary_opening(mask, iterations=2)
+    scale = levels[0].sizes["x"] / lv.sizes["x"] * stride
+    return np.asarray(mask, dtype=bool), float(scale)

@@ -1,27 +1,34 @@
 """Widget tests run in a real (virtual) X display.
 
-napari's image layers need OpenGL, which Qt's offscreen platform does not give here; when no
-display is set, an Xvfb server is started for the session. torch's optional triton backend
-crashes when it loads after a Mesa GL context exists, so ``torch._dynamo`` (which imports it)
-is imported before any viewer is created.
+napari's image layers need OpenGL, which Qt's ``offscreen`` platform does not provide here. When
+``DISPLAY`` is unset, an ``Xvfb`` server is started for the test session, so plain ``pytest``
+works (``xvfb-run -a pytest`` works too).
+
+torch's optional triton backend crashes when it is first loaded after a Mesa GL context exists.
+``torch._dynamo`` imports it, so it is imported here, before any viewer is created.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-import torch._dynamo  # noqa: F401  - must load before any GL context (see module docstring)
+import torch._dynamo  # noqa: F401  - must load before any GL context (see the module docstring)
+
+TIMEOUT_MS = 120_000
 
 
 def _start_xvfb() -> subprocess.Popen | None:
     if os.environ.get("DISPLAY") or shutil.which("Xvfb") is None:
         return None
-    for number in range(90, 110):
+    for number in range(90, 130):
         if os.path.exists(f"/tmp/.X11-unix/X{number}") or os.path.exists(f"/tmp/.X{number}-lock"):
             continue
         proc = subprocess.Popen(
@@ -37,22 +44,106 @@ def _start_xvfb() -> subprocess.Popen | None:
                 break
             time.sleep(0.1)
         proc.kill()
+        proc.wait()
     return None
 
 
 _XVFB = _start_xvfb()
-os.environ.pop("QT_QPA_PLATFORM", None) if os.environ.get("QT_QPA_PLATFORM") == "offscreen" else None
+if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
+    del os.environ["QT_QPA_PLATFORM"]  # offscreen has no OpenGL for napari's canvas
 
 
-def pytest_sessionfinish(session, exitstatus):
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _XVFB is not None:
         _XVFB.terminate()
+        _XVFB.wait(timeout=10)
+
+
+def wait_idle(qtbot, widget, timeout: int = TIMEOUT_MS) -> None:
+    """Wait until the dock has no running step."""
+    qtbot.waitUntil(lambda: widget.running is None and widget.worker is None, timeout=timeout)
 
 
 @pytest.fixture
-def sample_store(tmp_path):
+def dock(make_napari_viewer):
+    from napari_histosge._widgets import HisToSGEWidget
+
+    viewer = make_napari_viewer()
+    widget = HisToSGEWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="HisToSGE")
+    return viewer, widget
+
+
+@pytest.fixture
+def extracted(dock, qtbot):
+    """The dock with the bundled sample opened and its features extracted."""
+    viewer, widget = dock
+    widget.open_sample()
+    wait_idle(qtbot, widget)
+    assert widget.slide is not None
+    widget.extract()
+    wait_idle(qtbot, widget)
+    assert widget.features is not None, widget.last_error
+    return viewer, widget
+
+
+@pytest.fixture
+def sample_store(tmp_path: Path) -> Path:
     from napari_histosge.io import load_sample
 
     path = tmp_path / "sample.zarr"
     load_sample().write(path)
     return path
+
+
+@pytest.fixture
+def visium_folder(tmp_path: Path) -> Path:
+    """A minimal Space Ranger output folder (12 spots, 3 genes)."""
+    import h5py
+    import pandas as pd
+    import scipy.sparse as sp
+    from PIL import Image
+
+    folder = tmp_path / "visium"
+    (folder / "spatial").mkdir(parents=True)
+    n, genes = 12, ["Gene1", "Gene2", "Gene3"]
+    barcodes = [f"AAAC{i:04d}-1" for i in range(n)]
+    rng = np.random.default_rng(0)
+    m = sp.csc_matrix(rng.poisson(4, (len(genes), n)).astype(np.int32))
+    with h5py.File(folder / "filtered_feature_bc_matrix.h5", "w") as f:
+        g = f.create_group("matrix")
+        g["barcodes"] = np.array(barcodes, dtype="S")
+        g["data"] = m.data
+        g["indices"] = m.indices
+        g["indptr"] = m.indptr
+        g["shape"] = np.array(m.shape)
+        feat = g.create_group("features")
+        feat["id"] = np.array([f"ID{i}" for i in range(len(genes))], dtype="S")
+        feat["name"] = np.array(genes, dtype="S")
+        feat["feature_type"] = np.array(["Gene Expression"] * len(genes), dtype="S")
+        feat["genome"] = np.array(["mm10"] * len(genes), dtype="S")
+        feat["_all_tag_keys"] = np.array([b"genome"])
+        f.attrs["library_ids"] = np.array([b"lib"])
+        f.attrs["chemistry_description"] = "Spatial 3' v1"
+        f.attrs["filetype"] = "matrix"
+        f.attrs["software_version"] = "spaceranger-1.0.0"
+        f.attrs["version"] = 2
+    rows = [
+        (b, 1, i // 4, (i % 4) * 2 + (i // 4) % 2, 400 + 80 * (i // 4), 400 + 92 * (i % 4))
+        for i, b in enumerate(barcodes)
+    ]
+    pd.DataFrame(rows).to_csv(
+        folder / "spatial" / "tissue_positions_list.csv", header=False, index=False
+    )
+    scalefactors = {
+        "spot_diameter_fullres": 60.0,
+        "tissue_hires_scalef": 0.5,
+        "tissue_lowres_scalef": 0.1,
+        "fiducial_diameter_fullres": 90.0,
+    }
+    (folder / "spatial" / "scalefactors_json.json").write_text(json.dumps(scalefactors))
+    hires = rng.integers(0, 255, (600, 600, 3), dtype=np.uint8)
+    Image.fromarray(hires).save(folder / "spatial" / "tissue_hires_image.png")
+    lowres = rng.integers(0, 255, (120, 120, 3), dtype=np.uint8)
+    Image.fromarray(lowres).save(folder / "spatial" / "tissue_lowres_image.png")
+    return folder

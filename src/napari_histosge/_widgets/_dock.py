@@ -68,8 +68,8 @@ def _open_slide(src: Any, keys: dict[str, str | None]) -> tuple[Any, Any, str | 
     """Read ``src`` (a path or a SpatialData object) and resolve a slide if the keys allow."""
     from spatialdata import SpatialData
 
-    from ..io import read_slide
-    from ..pipeline import Slide
+    from napari_histosge.io import read_slide
+    from napari_histosge.pipeline import Slide
 
     sdata = src if isinstance(src, SpatialData) else read_slide(Path(src), **keys)
     try:
@@ -80,15 +80,15 @@ def _open_slide(src: Any, keys: dict[str, str | None]) -> tuple[Any, Any, str | 
 
 
 def _load_sample_slide() -> tuple[Any, Any, str | None]:
-    """The bundled sample as a slide."""
-    from ..io import load_sample
+    """Load the bundled sample as a slide."""
+    from napari_histosge.io import load_sample
 
     return _open_slide(load_sample(), {})
 
 
 def _predict_and_rank(slide: Any, features: Any, model: Any) -> tuple[Any, list[str]]:
-    """Predictions plus their genes, most variable first."""
-    from ..pipeline import predict
+    """Predict, and rank the genes by how much their predictions vary."""
+    from napari_histosge.pipeline import predict
 
     predictions = predict(slide, features, model)
     return predictions, predictions.top_genes(len(predictions.genes))
@@ -97,8 +97,8 @@ def _predict_and_rank(slide: Any, features: Any, model: Any) -> tuple[Any, list[
 def _render_genes(
     slide: Any, predictions: Any, genes: list[str], measured: bool
 ) -> tuple[Any, Any]:
-    """Maps of ``genes`` plus, if asked, the measured expression of the first one."""
-    from ..pipeline import render
+    """Render ``genes``; also read the first one's measured expression if asked."""
+    from napari_histosge.pipeline import render
 
     maps = render(slide, predictions, genes=genes)
     values = slide.measured([genes[0]])[:, 0] if measured else None
@@ -106,15 +106,13 @@ def _render_genes(
 
 
 def _measured_values(slide: Any, gene: str) -> tuple[str, Any]:
-    """Measured expression of one gene at the spots."""
+    """Read the measured expression of one gene at the spots."""
     return gene, slide.measured([gene])[:, 0]
 
 
-def _render_and_export(
-    slide: Any, predictions: Any, out: str, overwrite: bool
-) -> Path:
+def _render_and_export(slide: Any, predictions: Any, out: str, overwrite: bool) -> Path:
     """Render all predicted genes and write everything into ``out``."""
-    from ..pipeline import export, render
+    from napari_histosge.pipeline import export, render
 
     maps = render(slide, predictions)
     return export(slide, predictions, maps, out, overwrite=overwrite)
@@ -260,7 +258,7 @@ class HisToSGEWidget(QWidget):
         self.positions_combo.setEditable(True)
         self.positions_combo.addItems(["4x", "grid:25", "grid:10"])
         self.positions_combo.setToolTip(
-            "4x: half-way between neighbouring spots (HisToSGE); grid:µm: a dense grid on the tissue"
+            "4x: half-way between neighbouring spots (HisToSGE); grid:µm: a dense tissue grid"
         )
         form.addRow("Positions", self.positions_combo)
         self.extract_button = QPushButton("Extract")
@@ -269,7 +267,7 @@ class HisToSGEWidget(QWidget):
         return box
 
     def _build_train(self) -> QGroupBox:
-        from ..train import TrainConfig
+        from napari_histosge.train import TrainConfig
 
         defaults = TrainConfig()
         box = QGroupBox("3. Train")
@@ -494,9 +492,7 @@ class HisToSGEWidget(QWidget):
         if not text:
             show_warning("Enter a .zarr store, a Visium folder or an ST section folder.")
             return
-        self._start(
-            "Reading", _open_slide, Path(text), {}, on_returned=self._on_opened
-        )
+        self._start("Reading", _open_slide, Path(text), {}, on_returned=self._on_opened)
 
     def open_sample(self) -> None:
         """Load the bundled sample in a worker."""
@@ -549,7 +545,7 @@ class HisToSGEWidget(QWidget):
         )
 
     def _on_slide(self, slide: Any, add_layers: bool = True) -> None:
-        from .._layers import image_layer, spots_layer
+        from napari_histosge._layers import image_layer, spots_layer
 
         self.slide = slide
         for combo, key in (
@@ -565,7 +561,7 @@ class HisToSGEWidget(QWidget):
                 getattr(self.viewer, f"add_{kind}")(data, **kwargs)
         geom = slide.geometry
         self.status.setText(
-            f"{len(geom.spot_ids)} spots ({geom.lattice} lattice, {geom.diameter_px:.1f} px across, "
+            f"{len(geom.spot_ids)} spots ({geom.lattice} lattice, {geom.diameter_px:.1f} px, "
             f"{geom.um_per_px:.3f} µm/px), {len(slide.genes)} genes."
         )
         self.progress_bar.setValue(100)
@@ -588,7 +584,7 @@ class HisToSGEWidget(QWidget):
 
     def extract_options(self) -> Any:
         """Feature options from the controls."""
-        from ..pipeline import ExtractOptions
+        from napari_histosge.pipeline import ExtractOptions
 
         sizes = self.patch_edit.text().strip()
         patch_sizes = None
@@ -611,7 +607,7 @@ class HisToSGEWidget(QWidget):
 
     def extract(self) -> None:
         """Embed spots and new positions in a worker (cached features are reused)."""
-        from ..pipeline import iter_extract
+        from napari_histosge.pipeline import iter_extract
 
         if self.slide is None or self.running is not None:
             return
@@ -620,7 +616,9 @@ class HisToSGEWidget(QWidget):
         except ValueError as err:
             self._on_error(err)
             return
-        self._start("Extracting features", iter_extract, self.slide, options, on_returned=self._on_features)
+        self._start(
+            "Extracting features", iter_extract, self.slide, options, on_returned=self._on_features
+        )
 
     def _on_features(self, features: Any) -> None:
         self.features = features
@@ -638,7 +636,7 @@ class HisToSGEWidget(QWidget):
 
     def train_config(self) -> Any:
         """Training options from the controls."""
-        from ..train import TrainConfig
+        from napari_histosge.train import TrainConfig
 
         device = self.device_combo.currentText()
         return TrainConfig(
@@ -652,7 +650,7 @@ class HisToSGEWidget(QWidget):
 
     def train(self) -> None:
         """Train in a worker, with a live loss curve; Cancel keeps the best weights so far."""
-        from ..pipeline import iter_train
+        from napari_histosge.pipeline import iter_train
 
         if self.features is None or self.running is not None:
             return
@@ -690,7 +688,7 @@ class HisToSGEWidget(QWidget):
 
     def save_checkpoint(self, path: str | Path) -> None:
         """Save the model as a folder (safetensors weights, JSON and YAML) in a worker."""
-        from ..train import save_checkpoint
+        from napari_histosge.train import save_checkpoint
 
         if self.model is None:
             return
@@ -709,7 +707,7 @@ class HisToSGEWidget(QWidget):
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Load a saved model in a worker (checked against the features when predicting)."""
-        from ..train import load_checkpoint
+        from napari_histosge.train import load_checkpoint
 
         self._start("Loading the model", load_checkpoint, Path(path), on_returned=self._on_loaded)
 
@@ -792,7 +790,7 @@ class HisToSGEWidget(QWidget):
         )
 
     def _on_maps(self, result: tuple[Any, Any]) -> None:
-        from .._layers import gene_layers
+        from napari_histosge._layers import gene_layers
 
         maps, measured = result
         for gene, layer in list(self.gene_layers.items()):
@@ -809,7 +807,7 @@ class HisToSGEWidget(QWidget):
         self.progress_bar.setValue(100)
 
     def _show_measured(self, gene: str, values: Any) -> None:
-        from .._layers import spots_layer
+        from napari_histosge._layers import spots_layer
 
         if self.measured_layer is not None and self.measured_layer in self.viewer.layers:
             self.viewer.layers.remove(self.measured_layer)
@@ -854,7 +852,7 @@ class HisToSGEWidget(QWidget):
         """Write predictions, maps and cached features into a store, atomically, in a worker."""
         from napari.utils.notifications import show_warning
 
-        from ..export import OUTPUT_KEYS
+        from napari_histosge.export import OUTPUT_KEYS
 
         if self.predictions is None or self.running is not None:
             return

@@ -33,7 +33,9 @@ class LossPlot(QWidget):
         self.plot_widget.showGrid(x=True, y=True, alpha=0.2)
         legend = self.plot_widget.addLegend(offset=(-5, 5))
         legend.setLabelTextSize("7pt")
-        self.train_curve = self.plot_widget.plot([], [], pen=pg.mkPen("#1f77b4", width=2), name="train")
+        self.train_curve = self.plot_widget.plot(
+            [], [], pen=pg.mkPen("#1f77b4", width=2), name="train"
+        )
         self.val_curve = self.plot_widget.plot(
             [], [], pen=pg.mkPen("#ff7f0e", width=2), name="validation"
         )
