@@ -39,6 +39,15 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _exe() -> str:
+    """The interpreter, relative to the working directory when inside it (``.venv/bin/python``)."""
+    exe = Path(sys.executable)
+    try:
+        return str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        return str(exe)
+
+
 def run_metadata(extra_packages: Sequence[str] = ()) -> dict[str, Any]:
     """Date, machine, package versions and the exact command of this run."""
     pkgs = ["torch", "timm", "numpy", "spatialdata", "scanpy", "anndata", "napari-histosge"]
@@ -58,7 +67,8 @@ def run_metadata(extra_packages: Sequence[str] = ()) -> dict[str, Any]:
             "python": platform.python_version(),
         },
         "versions": {p: _version(p) for p in pkgs},
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "loadavg_1_5_15_at_start": list(os.getloadavg()),
+        "command": " ".join(shlex.quote(a) for a in [_exe(), *sys.argv]),
         "cwd": os.getcwd(),
     }
 

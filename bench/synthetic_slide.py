@@ -26,6 +26,7 @@ import argparse
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,8 @@ def sample_tissue_tiles(
             grey = t.mean(axis=2)
             sat = t.max(axis=2).astype(np.int16) - t.min(axis=2)
             tissue_frac = float(((grey < 215) & (sat > 25)).mean())
-            if tissue_frac > 0.85:
+            nuclei_frac = float((grey < 150).mean())  # haematoxylin-dense pixels
+            if tissue_frac > 0.85 and nuclei_frac > 0.05 and grey.std() > 18:
                 tiles.append(t.copy())
                 got += 1
         del img
@@ -243,11 +245,14 @@ def generate(
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it.")
         shutil.rmtree(out)
     timings: dict[str, float] = {}
+    peaks: dict[str, float] = {}
     rng = np.random.default_rng(seed)
 
     t0 = time.perf_counter()
-    tiles = sample_tissue_tiles(rng, n_tiles, tile, max_images=max_images)
+    with PeakRSS() as mem:
+        tiles = sample_tissue_tiles(rng, n_tiles, tile, max_images=max_images)
     timings["tiles_s"] = time.perf_counter() - t0
+    peaks["tiles"] = mem.peak_mb
 
     tissue = SmoothField.random(rng, size, sigma=10.0)
     # Keep most of the lattice area on tissue: shift the field up near the centre.
@@ -270,9 +275,10 @@ def generate(
     if tmp.exists():
         shutil.rmtree(tmp)
     t0 = time.perf_counter()
-    with dask.config.set(scheduler="threads", num_workers=workers):
+    with PeakRSS() as mem, dask.config.set(scheduler="threads", num_workers=workers):
         da.to_zarr(lazy, str(tmp), overwrite=True)
     timings["image_scale0_s"] = time.perf_counter() - t0
+    peaks["image_scale0"] = mem.peak_mb
 
     # --- spots and counts ----------------------------------------------------------------
     t0 = time.perf_counter()
@@ -328,9 +334,10 @@ def generate(
         chunks=(3, chunk, chunk),
     )
     sdata = SpatialData(images={"he": image}, shapes={"spots": circles}, tables={"table": table})
-    with dask.config.set(scheduler="threads", num_workers=workers):
+    with PeakRSS() as mem, dask.config.set(scheduler="threads", num_workers=workers):
         sdata.write(out)
     timings["pyramid_write_s"] = time.perf_counter() - t0
+    peaks["pyramid_write"] = mem.peak_mb
     shutil.rmtree(tmp)
     return {
         "size_px": size,
@@ -346,6 +353,7 @@ def generate(
         "median_umi_per_spot": float(np.median(counts.sum(axis=1))),
         "fraction_spots_in_tissue": float(obs["in_tissue"].mean()),
         "timings_s": timings,
+        "peak_rss_mb_by_phase": peaks,
     }
 
 
@@ -373,6 +381,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="2,048 px, 200 spots, 50 genes")
     p.add_argument("--name", default=None)
     args = p.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*autosharding.*")
+    warnings.filterwarnings("ignore", message=".*storage-related arguments.*")
 
     size, n_spots, n_genes, n_tiles, max_images, tile = (
         args.size, args.spots, args.genes, 64, None, 512
@@ -430,6 +440,7 @@ def main(argv: list[str] | None = None) -> dict:
         ["median UMI/spot", f"{info['median_umi_per_spot']:.0f}"],
         ["wall time", f"{wall:.1f} s"],
         *[[f"  {k}", f"{v:.1f} s"] for k, v in info["timings_s"].items()],
+        *[[f"  peak RSS {k}", f"{v:.0f} MiB"] for k, v in info["peak_rss_mb_by_phase"].items()],
         ["peak RSS (sampled / process)", f"{mem.peak_mb:.0f} MiB / {peak_rss_mb():.0f} MiB"],
         ["full-res image in memory would be", f"{result['full_image_mb']:.0f} MiB"],
         ["store on disk", f"{result['store_mb']:.0f} MiB"],

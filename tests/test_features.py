@@ -1,93 +1,230 @@
 from __future__ import annotations
 
-import dask.array as da
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import spatialdata as sd
-import xarray as xr
 
-from napari_histosge import Cancelled, run_generator
-from napari_histosge.features import extract_features, iter_extract_features
-from napari_histosge.geometry import spot_geometry, subspot_positions
-from napari_histosge.io import resolve_keys
-from napari_histosge.patches import PAD_VALUE, read_patches
+from napari_histosge import Cancelled, Progress, run_generator
+from napari_histosge.encoders import HistologyEncoder, get_encoder
+from napari_histosge.features import (
+    FeatureSet,
+    cache_element_name,
+    extract_features,
+    iter_extract_features,
+)
 
-
-def test_patches_keep_rgb_and_pad_at_border():
-    img = np.zeros((3, 100, 100), np.uint8)
-    img[0, 40:60, 40:60] = 255  # a red square
-    arr = xr.DataArray(img, dims=("c", "y", "x"))
-    p = read_patches(arr, np.array([[50.0, 50.0], [0.0, 0.0]]), 20, out_px=20)
-    assert (p[0, ..., 0] == 255).all() and (p[0, ..., 1:] == 0).all()
-    assert (p[1, :10, :10] == PAD_VALUE).all()  # outside the image: white padding
-    assert (p[1, 10:, 10:] == 0).all()
+DIAMETER = 20.0
 
 
-def test_patches_read_only_needed_chunks():
-    touched: list[tuple[int, int]] = []
+@pytest.fixture
+def synthetic():
+    """A 256 x 256 H&E-like image (tissue on the left, glass on the right) and 30 spots."""
+    import anndata as ad
+    import geopandas as gpd
+    import pandas as pd
+    from shapely.geometry import Point
+    from spatialdata.models import Image2DModel, ShapesModel, TableModel
 
-    def block(block_info=None):
-        loc = block_info[None]["chunk-location"]
-        touched.append(loc[1:])
-        return np.full((3, 64, 64), 100, np.uint8)
+    rng = np.random.default_rng(0)
+    img = np.full((256, 256, 3), 242, np.uint8)
+    img[:, :128] = (220, 150, 195)
+    yy, xx = np.mgrid[:256, :128]
+    for cy, cx in rng.uniform(0, [256, 128], (300, 2)):
+        img[:, :128][(yy - cy) ** 2 + (xx - cx) ** 2 < 6] = (80, 45, 130)
+    img = np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+    image = Image2DModel.parse(np.moveaxis(img, 2, 0), dims=("c", "y", "x"), chunks=(3, 64, 64))
+    gx, gy = np.meshgrid(np.arange(24.0, 256, 40), np.arange(24.0, 256, 48))
+    xy = np.c_[gx.ravel(), gy.ravel()][:30]
+    shapes = ShapesModel.parse(
+        gpd.GeoDataFrame({"radius": np.full(len(xy), DIAMETER / 2)}, geometry=[Point(p) for p in xy]),
+    )
+    table = TableModel.parse(
+        ad.AnnData(
+            rng.poisson(3, (len(xy), 5)).astype(np.float32),
+            obs=pd.DataFrame({"region": pd.Categorical(["spots"] * len(xy)), "spot": np.arange(len(xy))},
+                             index=[f"s{i}" for i in range(len(xy))]),
+        ),
+        region="spots", region_key="region", instance_key="spot",
+    )
+    sdata = sd.SpatialData(images={"he": image}, shapes={"spots": shapes}, tables={"table": table})
+    geom = SimpleNamespace(diameter_px=DIAMETER, um_per_px=2.0, centers_px=xy)
+    return sdata, geom, xy
 
-    lazy = da.map_blocks(block, dtype=np.uint8, chunks=((3,), (64,) * 16, (64,) * 16))
-    arr = xr.DataArray(lazy, dims=("c", "y", "x"))
-    read_patches(arr, np.array([[100.0, 100.0]]), 32, out_px=16)
-    assert 0 < len(set(touched)) <= 4  # a 1024 x 1024 image, only the chunks under one patch
+
+class CountingEncoder:
+    """Wraps an encoder and counts the patches it embeds."""
+
+    def __init__(self, enc):
+        self.enc, self.calls, self.patches = enc, 0, 0
+        self.name, self.id, self.dim = enc.name, enc.id, enc.dim
+        self.weights_sha256, self.input_size = enc.weights_sha256, enc.input_size
+
+    def embed(self, patches):
+        self.calls += 1
+        self.patches += len(patches)
+        return self.enc.embed(patches)
 
 
-def test_histology_features_on_sample_and_cache(sample_sdata, tmp_path):
-    keys = resolve_keys(sample_sdata)
-    geom = spot_geometry(sample_sdata, **keys.__dict__)
-    kw = {"image_key": keys.image_key, "geometry": geom}
-    fs = extract_features(sample_sdata, geom.centers_px, **kw)
-    assert fs.features.shape == (49, 45) and not fs.from_cache
-    assert fs.meta["encoder_id"] == "histology@v1" and fs.meta["patch_sizes_spot"] == [1.0, 2.0, 4.0]
-    again = extract_features(sample_sdata, geom.centers_px, **kw)
-    assert again.from_cache
+def test_histology_features_multiscale_and_tissue(synthetic):
+    sdata, geom, xy = synthetic
+    fs = extract_features(sdata, xy, image_key="he", geometry=geom, cache=False)
+    assert isinstance(fs, FeatureSet) and not fs.from_cache
+    d = HistologyEncoder.dim_per_scale
+    assert fs.features.shape == (30, 3 * d) and fs.features.dtype == np.float32
+    assert np.isfinite(fs.features).all()
+    assert fs.meta["patch_sizes_spot"] == [1.0, 2.0, 4.0]
+    assert fs.meta["patch_sizes_px"] == [20.0, 40.0, 80.0]
+    assert fs.meta["patch_sizes_um"] == [40.0, 80.0, 160.0]
+    assert fs.meta["encoder_id"] == "histology@v2" and fs.meta["dim"] == 3 * d
+    tissue = fs.features[:, HistologyEncoder.channels.index("tissue")]  # 1-spot patches
+    left, right = xy[:, 0] < 100, xy[:, 0] > 156
+    assert tissue[left].min() > 0.9 and tissue[right].max() < 0.1
+    again = extract_features(sdata, xy, image_key="he", geometry=geom, cache=False)
+    np.testing.assert_array_equal(again.features, fs.features)  # deterministic
+    # Other sizes and units pool the same maps.
+    px = extract_features(sdata, xy, image_key="he", geometry=geom, cache=False,
+                          patch_sizes=[80.0], patch_unit="um")
+    np.testing.assert_allclose(px.features, fs.features[:, d : 2 * d], rtol=1e-4, atol=1e-4)
+
+
+def test_progress_and_cache_reuse_in_memory(synthetic):
+    sdata, geom, xy = synthetic
+    enc = get_encoder()
+    steps = []
+    fs = run_generator(
+        iter_extract_features(sdata, xy, image_key="he", geometry=geom, encoder=enc, batch_size=8),
+        progress=steps.append,
+    )
+    assert all(isinstance(p, Progress) and p.stage == "features" for p in steps)
+    assert steps[-1].step == steps[-1].total == 4
+    name = cache_element_name("spots")
+    table = sdata.tables[name]
+    assert table.n_obs == 30 and fs.key in table.obsm
+    np.testing.assert_array_equal(table.obsm["spatial"], xy)
+    assert fs.key in table.uns["histosge_features"]
+
+    tiles = []
+    enc.iter_dense_maps = lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed"))
+    again = run_generator(
+        iter_extract_features(sdata, xy, image_key="he", geometry=geom, encoder=enc),
+        progress=tiles.append,
+    )
+    assert again.from_cache and again.key == fs.key and len(tiles) == 1
     np.testing.assert_array_equal(again.features, fs.features)
-    # Other patch sizes are another cache entry.
-    other = extract_features(sample_sdata, geom.centers_px, patch_sizes=[2.0], **kw)
-    assert not other.from_cache and other.features.shape == (49, 15)
-    np.testing.assert_allclose(other.features, fs.features[:, 15:30], rtol=1e-5)
-    # Persisted in a store on disk and reused after reopening.
+
+
+def test_subspot_positions_reuse_the_spot_maps(synthetic):
+    sdata, geom, xy = synthetic
+    enc = get_encoder()
+    run_generator(iter_extract_features(sdata, xy, image_key="he", geometry=geom, encoder=enc))
+    mid = (xy[:-1] + xy[1:]) / 2.0
+    msgs = []
+    sub = run_generator(
+        iter_extract_features(sdata, mid, image_key="he", geometry=geom, encoder=enc, cache_name="4x"),
+        progress=msgs.append,
+    )
+    assert not any("tile" in p.message for p in msgs)  # no map recomputed
+    assert sub.features.shape == (29, 3 * HistologyEncoder.dim_per_scale)
+    assert cache_element_name("4x") in sdata.tables and cache_element_name("spots") in sdata.tables
+
+
+def test_vit_cache_counts_encoder_calls(synthetic):
+    sdata, geom, xy = synthetic
+    enc = CountingEncoder(get_encoder("timm:test_vit", weights="random", device="cpu"))
+    fs = extract_features(sdata, xy, image_key="he", geometry=geom, encoder=enc,
+                          patch_sizes=[1.0, 2.0], batch_size=16)
+    assert fs.features.shape == (30, 2 * enc.dim) and enc.patches == 60 and enc.calls == 4
+    assert fs.meta["encoder_id"] == "timm:test_vit@random" and fs.key == "X_timm-test_vit_random_p1-2"
+    again = extract_features(sdata, xy, image_key="he", geometry=geom, encoder=enc,
+                             patch_sizes=[1.0, 2.0])
+    assert again.from_cache and enc.calls == 4
+    # Other positions invalidate the cache of that position set.
+    moved = extract_features(sdata, xy[:4] + 1.0, image_key="he", geometry=geom, encoder=enc,
+                             patch_sizes=[1.0, 2.0])
+    assert not moved.from_cache and enc.patches == 68
+
+
+def test_cache_persists_in_a_zarr_store(synthetic, tmp_path):
+    sdata, geom, xy = synthetic
     store = tmp_path / "s.zarr"
-    sample_sdata.write(store)
+    sdata.write(store)
+    backed = sd.read_zarr(store)
+    a = extract_features(backed, xy, image_key="he", geometry=geom)
+    b = extract_features(backed, xy, image_key="he", geometry=geom, patch_sizes=[2.0])
     reopened = sd.read_zarr(store)
-    assert extract_features(reopened, geom.centers_px, **kw).from_cache
-    assert extract_features(sd.read_zarr(store), geom.centers_px, patch_sizes=[2.0], **kw).from_cache
+    assert cache_element_name("spots") in reopened.tables
+    ra = extract_features(reopened, xy, image_key="he", geometry=geom)
+    rb = extract_features(reopened, xy, image_key="he", geometry=geom, patch_sizes=[2.0])
+    assert ra.from_cache and rb.from_cache
+    np.testing.assert_array_equal(ra.features, a.features)
+    np.testing.assert_array_equal(rb.features, b.features)
+    assert ra.meta == a.meta
 
 
-def test_cancel_leaves_no_cache(sample_sdata):
-    keys = resolve_keys(sample_sdata)
-    geom = spot_geometry(sample_sdata, **keys.__dict__)
-    xy = subspot_positions(geom.centers_px)
-    gen = iter_extract_features(
-        sample_sdata, xy, image_key=keys.image_key, geometry=geom, encoder="timm:test_vit",
-        weights="random", batch_size=8, cache_name="4x",
-    )
+@pytest.mark.parametrize("encoder", ["histology", "timm:test_vit"])
+def test_cancel_leaves_no_cache(synthetic, tmp_path, encoder):
+    sdata, geom, xy = synthetic
+    store = tmp_path / "s.zarr"
+    sdata.write(store)
+    backed = sd.read_zarr(store)
+    weights = None if encoder == "histology" else "random"
+    gen = iter_extract_features(backed, xy, image_key="he", geometry=geom, encoder=encoder,
+                                weights=weights, batch_size=8, cache_name="4x")
+    seen = []
     with pytest.raises(Cancelled):
-        run_generator(gen, cancel=lambda: True)
-    assert "histosge_features_4x" not in sample_sdata.tables
+        run_generator(gen, progress=seen.append, cancel=lambda: len(seen) >= 2)
+    assert cache_element_name("4x") not in backed.tables
+    assert cache_element_name("4x") not in sd.read_zarr(store).tables
+    # Also when the caller closes the generator after the last batch.
+    gen = iter_extract_features(backed, xy, image_key="he", geometry=geom, encoder=encoder,
+                                weights=weights, batch_size=64, cache_name="4x")
+    items = [next(gen) for _ in range(2 if encoder != "histology" else 3)]
+    assert items[-1].step == items[-1].total
+    gen.close()
+    assert cache_element_name("4x") not in backed.tables
 
 
-def test_vit_features_and_reuse_for_subspots(sample_sdata):
+def test_input_errors(synthetic):
+    sdata, geom, xy = synthetic
+    with pytest.raises(KeyError, match="image_key"):
+        extract_features(sdata, xy, image_key="nope", geometry=geom)
+    with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
+        extract_features(sdata, xy[:, :1], image_key="he", geometry=geom)
+    with pytest.raises(ValueError, match="patch_unit"):
+        extract_features(sdata, xy, image_key="he", geometry=geom, patch_unit="mm")
+    with pytest.raises(ValueError, match="batch_size"):
+        extract_features(sdata, xy, image_key="he", geometry=geom, batch_size=0)
+
+
+def test_sample_spots_and_4x(sample_sdata):
+    from napari_histosge.geometry import spot_geometry, subspot_positions
+    from napari_histosge.io import resolve_keys
+
     keys = resolve_keys(sample_sdata)
     geom = spot_geometry(sample_sdata, **keys.__dict__)
-    fs = extract_features(
-        sample_sdata, geom.centers_px[:5], image_key=keys.image_key, geometry=geom,
-        encoder="timm:test_vit", weights="random", cache=False,
-    )
-    assert fs.features.shape[0] == 5 and fs.meta["encoder_id"] == "timm:test_vit@random"
+    enc = get_encoder()
+    kw = {"image_key": keys.image_key, "geometry": geom, "encoder": enc}
+    spots = extract_features(sample_sdata, geom.centers_px, **kw)
+    sub = extract_features(sample_sdata, subspot_positions(geom.centers_px, lattice=geom.lattice),
+                           cache_name="4x", **kw)
+    assert spots.features.shape == (49, 66) and np.isfinite(sub.features).all()
+    assert spots.features.std(0).max() > 0  # not constant across spots
+    assert extract_features(sample_sdata, geom.centers_px, **kw).from_cache
 
 
-def test_histology_on_her2st_distinguishes_tissue(her2st_c2_zarr):
+@pytest.mark.her2st
+def test_her2st_tissue_versus_glass(her2st_c2_zarr):
+    from napari_histosge.geometry import spot_geometry
+    from napari_histosge.io import resolve_keys
+
     sdata = sd.read_zarr(her2st_c2_zarr)
     keys = resolve_keys(sdata)
     geom = spot_geometry(sdata, **keys.__dict__)
-    corners = geom.centers_px.min(0) - 3 * geom.pitch_px
-    fs = extract_features(sdata, np.vstack([geom.centers_px[:20], corners]), image_key=keys.image_key,
-                          geometry=geom, cache=False, patch_sizes=[1.0])
-    tissue = fs.features[:, list(__import__("napari_histosge.encoders", fromlist=["x"]).HistologyEncoder.channels).index("tissue")]
-    assert tissue[:20].mean() > tissue[20] + 0.2
+    corner = geom.centers_px.min(0) - 4 * geom.diameter_px  # glass beside the tissue
+    xy = np.vstack([geom.centers_px, corner])
+    fs = extract_features(sdata, xy, image_key=keys.image_key, geometry=geom, cache=False)
+    assert fs.features.shape == (len(xy), 66) and np.isfinite(fs.features).all()
+    tissue = fs.features[:, HistologyEncoder.channels.index("tissue")]
+    assert np.median(tissue[:-1]) > tissue[-1] + 0.3

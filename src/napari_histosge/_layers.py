@@ -63,7 +63,7 @@ def spots_layer(
     >>> from napari_histosge.pipeline import Slide
     >>> data, kwargs, _ = spots_layer(Slide.open(load_sample()))
     >>> data.shape[1], round(float(kwargs["size"]), 1)
-    (2, 89.4)
+    (2, 75.7)
     """
     geom = slide.geometry
     data = geom.centers_px[:, ::-1].copy()

@@ -41,9 +41,9 @@ def load_sample() -> SpatialData:
 
     from .geometry import VISIUM_DIAMETER_UM, VISIUM_PITCH_UM
     from .io import (
-        SLIDE_META_KEY,
         SPACERANGER_SPOT_UM,
         _circles,
+        _cyx,
         _parse_image,
         _read_image_file,
         _table,
@@ -77,7 +77,7 @@ def load_sample() -> SpatialData:
         {"leiden": src.obs["leiden"].to_numpy(), "in_tissue": src.obs["in_tissue"].to_numpy()},
     )
     return SpatialData(
-        images={f"{SAMPLE_ID}_image": _parse_image(np.moveaxis(rgb, 2, 0))},
+        images={f"{SAMPLE_ID}_image": _parse_image(_cyx(rgb))},
         shapes={spots_key: _circles(xy, VISIUM_DIAMETER_UM / um_per_px / 2.0)},
         tables={"table": table},
     )

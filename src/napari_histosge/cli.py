@@ -316,6 +316,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*autosharding.*")
+
+    def _one_line(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        print(f"histosge: warning: {message}", file=sys.stderr)  # noqa: T201
+
+    warnings.showwarning = _one_line
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func

@@ -1,4 +1,12 @@
-"""Embed positions of a slide with an encoder and cache the features in the store."""
+"""Embed positions of a slide with an encoder and cache the features in the store.
+
+Cache layout: one table element per position set, ``histosge_features_<cache_name>``, with
+``obs`` = position ids, ``obsm["spatial"]`` = positions ``(x, y)`` in scale-0 image pixels,
+``obsm[key]`` = features and ``uns["histosge_features"][key]`` = provenance (a JSON string),
+``uns["positions_digest"]`` = checksum of the positions. ``key`` names the encoder id (with the
+weights checksum) and the patch sizes, e.g. ``X_histology_v2_p1-2-4``. The element is written
+with ``SpatialData.write_element`` when the object is backed by a zarr store.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,7 @@ import hashlib
 import json
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -16,12 +24,12 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
     from .encoders import HistologyEncoder, TimmEncoder
-    from .geometry import SpotGeometry
 
 __all__ = [
     "DEFAULT_PATCH_SIZES",
     "FeatureSet",
     "cache_element_name",
+    "cache_key",
     "extract_features",
     "iter_extract_features",
 ]
@@ -30,6 +38,12 @@ __all__ = [
 #: accuracy on her2st rose from 1 to 2-4 spot diameters of context); one for ViT encoders.
 DEFAULT_PATCH_SIZES: dict[str, tuple[float, ...]] = {"histology": (1.0, 2.0, 4.0), "vit": (2.0,)}
 _UNS_KEY = "histosge_features"
+_STAGE = "features"
+
+
+class _Geometry(Protocol):
+    diameter_px: float
+    um_per_px: float
 
 
 @dataclass(frozen=True)
@@ -44,9 +58,9 @@ class FeatureSet:
         Cache key (encoder id, weights checksum, patch sizes).
     meta
         ``encoder``, ``encoder_id``, ``weights_sha256``, ``patch_sizes_px``, ``patch_sizes_um``,
-        ``patch_sizes_spot``, ``dim``.
+        ``patch_sizes_spot``, ``dim``, ``dim_per_size``, ``positions_digest``.
     from_cache
-        Whether the features were read from the cache.
+        Whether the features were read from the cache (nothing was embedded).
     """
 
     features: np.ndarray
@@ -66,28 +80,47 @@ def cache_element_name(cache_name: str) -> str:
     return f"histosge_features_{cache_name}"
 
 
-def _positions_digest(xy: np.ndarray) -> str:
-    return hashlib.sha256(np.round(np.asarray(xy, dtype=float), 2).tobytes()).hexdigest()[:12]
+def cache_key(encoder_id: str, sizes_spot: Sequence[float]) -> str:
+    """``obsm`` key of the features of an encoder at the given patch sizes (spot diameters).
 
-
-def _cache_key(encoder_id: str, sizes_spot: Sequence[float]) -> str:
-    slug = encoder_id.replace("@", "_").replace(":", "-").replace("/", "-")
-    sizes = "-".join(f"{s:g}" for s in sizes_spot).replace(".", "p")
+    Examples
+    --------
+    >>> cache_key("uni@0123456789abcdef", [2.0])
+    'X_uni_0123456789ab_p2'
+    >>> cache_key("histology@v2", [1, 2, 4])
+    'X_histology_v2_p1-2-4'
+    """
+    name, _, version = encoder_id.partition("@")
+    slug = f"{name}_{version[:12]}" if version else name
+    slug = slug.replace(":", "-").replace("/", "-")
+    sizes = "-".join(f"{float(s):g}" for s in sizes_spot).replace(".", "p")
     return f"X_{slug}_p{sizes}"
 
 
+def _positions_digest(xy: np.ndarray) -> str:
+    return hashlib.sha256(np.round(np.asarray(xy, dtype=np.float64), 2).tobytes()).hexdigest()[:16]
+
+
 def _lookup(
-    sdata: SpatialData, name: str, key: str, digest: str
+    sdata: SpatialData, name: str, key: str, digest: str, sizes_px: Sequence[float]
 ) -> tuple[np.ndarray, dict[str, Any]] | None:
     if name not in sdata.tables:
         return None
     table = sdata.tables[name]
-    if key not in table.obsm:
+    if key not in table.obsm or table.uns.get("positions_digest") != digest:
         return None
-    meta = json.loads(table.uns.get(_UNS_KEY, {}).get(key, "{}"))
-    if meta.get("positions_digest") != digest:
+    raw = table.uns.get(_UNS_KEY, {}).get(key)
+    if raw is None:
         return None
-    return np.asarray(table.obsm[key], dtype=np.float32), meta
+    meta = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    if meta.get("positions_digest") != digest or not np.allclose(
+        meta.get("patch_sizes_px", []), list(sizes_px), rtol=1e-4
+    ):
+        return None
+    feats = np.asarray(table.obsm[key], dtype=np.float32)
+    if feats.shape != (table.n_obs, int(meta.get("dim", -1))) or not np.isfinite(feats).all():
+        return None
+    return feats, meta
 
 
 def _store(
@@ -98,20 +131,44 @@ def _store(
 
     digest = meta["positions_digest"]
     old = sdata.tables[name] if name in sdata.tables else None
-    if old is not None and old.uns.get("positions_digest") == digest:
+    if old is not None and old.uns.get("positions_digest") == digest and old.n_obs == len(xy):
         table = old.copy()
     else:
         table = ad.AnnData(
             obs=pd.DataFrame(index=pd.Index([f"{name}_{i}" for i in range(len(xy))])),
         )
-        table.obsm["spatial"] = np.asarray(xy, dtype=float)
+        table.obsm["spatial"] = np.asarray(xy, dtype=np.float64)
         table.uns["positions_digest"] = digest
-        table.uns[_UNS_KEY] = {}
+    entries = {str(k): str(v) for k, v in dict(table.uns.get(_UNS_KEY, {})).items()}
+    entries[key] = json.dumps(meta, sort_keys=True)
     table.obsm[key] = np.asarray(feats, dtype=np.float32)
-    table.uns[_UNS_KEY] = {**dict(table.uns.get(_UNS_KEY, {})), key: json.dumps(meta, sort_keys=True)}
+    table.uns[_UNS_KEY] = entries
     sdata.tables[name] = table
     if sdata.is_backed() and sdata.path is not None and sdata.path.exists():
         sdata.write_element(name, overwrite=True)
+
+
+def _resolve_sizes(
+    patch_sizes: Sequence[float] | None,
+    patch_unit: str,
+    geometry: _Geometry,
+    is_histology: bool,
+) -> tuple[list[float], list[float]]:
+    from .patches import patch_sizes_px
+
+    diameter = float(geometry.diameter_px)
+    um_per_px = float(geometry.um_per_px)
+    if not (np.isfinite(diameter) and diameter > 0 and np.isfinite(um_per_px) and um_per_px > 0):
+        raise ValueError(
+            "Expected a geometry with positive `diameter_px` and `um_per_px`, "
+            f"found {diameter} and {um_per_px}."
+        )
+    if patch_sizes is None:
+        patch_sizes = DEFAULT_PATCH_SIZES["histology" if is_histology else "vit"]
+        patch_unit = "spot"
+    sizes_px = patch_sizes_px(patch_sizes, patch_unit, diameter_px=diameter, um_per_px=um_per_px)
+    sizes_spot = [round(s / diameter, 4) for s in sizes_px]
+    return sizes_px, sizes_spot
 
 
 def iter_extract_features(
@@ -119,7 +176,7 @@ def iter_extract_features(
     positions_px: np.ndarray,
     *,
     image_key: str,
-    geometry: SpotGeometry,
+    geometry: _Geometry,
     encoder: str | HistologyEncoder | TimmEncoder = "histology",
     weights: str | None = None,
     patch_sizes: Sequence[float] | None = None,
@@ -134,9 +191,15 @@ def iter_extract_features(
 
     The cache is the table ``histosge_features_<cache_name>`` (``obsm[key]`` = features,
     ``obsm["spatial"]`` = positions, ``uns["histosge_features"][key]`` = provenance), keyed by
-    encoder id, weights checksum and patch sizes, and valid for the exact positions. It is only
-    written once every batch is done, so a cancelled run leaves no partial cache; a store on
-    disk gets the element written through ``write_element``.
+    encoder id, weights checksum and patch sizes, and valid for the exact positions. It is
+    written only after the last batch, so a cancelled run (the generator closed between two
+    yields) leaves no partial cache; a store on disk gets the element written through
+    ``write_element``.
+
+    The built-in ``histology`` encoder computes dense maps once over the region of the spots
+    (yielding one step per tile) and pools every position and patch size from them; pass the
+    same encoder instance for the spots and the super-resolution positions so that the maps
+    are computed once. ViT encoders embed one patch per position and size.
 
     Parameters
     ----------
@@ -147,21 +210,23 @@ def iter_extract_features(
     image_key
         The H&E image.
     geometry
-        Spot geometry (spot diameter and µm per pixel) for patch sizes.
+        Spot geometry (:class:`napari_histosge.geometry.SpotGeometry`, or any object with
+        ``diameter_px`` and ``um_per_px``; a ``centers_px`` attribute widens the map region to
+        all spots so that later position sets reuse the maps).
     encoder
         Encoder name (see :func:`napari_histosge.encoders.get_encoder`) or instance.
     weights
-        Weights file for a named encoder.
+        Weights for a named ViT encoder (file, ``"random"`` or ``"hub"``).
     patch_sizes
-        Patch sides in ``patch_unit``; :data:`DEFAULT_PATCH_SIZES` when ``None``.
+        Patch sides in ``patch_unit``; :data:`DEFAULT_PATCH_SIZES` (spot diameters) when ``None``.
     patch_unit
         ``"spot"`` diameters, ``"um"`` or ``"px"``.
     batch_size
-        Positions per batch.
+        Positions per batch (one progress step and one cancellation point per batch).
     device
-        Torch device for named ViT encoders.
+        Torch device for a named ViT encoder.
     bf16
-        bf16 autocast for named ViT encoders.
+        bf16 autocast for a named ViT encoder.
     cache_name
         Name of the position set (``"spots"``, ``"4x"``, ...).
     cache
@@ -169,74 +234,79 @@ def iter_extract_features(
 
     Returns
     -------
-    The features.
+    The features: ``(n, len(patch_sizes) * encoder.dim)``, patch sizes in the given order.
 
     Examples
     --------
-    >>> fs = extract_features(sdata, geom.centers_px, image_key="he", geometry=geom)  # doctest: +SKIP
+    >>> from napari_histosge.io import load_sample, resolve_keys
+    >>> from napari_histosge.geometry import spot_geometry
+    >>> sdata = load_sample()
+    >>> keys = resolve_keys(sdata)
+    >>> geom = spot_geometry(sdata, **keys.__dict__)
+    >>> gen = iter_extract_features(sdata, geom.centers_px, image_key=keys.image_key, geometry=geom)
+    >>> fs = run_generator(gen)
+    >>> fs.features.shape
+    (49, 66)
     """
-    from .encoders import HistologyEncoder, get_encoder
-    from .patches import patch_sizes_px, read_patches
+    from .encoders import HistologyEncoder, get_encoder, patches_extent
+    from .patches import read_patches
 
     if image_key not in sdata.images:
         raise KeyError(f"Expected `image_key` to be one of {list(sdata.images)}, found `{image_key}`.")
-    xy = np.atleast_2d(np.asarray(positions_px, dtype=float))
-    if xy.ndim != 2 or xy.shape[1] != 2 or not np.isfinite(xy).all():
-        raise ValueError(f"Expected finite positions of shape (n, 2), found shape {xy.shape}.")
-    if batch_size < 1:
+    xy = np.asarray(positions_px, dtype=np.float64)
+    if xy.ndim != 2 or xy.shape[1] != 2 or len(xy) == 0 or not np.isfinite(xy).all():
+        raise ValueError(f"Expected finite positions of shape (n, 2) with n >= 1, found shape {xy.shape}.")
+    if int(batch_size) < 1:
         raise ValueError(f"Expected `batch_size` >= 1, found `{batch_size}`.")
-    enc = get_encoder(encoder, weights=weights, device=device, bf16=bf16) if isinstance(encoder, str) else encoder
+    if not cache_name or any(ch in cache_name for ch in "/\\ "):
+        raise ValueError(f"Expected a cache name without spaces or slashes, found `{cache_name}`.")
+    batch_size = int(batch_size)
+    enc = (
+        get_encoder(encoder, weights=weights, device=device, bf16=bf16)
+        if isinstance(encoder, str)
+        else encoder
+    )
     is_hist = isinstance(enc, HistologyEncoder)
-    if patch_sizes is None:
-        sizes_spot = list(DEFAULT_PATCH_SIZES["histology" if is_hist else "vit"])
-        sizes_px = [s * geometry.diameter_px for s in sizes_spot]
-    else:
-        sizes_px = patch_sizes_px(
-            patch_sizes, patch_unit, diameter_px=geometry.diameter_px, um_per_px=geometry.um_per_px
-        )
-        sizes_spot = [s / geometry.diameter_px for s in sizes_px]
-    sizes_spot = [round(s, 4) for s in sizes_spot]
-    key = _cache_key(enc.id, sizes_spot)
+    sizes_px, sizes_spot = _resolve_sizes(patch_sizes, patch_unit, geometry, is_hist)
+    key = cache_key(enc.id, sizes_spot)
     name = cache_element_name(cache_name)
     digest = _positions_digest(xy)
+    n = len(xy)
     if cache:
-        hit = _lookup(sdata, name, key, digest)
+        hit = _lookup(sdata, name, key, digest, sizes_px)
         if hit is not None:
-            yield Progress("features", len(xy), len(xy), f"{cache_name}: reused cached features")
+            yield Progress(_STAGE, n, n, f"{cache_name}: reused cached features ({key})")
             return FeatureSet(hit[0], key, hit[1], from_cache=True)
 
     image = sdata.images[image_key]
-    n = len(xy)
-    yield Progress("features", 0, n, f"{cache_name}: embedding {n} positions with {enc.id}")
-    parts = []
+    n_batches = -(-n // batch_size)
+    parts: list[np.ndarray] = []
+    yield Progress(_STAGE, 0, n_batches, f"{cache_name}: embedding {n} positions with {enc.id}")
     if is_hist:
-        c = geometry.centers_px
-        margin = max(sizes_px) / 2.0 + geometry.diameter_px
-        extent = (
-            float(c[:, 0].min() - margin),
-            float(c[:, 1].min() - margin),
-            float(c[:, 0].max() + margin),
-            float(c[:, 1].max() + margin),
-        )
-        # The dense maps are computed on the first batch and reused by every later one.
-        for start in range(0, n, max(batch_size, 256)):
-            stop = min(n, start + max(batch_size, 256))
-            parts.append(
-                enc.dense_features(
-                    image, xy[start:stop], sizes_px, geometry.um_per_px, extent=extent,
-                    key=(id(sdata), image_key),
-                )
+        assert isinstance(enc, HistologyEncoder)
+        spots = getattr(geometry, "centers_px", None)
+        ref = xy if spots is None else np.vstack([xy, np.asarray(spots, dtype=float).reshape(-1, 2)])
+        extent = patches_extent(ref, sizes_px, margin_px=float(geometry.diameter_px))
+        maps_gen = enc.iter_dense_maps(image, float(geometry.um_per_px), extent)
+        while True:
+            try:
+                tile, n_tiles = next(maps_gen)
+            except StopIteration as stop:
+                maps = stop.value
+                break
+            yield Progress(
+                _STAGE, 0, n_batches, f"{cache_name}: tissue maps, tile {tile}/{n_tiles}",
+                info={"tile": tile, "tiles": n_tiles},
             )
-            yield Progress("features", stop, n, f"{cache_name}: {stop}/{n}")
+        for b in range(n_batches):
+            parts.append(enc.pool(maps, xy[b * batch_size : (b + 1) * batch_size], sizes_px))
+            yield Progress(_STAGE, b + 1, n_batches, f"{cache_name}: {min(n, (b + 1) * batch_size)}/{n}")
     else:
-        for start in range(0, n, batch_size):
-            stop = min(n, start + batch_size)
-            per_size = [
-                enc.embed(read_patches(image, xy[start:stop], s, out_px=enc.input_size))
-                for s in sizes_px
-            ]
+        for b in range(n_batches):
+            chunk = xy[b * batch_size : (b + 1) * batch_size]
+            per_size = [enc.embed(read_patches(image, chunk, s, out_px=enc.input_size)) for s in sizes_px]
             parts.append(np.concatenate(per_size, axis=1))
-            yield Progress("features", stop, n, f"{cache_name}: {stop}/{n}")
+            yield Progress(_STAGE, b + 1, n_batches, f"{cache_name}: {min(n, (b + 1) * batch_size)}/{n}")
     feats = np.concatenate(parts, axis=0).astype(np.float32)
     if not np.isfinite(feats).all():
         raise ValueError(f"Expected finite features from `{enc.id}`, found NaN or inf values.")
@@ -248,6 +318,7 @@ def iter_extract_features(
         "patch_sizes_px": [float(s) for s in sizes_px],
         "patch_sizes_um": [float(s * geometry.um_per_px) for s in sizes_px],
         "dim": int(feats.shape[1]),
+        "dim_per_size": int(enc.dim),
         "positions_digest": digest,
     }
     if cache:
@@ -256,10 +327,16 @@ def iter_extract_features(
 
 
 def extract_features(sdata: SpatialData, positions_px: np.ndarray, **kwargs: Any) -> FeatureSet:
-    """Run :func:`iter_extract_features` to the end.
+    """Run :func:`iter_extract_features` to the end (same keyword arguments).
 
     Examples
     --------
-    >>> fs = extract_features(sdata, geom.centers_px, image_key="he", geometry=geom)  # doctest: +SKIP
+    >>> from napari_histosge.io import load_sample, resolve_keys
+    >>> from napari_histosge.geometry import spot_geometry
+    >>> sdata = load_sample()
+    >>> keys = resolve_keys(sdata)
+    >>> geom = spot_geometry(sdata, **keys.__dict__)
+    >>> extract_features(sdata, geom.centers_px, image_key=keys.image_key, geometry=geom).key
+    'X_histology_v2_p1-2-4'
     """
     return run_generator(iter_extract_features(sdata, positions_px, **kwargs))

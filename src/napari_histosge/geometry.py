@@ -21,6 +21,7 @@ __all__ = [
     "lattice_pitch",
     "neighbour_pairs",
     "spot_geometry",
+    "spots_to_image_affine",
     "subspot_positions",
     "tissue_mask",
 ]
@@ -173,7 +174,7 @@ def _affine_xy(element: object, cs: str) -> np.ndarray:
 
 
 def spots_to_image_affine(sdata: SpatialData, *, image_key: str, spots_key: str) -> np.ndarray:
-    """The 3 x 3 affine matrix taking the spots' coordinates to the image's scale-0 pixels.
+    """Return the 3 x 3 affine matrix from the spots' coordinates to the image's scale-0 pixels.
 
     It composes the spots' transformation into a coordinate system they share with the image
     and the inverse of the image's transformation into that system.
@@ -360,7 +361,9 @@ def subspot_positions(centers_px: np.ndarray, *, lattice: Lattice | None = None)
         return np.zeros((0, 2))
     kind = lattice or detect_lattice(xy)
     if kind not in ("hexagonal", "square"):
-        raise ValueError(f"Expected `lattice` to be one of ['hexagonal', 'square'], found `{kind}`.")
+        raise ValueError(
+            f"Expected `lattice` to be one of ['hexagonal', 'square'], found `{kind}`."
+        )
     pairs, pitch = neighbour_pairs(xy)
     new = [(xy[pairs[:, 0]] + xy[pairs[:, 1]]) / 2.0]
     if kind == "square" and len(pairs):
@@ -394,7 +397,7 @@ def grid_positions(
     mask: np.ndarray | None = None,
     mask_scale: float = 1.0,
 ) -> np.ndarray:
-    """A regular square grid at ``pitch_um`` restricted to tissue.
+    """Lay a regular square grid at ``pitch_um`` over the tissue.
 
     Without a mask, tissue is where measured spots are: grid points within 0.75 spot pitches of
     a spot. With a boolean ``mask`` (``mask[row, col]``, ``mask_scale`` image pixels per mask
@@ -477,7 +480,7 @@ def _otsu(values: np.ndarray, bins: int = 256) -> float:
 def tissue_mask(
     image: Any, *, level: int | None = None, max_side: int = 2048
 ) -> tuple[np.ndarray, float]:
-    """A boolean tissue mask of an H&E image: Otsu threshold on colour saturation.
+    """Compute a boolean tissue mask of an H&E image: Otsu threshold on colour saturation.
 
     Stained tissue is saturated, glass and background are grey or white. The mask is computed
     on a low-resolution level, then closed, hole-filled and opened.

@@ -79,7 +79,9 @@ def _rgb_uint8(arr: np.ndarray, what: str) -> np.ndarray:
     if arr.dtype != np.uint8:
         if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
             raise ValueError(f"Expected {what} to hold numbers, found dtype {arr.dtype}.")
-        warnings.warn(f"{what} has dtype {arr.dtype}; rescaled to uint8.", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{what} has dtype {arr.dtype}; rescaled to uint8.", UserWarning, stacklevel=3
+        )
         hi = float(np.nanmax(arr)) if arr.size else 0.0
         scaled = np.nan_to_num(arr.astype(np.float32)) * _uint8_factor(arr.dtype, hi)
         arr = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
@@ -87,7 +89,7 @@ def _rgb_uint8(arr: np.ndarray, what: str) -> np.ndarray:
 
 
 def _rgb_uint8_lazy(data: Any, what: str) -> Any:
-    """The lazy (dask) counterpart of :func:`_rgb_uint8` for ``(c, y, x)`` arrays."""
+    """Convert ``(c, y, x)`` data to RGB uint8 lazily (dask), like :func:`_rgb_uint8`."""
     import dask.array as da
 
     data = da.asarray(data)
@@ -104,7 +106,9 @@ def _rgb_uint8_lazy(data: Any, what: str) -> Any:
     if data.dtype != np.uint8:
         if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
             raise ValueError(f"Expected {what} to hold numbers, found dtype {data.dtype}.")
-        warnings.warn(f"{what} has dtype {data.dtype}; rescaled to uint8.", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{what} has dtype {data.dtype}; rescaled to uint8.", UserWarning, stacklevel=3
+        )
         hi = float(da.nanmax(data).compute())
         factor = _uint8_factor(data.dtype, hi)
         data = da.clip(da.round(da.nan_to_num(data.astype(np.float32)) * factor), 0, 255)
@@ -145,8 +149,15 @@ def _scale_factors(height: int, width: int) -> list[int]:
     return factors
 
 
+def _cyx(rgb: np.ndarray) -> Any:
+    """Wrap a decoded ``(y, x, 3)`` image as a chunked ``(c, y, x)`` dask view (no copy made)."""
+    import dask.array as da
+
+    return da.from_array(rgb, chunks=(1024, 1024, 3)).transpose(2, 0, 1)
+
+
 def _parse_image(data: Any, transformations: dict[str, Any] | None = None) -> Any:
-    """An ``Image2DModel`` element from ``(c, y, x)`` uint8 data; a chunked pyramid when large."""
+    """Parse ``(c, y, x)`` uint8 data as an image element; a chunked pyramid when large."""
     from spatialdata.models import Image2DModel
 
     h, w = data.shape[1:]
@@ -162,7 +173,7 @@ def _parse_image(data: Any, transformations: dict[str, Any] | None = None) -> An
 
 
 def image_levels(image: Any) -> list[Any]:
-    """The levels of an image element, finest first, as ``(c, y, x)`` DataArrays.
+    """Return the levels of an image element, finest first, as ``(c, y, x)`` DataArrays.
 
     Examples
     --------
@@ -214,7 +225,7 @@ def _table(
     meta: dict[str, Any],
     obs_extra: dict[str, Any] | None = None,
 ) -> Any:
-    """A ``TableModel`` table annotating ``spots_key`` (instances ``0..n-1`` in row order)."""
+    """Build a ``TableModel`` table annotating ``spots_key`` (instances ``0..n-1`` in row order)."""
     import anndata as ad
     import pandas as pd
     from spatialdata.models import TableModel
@@ -237,7 +248,7 @@ def _table(
 
 
 def _circles(xy: np.ndarray, radius: float) -> Any:
-    """A circles ``ShapesModel`` element with index ``0..n-1`` (the table's ``instance_id``)."""
+    """Build a circles ``ShapesModel`` element indexed ``0..n-1`` (the table's ``instance_id``)."""
     import pandas as pd
     from spatialdata.models import ShapesModel
 
@@ -328,15 +339,19 @@ def read_her2st(folder: str | Path) -> SpatialData:
         raise ValueError(
             f"Expected columns {sorted(need)} in `{spots_path.name}`, found {list(spots.columns)}."
         )
-    spots.index = pd.Index([f"{int(x)}x{int(y)}" for x, y in zip(spots["x"], spots["y"], strict=True)])
+    spots.index = pd.Index(
+        [f"{int(x)}x{int(y)}" for x, y in zip(spots["x"], spots["y"], strict=True)]
+    )
     counts.index = counts.index.astype(str)
     if not counts.index.is_unique:
         dup = counts.index[counts.index.duplicated()].unique().tolist()
-        raise ValueError(f"Expected unique spot ids in `{counts_path.name}`, found repeats {dup[:5]}.")
+        raise ValueError(
+            f"Expected unique spot ids in `{counts_path.name}`, found repeats {dup[:5]}."
+        )
     missing = [s for s in counts.index if s not in spots.index]
     if missing:
         raise ValueError(
-            f"Expected every counts row of `{counts_path.name}` (named \"{{x}}x{{y}}\") in "
+            f'Expected every counts row of `{counts_path.name}` (named "{{x}}x{{y}}") in '
             f"`{spots_path.name}`; {len(missing)} of {len(counts)} spot ids have no position, "
             f"e.g. {missing[:5]}."
         )
@@ -378,8 +393,7 @@ def read_her2st(folder: str | Path) -> SpatialData:
         meta,
         {"array_x": spots["x"].to_numpy(int), "array_y": spots["y"].to_numpy(int)},
     )
-    image = _parse_image(np.moveaxis(rgb, 2, 0))
-    del rgb
+    image = _parse_image(_cyx(rgb))
     return SpatialData(
         images={f"{section}_image": image},
         shapes={spots_key: _circles(xy, ST_DIAMETER_UM / um_per_px / 2.0)},
@@ -388,7 +402,7 @@ def read_her2st(folder: str | Path) -> SpatialData:
 
 
 def _visium_dataset_id(folder: Path, counts_file: str) -> str | None:
-    """The element prefix when the counts file has no ``<id>_`` prefix (else spatialdata-io's)."""
+    """Name the elements after the folder when the counts file has no ``<id>_`` prefix."""
     if counts_file != "filtered_feature_bc_matrix.h5":
         return None
     name = folder.resolve().name
@@ -437,8 +451,6 @@ def read_visium(folder: str | Path) -> SpatialData:
     kwargs: dict[str, Any] = {"dataset_id": _visium_dataset_id(folder, counts.name)}
     if fullres:
         kwargs["fullres_image_file"] = fullres[0].name
-    if counts.name.startswith("raw_"):
-        raise ValueError(f"Expected a filtered counts matrix in `{folder}`, found `{counts.name}`.")
     try:
         sdata = visium(folder, **kwargs)
     except (OSError, KeyError, ValueError) as err:
@@ -501,12 +513,16 @@ def read_slide(
 
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"Expected a .zarr store or a slide folder at `{p}`, found nothing.")
+        raise FileNotFoundError(
+            f"Expected a .zarr store or a slide folder at `{p}`, found nothing."
+        )
     if (p / "zarr.json").exists() or (p / ".zgroup").exists() or p.suffix == ".zarr":
         try:
             sdata = sd.read_zarr(p)
         except Exception as err:  # noqa: BLE001 - re-raised with the path and the cause
-            raise ValueError(f"Expected a SpatialData store at `{p}`, could not read it: {err}") from err
+            raise ValueError(
+                f"Expected a SpatialData store at `{p}`, could not read it: {err}"
+            ) from err
     elif _is_her2st_folder(p):
         sdata = read_her2st(p)
     elif _is_visium_folder(p):
@@ -532,7 +548,9 @@ def _ensure_rgb_element(sdata: SpatialData, image_key: str) -> None:
     if first.sizes.get("c") == 3 and first.dtype == np.uint8:
         return
     if "c" not in first.dims:
-        raise ValueError(f"Expected image `{image_key}` to have a channel axis, found {first.dims}.")
+        raise ValueError(
+            f"Expected image `{image_key}` to have a channel axis, found {first.dims}."
+        )
     data = _rgb_uint8_lazy(first.transpose("c", "y", "x").data, f"image `{image_key}`")
     tf = get_transformation(element, get_all=True)
     del sdata.images[image_key]
@@ -575,12 +593,25 @@ def resolve_keys(
 
     The table is one that annotates a circles element; the image is the largest one sharing a
     coordinate system with the spots. Elements written by this package (``histosge_*``) are
-    never picked automatically.
+    never picked automatically. Explicit keys are checked: an unknown key raises ``KeyError``
+    listing the available ones, a wrong kind of element a ``ValueError``.
+
+    Parameters
+    ----------
+    sdata
+        The slide.
+    image_key, spots_key, table_key
+        Elements to use instead of the detected ones.
+
+    Returns
+    -------
+    The chosen keys.
 
     Examples
     --------
-    >>> resolve_keys(load_sample())
-    SlideKeys(image_key='V1_Adult_Mouse_Brain_image', spots_key='V1_Adult_Mouse_Brain_spots', table_key='table')
+    >>> keys = resolve_keys(load_sample())
+    >>> keys.image_key, keys.spots_key, keys.table_key
+    ('V1_Adult_Mouse_Brain_image', 'V1_Adult_Mouse_Brain_spots', 'table')
     """
 
     def own(k: str) -> bool:
@@ -598,7 +629,9 @@ def resolve_keys(
 
     if table_key is not None:
         if table_key not in sdata.tables:
-            raise KeyError(f"Expected `table_key` to be one of {list(sdata.tables)}, found `{table_key}`.")
+            raise KeyError(
+                f"Expected `table_key` to be one of {list(sdata.tables)}, found `{table_key}`."
+            )
         tables = [table_key]
     else:
         tables = [k for k in sdata.tables if not own(k)]
@@ -607,25 +640,33 @@ def resolve_keys(
     ]
     if spots_key is not None:
         if spots_key not in sdata.shapes:
-            raise KeyError(f"Expected `spots_key` to be one of {list(sdata.shapes)}, found `{spots_key}`.")
+            raise KeyError(
+                f"Expected `spots_key` to be one of {list(sdata.shapes)}, found `{spots_key}`."
+            )
         if not _is_circles(sdata, spots_key):
-            raise ValueError(f"Expected `{spots_key}` to be circles (a `radius` column), found other shapes.")
+            raise ValueError(
+                f"Expected `{spots_key}` to be circles (a `radius` column), found other shapes."
+            )
         candidates = [(t, r) for t, r in candidates if r == spots_key]
     if not candidates:
         which = f"`{table_key}`" if table_key else f"any of {tables}"
         target = f"`{spots_key}`" if spots_key else f"circles {circles}"
-        raise ValueError(f"Expected {which} to annotate {target}, found no table annotating them.")
+        found = {t: _table_regions(sdata.tables[t]) for t in sdata.tables}
+        raise ValueError(f"Expected {which} to annotate {target}, found tables annotating {found}.")
     candidates.sort(key=lambda tr: (tr[0] != "table", own(tr[1])))
     t_key, s_key = candidates[0]
 
     spot_cs = _coordinate_systems(sdata.shapes[s_key])
     if image_key is not None:
         if image_key not in sdata.images:
-            raise KeyError(f"Expected `image_key` to be one of {list(sdata.images)}, found `{image_key}`.")
+            raise KeyError(
+                f"Expected `image_key` to be one of {list(sdata.images)}, found `{image_key}`."
+            )
         if not (_coordinate_systems(sdata.images[image_key]) & spot_cs):
             raise ValueError(
                 f"Expected image `{image_key}` to share a coordinate system with `{s_key}` "
-                f"({sorted(spot_cs)}), found none."
+                f"({sorted(spot_cs)}), found "
+                f"{sorted(_coordinate_systems(sdata.images[image_key]))}."
             )
         i_key = image_key
     else:
@@ -684,7 +725,7 @@ def _count_matrix(adata: AnnData) -> tuple[Any, str]:
 
 
 def counts_or_lognorm(adata: AnnData) -> tuple[Any, bool]:
-    """The expression matrix and whether it is already log-normalised.
+    """Return the expression matrix and whether it is already log-normalised.
 
     Raw counts (``layers["counts"]`` when present, else ``X``) are returned as they are with
     ``False``. Non-integer values are returned with ``True`` and a ``UserWarning``: they must
@@ -718,9 +759,9 @@ def counts_or_lognorm(adata: AnnData) -> tuple[Any, bool]:
     lognorm = is_log_normalized(adata)
     if lognorm and (data < 0).any():
         raise ValueError(
-            f"Expected raw counts or log-normalised values (never negative) in the table's {where}, "
-            f"found {int((data < 0).sum())} negative values (scaled data?); store raw counts in "
-            "X or layers['counts']."
+            "Expected raw counts or log-normalised values (never negative) in the table's "
+            f"{where}, found {int((data < 0).sum())} negative values (scaled data?); store raw "
+            "counts in X or layers['counts']."
         )
     if lognorm:
         warnings.warn(
@@ -777,8 +818,8 @@ def validate_slide(sdata: SpatialData, keys: SlideKeys) -> None:
     regions = _table_regions(table)
     if keys.spots_key not in regions:
         raise ValueError(
-            f"Expected table `{keys.table_key}` to annotate `{keys.spots_key}`, found it annotating "
-            f"{regions}."
+            f"Expected table `{keys.table_key}` to annotate `{keys.spots_key}`, found it "
+            f"annotating {regions}."
         )
     if table.n_obs < MIN_SPOTS:
         raise ValueError(f"Expected at least {MIN_SPOTS} spots, found {table.n_obs}.")
@@ -874,7 +915,7 @@ def convert(src: str | Path, out: str | Path, *, overwrite: bool = False) -> Pat
 
 
 def load_sample() -> SpatialData:
-    """The bundled real sample: a Visium adult mouse brain crop (49 spots, 1,999 genes).
+    """Load the bundled real sample: a Visium adult mouse brain crop (49 spots, 1,999 genes).
 
     10x Genomics V1_Adult_Mouse_Brain (CC BY 4.0), as distributed in squidpy's test data
     (BSD-3-Clause). Its table holds log1p-normalised values, not raw counts. Elements:

@@ -7,8 +7,9 @@
   to its nearest *measured* spots; attention logits combine a learned distance kernel in µm, the
   similarity of image features and a Fourier encoding of the offsets, and the attended values
   are the spots' expression in a low-rank gene space. A residual term maps the difference
-  between the position's image features and its neighbours' to an expression difference, and a
-  separate image-only head predicts where no measured spot is near.
+  between the position's image features and its neighbours' to an expression difference, a
+  direct term maps the position's own features, and a separate image-only head predicts where
+  no measured spot is near.
 """
 
 from __future__ import annotations
@@ -70,8 +71,11 @@ class NeighbourAttention(nn.Module):
         self.offset_bias = nn.Linear(4 * n_freq, heads)
         self.head_mix = nn.Parameter(torch.zeros(heads))
         self.residual = nn.Linear(feat_dim, rank, bias=False)
+        self.direct = nn.Linear(feat_dim, rank)
         self.image_head = nn.Sequential(nn.Linear(feat_dim, rank))
         nn.init.zeros_(self.residual.weight)
+        nn.init.zeros_(self.direct.weight)
+        nn.init.zeros_(self.direct.bias)
         nn.init.zeros_(self.offset_bias.weight)
         nn.init.zeros_(self.offset_bias.bias)
         nn.init.normal_(self.query.weight, std=0.01)
@@ -116,12 +120,22 @@ class NeighbourAttention(nn.Module):
         valid
             ``(b, k)`` which neighbours exist.
         """
-        attn = self.attention(q_feat, n_feat, offsets, valid)  # (b, h, k)
+        smooth, context = self.smooth_and_context(q_feat, n_feat, n_values, offsets, valid)
+        return smooth + self.residual(q_feat - context) + self.direct(q_feat)
+
+    def smooth_and_context(
+        self,
+        q_feat: torch.Tensor,
+        n_feat: torch.Tensor,
+        n_values: torch.Tensor,
+        offsets: torch.Tensor,
+        valid: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attended neighbour expression ``(b, rank)`` and image features ``(b, f)``."""
+        attn = self.attention(q_feat, n_feat, offsets, valid)
         mix = torch.softmax(self.head_mix, dim=0)
-        weights = (attn * mix[None, :, None]).sum(1)  # (b, k)
-        smooth = torch.einsum("bk,bkr->br", weights, n_values)
-        context = torch.einsum("bk,bkf->bf", weights, n_feat)
-        return smooth + self.residual(q_feat - context)
+        weights = (attn * mix[None, :, None]).sum(1)
+        return torch.einsum("bk,bkr->br", weights, n_values), torch.einsum("bk,bkf->bf", weights, n_feat)
 
     def image_only(self, q_feat: torch.Tensor) -> torch.Tensor:
         """Coefficients from the position's image features alone (no measured spot near)."""

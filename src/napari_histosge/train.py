@@ -17,9 +17,11 @@ import numpy as np
 from ._progress import Progress, run_generator
 
 __all__ = [
+    "Reference",
     "TrainConfig",
     "TrainedModel",
     "check_features",
+    "check_genes",
     "fit",
     "iter_fit",
     "load_checkpoint",
@@ -68,6 +70,9 @@ class TrainConfig:
         Spots per attention group (``faithful``).
     device
         Torch device; CUDA when available, else CPU, when ``None``.
+    cpu_threads
+        Torch CPU threads while fitting (restored afterwards). One thread keeps the small
+        batches fast and the results bit-identical; ``None`` leaves torch's setting.
     """
 
     mode: Literal["improved", "faithful"] = "improved"
@@ -79,12 +84,13 @@ class TrainConfig:
     patience: int = 20
     n_neighbors: int = 8
     heads: int = 4
-    feature_dims: int = 64
+    feature_dims: int = 16
     rank: int | None = None
     ensemble: int = 3
     image_loss_weight: float = 0.5
     group_size: int = 50
     device: str | None = None
+    cpu_threads: int | None = 1
 
     def __post_init__(self) -> None:
         if self.mode not in ("improved", "faithful"):
@@ -131,6 +137,31 @@ def _device(name: str | None) -> str:
 # The trained model
 
 
+@dataclass(frozen=True)
+class Reference:
+    """Measured spots the improved model attends to at prediction time.
+
+    Parameters
+    ----------
+    xy_um
+        ``(n, 2)`` positions in µm, in the frame of the positions to predict.
+    features
+        ``(n, d)`` their image features (same encoder and patch sizes as in training).
+    values
+        ``(n, g)`` their measured expression in target space, genes in the model's order.
+
+    Examples
+    --------
+    >>> ref = Reference(np.zeros((3, 2)), np.zeros((3, 4)), np.zeros((3, 2)))
+    >>> ref.values.shape
+    (3, 2)
+    """
+
+    xy_um: np.ndarray
+    features: np.ndarray
+    values: np.ndarray
+
+
 @dataclass
 class TrainedModel:
     """A fitted model with everything needed to predict and to check its inputs.
@@ -168,6 +199,28 @@ class TrainedModel:
         return self._modules
 
     # -- preprocessing -------------------------------------------------------------------
+    def _reference_arrays(self, ref: Reference) -> dict[str, np.ndarray]:
+        """Scaled features and low-rank coefficients of a user reference set."""
+        xy = np.asarray(ref.xy_um, dtype=np.float64)
+        feats = np.asarray(ref.features, dtype=np.float32)
+        vals = np.asarray(ref.values, dtype=np.float32)
+        width = int(self.arrays["feat_mu"].shape[0])
+        n = len(xy)
+        if n < 1 or xy.shape != (n, 2) or feats.shape != (n, width) or vals.shape != (n, len(self.genes)):
+            raise ValueError(
+                f"Expected a reference of positions (n, 2), features (n, {width}) and values "
+                f"(n, {len(self.genes)}) in the model's gene order, found {xy.shape}, {feats.shape} "
+                f"and {vals.shape}."
+            )
+        if not (np.isfinite(feats).all() and np.isfinite(vals).all() and np.isfinite(xy).all()):
+            raise ValueError("Expected a finite reference set, found NaN or inf values.")
+        out = dict(self.arrays)
+        out["ref_xy"] = xy
+        if self.config.mode == "improved":
+            out["ref_z"] = self._scale(feats)
+            out["ref_coef"] = ((vals - self.arrays["gene_mean"]) @ self.arrays["gene_basis"]).astype(np.float32)
+        return out
+
     def _scale(self, features: np.ndarray) -> np.ndarray:
         a = self.arrays
         z = (np.asarray(features, dtype=np.float32) - a["feat_mu"]) / a["feat_sd"]
@@ -180,7 +233,7 @@ class TrainedModel:
         features: np.ndarray,
         xy_um: np.ndarray,
         *,
-        reference: Literal["train"] | None = "train",
+        reference: Literal["train"] | Reference | None = "train",
     ) -> np.ndarray:
         """Predict expression (target space) at positions with these features.
 
@@ -191,8 +244,10 @@ class TrainedModel:
         xy_um
             ``(m, 2)`` positions in µm, in the same frame as the training spots.
         reference
-            ``"train"``: attend to the measured training spots (same section). ``None``: image
-            features alone, for a section without measured spots (``improved`` only).
+            ``"train"``: attend to the measured training spots (same section). A
+            :class:`Reference`: attend to these measured spots instead (for example another
+            section's). ``None``: image features and positions alone, for a section without
+            measured spots. The ``faithful`` model never attends to measured spots.
 
         Returns
         -------
@@ -212,8 +267,12 @@ class TrainedModel:
             raise ValueError("Expected finite features, found NaN or inf values.")
         if xy.shape != (len(feats), 2):
             raise ValueError(f"Expected positions of shape ({len(feats)}, 2), found {xy.shape}.")
-        if reference not in ("train", None):
-            raise ValueError(f"Expected `reference` to be 'train' or None, found `{reference}`.")
+        if isinstance(reference, Reference):
+            reference = self._reference_arrays(reference)
+        elif reference not in ("train", None):
+            raise ValueError(
+                f"Expected `reference` to be 'train', None or a Reference, found `{reference!r}`."
+            )
         mods = self._build()
         with torch.inference_mode():
             if self.config.mode == "faithful":
@@ -287,19 +346,25 @@ def _gate(dmin_pitch: np.ndarray) -> np.ndarray:
 
 
 def _improved_predict(
-    module: Any, model: TrainedModel, feats: np.ndarray, xy: np.ndarray, reference: str | None
+    module: Any,
+    model: TrainedModel,
+    feats: np.ndarray,
+    xy: np.ndarray,
+    reference: str | dict[str, np.ndarray] | None,
 ) -> np.ndarray:
     import torch
+    from scipy.spatial import cKDTree
 
     a = model.arrays
     z = model._scale(feats)
     img = module.image_only(torch.from_numpy(z)).numpy()
     coef = img
-    if reference == "train":
-        ref = np.arange(len(a["ref_xy"]))
-        batch = _improved_batch(model, a, z, xy, ref, model.config.n_neighbors, None)
+    if reference is not None:
+        r = a if isinstance(reference, str) else reference
+        ref = np.arange(len(r["ref_xy"]))
+        batch = _improved_batch(model, r, z, xy, ref, model.config.n_neighbors, None)
         full = module(*batch).numpy()
-        dmin = np.min(np.linalg.norm(a["ref_xy"][None, :, :] - xy[:, None, :], axis=2), axis=1)
+        dmin = np.asarray(cKDTree(r["ref_xy"]).query(xy, k=1)[0]).reshape(-1)
         g = _gate(dmin / float(a["pitch_um"][0]))[:, None]
         coef = g * full + (1 - g) * img
     return a["gene_mean"] + coef @ a["gene_basis"].T
@@ -411,6 +476,9 @@ def iter_fit(
     seed_everything(cfg.seed)
     device = _device(cfg.device)
     det_before = torch.are_deterministic_algorithms_enabled()
+    threads_before = torch.get_num_threads()
+    if cfg.cpu_threads is not None:
+        torch.set_num_threads(cfg.cpu_threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         arrays: dict[str, np.ndarray] = {}
@@ -475,9 +543,15 @@ def iter_fit(
             module = _new_module(cfg, info)
             if cfg.mode == "improved":
                 _init_improved(module, arrays, info)
+                _init_residual(module, shell, z, xy, fit_idx, cfg)
             module = module.to(device)
             opt = torch.optim.Adam(module.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-            step_fn = _improved_step if cfg.mode == "improved" else _faithful_step
+            base_step = _improved_step if cfg.mode == "improved" else _faithful_step
+            cache: dict[Any, Any] = {}
+
+            def step_fn(*args: Any, _base: Any = base_step, _cache: dict[Any, Any] = cache) -> Any:
+                return _base(*args, cache=_cache)
+
             module.eval()
             with torch.no_grad():
                 v0 = float(step_fn(module, shell, z, xy, y, val if len(val) else fit_idx, fit_idx, device, cfg))
@@ -521,13 +595,14 @@ def iter_fit(
         return shell
     finally:
         torch.use_deterministic_algorithms(det_before)
+        torch.set_num_threads(threads_before)
 
 
 def _ridge(x: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """Ridge regression of ``t`` on ``x`` with the penalty chosen by generalised CV."""
     from sklearn.linear_model import RidgeCV
 
-    reg = RidgeCV(alphas=np.logspace(-1, 4, 21)).fit(x, t)
+    reg = RidgeCV(alphas=np.logspace(-1, 5, 31)).fit(x, t)
     return float(reg.alpha_), reg.coef_.astype(np.float32), np.atleast_1d(reg.intercept_).astype(np.float32)
 
 
@@ -545,6 +620,41 @@ def _init_improved(module: Any, arrays: dict[str, np.ndarray], info: dict[str, A
         module.image_head[0].bias.copy_(torch.from_numpy(arrays["init_ridge_b"]))
 
 
+def _loo_batch(
+    model: TrainedModel,
+    z: np.ndarray,
+    xy: np.ndarray,
+    query: np.ndarray,
+    ref: np.ndarray,
+    cfg: TrainConfig,
+) -> tuple[Any, ...]:
+    """Neighbour batch of ``query`` spots among ``ref`` spots, never a spot itself."""
+    pos_in_ref = {int(r): i for i, r in enumerate(ref)}
+    exclude = np.array([pos_in_ref.get(int(q), -1) for q in query])
+    return _improved_batch(model, model.arrays, z[query], xy[query], ref, cfg.n_neighbors, exclude)
+
+
+def _init_residual(
+    module: Any, model: TrainedModel, z: np.ndarray, xy: np.ndarray, fit_idx: np.ndarray, cfg: TrainConfig
+) -> None:
+    """Regression kriging: ridge of the leave-one-out smoothing residual on image features."""
+    import torch
+
+    batch = _loo_batch(model, z, xy, fit_idx, fit_idx, cfg)
+    with torch.no_grad():
+        smooth, context = module.smooth_and_context(*batch)
+    q = batch[0].numpy()
+    x = np.concatenate([q - context.numpy(), q], axis=1)
+    target = model.arrays["ref_coef"][fit_idx] - smooth.numpy()
+    alpha, w, b = _ridge(x, target)
+    p = q.shape[1]
+    with torch.no_grad():
+        module.residual.weight.copy_(torch.from_numpy(np.ascontiguousarray(w[:, :p])))
+        module.direct.weight.copy_(torch.from_numpy(np.ascontiguousarray(w[:, p:])))
+        module.direct.bias.copy_(torch.from_numpy(b))
+    model.info["residual_alpha"] = alpha
+
+
 def _improved_step(
     module: Any,
     model: TrainedModel,
@@ -555,15 +665,19 @@ def _improved_step(
     ref: np.ndarray,
     device: str,
     cfg: TrainConfig,
+    cache: dict[Any, Any] | None = None,
 ) -> Any:
     import torch
 
     a = model.arrays
     # Neighbours come from the fitting spots, never the query itself (leave-one-out).
-    pos_in_ref = {int(r): i for i, r in enumerate(ref)}
-    exclude = np.array([pos_in_ref.get(int(q), -1) for q in query])
-    batch = _improved_batch(model, a, z[query], xy[query], ref, cfg.n_neighbors, exclude)
-    batch = tuple(t.to(device) for t in batch)
+    key = (query.tobytes(), ref.tobytes())
+    if cache is not None and key in cache:
+        batch = cache[key]
+    else:
+        batch = tuple(t.to(device) for t in _loo_batch(model, z, xy, query, ref, cfg))
+        if cache is not None:
+            cache[key] = batch
     coef = module(*batch)
     img = module.image_only(batch[0])
     mean = torch.from_numpy(a["gene_mean"]).to(device)
@@ -584,6 +698,7 @@ def _faithful_step(
     ref: np.ndarray,
     device: str,
     cfg: TrainConfig,
+    cache: dict[Any, Any] | None = None,
 ) -> Any:
     import torch
 
@@ -616,6 +731,26 @@ def fit(
 
 # --------------------------------------------------------------------------------------------
 # Checkpoints
+
+
+def check_genes(model: TrainedModel, genes: Sequence[str]) -> None:
+    """Raise ``ValueError`` when a table lacks genes the model predicts.
+
+    Applying a checkpoint to a table measured with another gene set cannot be scored or used
+    as a reference; the message names the missing genes.
+
+    Examples
+    --------
+    >>> check_genes(model, adata.var_names)  # doctest: +SKIP
+    """
+    have = {str(g) for g in genes}
+    missing = [g for g in model.genes if g not in have]
+    if missing:
+        raise ValueError(
+            f"Expected the table to hold the model's {len(model.genes)} genes, found {len(missing)} "
+            f"missing, e.g. {missing[:5]}; train a model on this table's genes or pass `genes=` "
+            "with genes both share."
+        )
 
 
 def check_features(model: TrainedModel, feature_meta: dict[str, Any]) -> None:

@@ -19,10 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import torch._dynamo  # noqa: F401  - must load before any GL context (see the module docstring)
-
-TIMEOUT_MS = 120_000
+from histosge_widget_utils import wait_idle
 
 
 def _start_xvfb() -> subprocess.Popen | None:
@@ -57,11 +55,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _XVFB is not None:
         _XVFB.terminate()
         _XVFB.wait(timeout=10)
-
-
-def wait_idle(qtbot, widget, timeout: int = TIMEOUT_MS) -> None:
-    """Wait until the dock has no running step."""
-    qtbot.waitUntil(lambda: widget.running is None and widget.worker is None, timeout=timeout)
 
 
 @pytest.fixture

@@ -57,6 +57,7 @@ def run_demo(out_dir: Path, *, headless: bool = False, genes: list[str] | None =
     os.environ.pop("QT_QPA_PLATFORM", None)
     import torch._dynamo  # noqa: F401  - load triton before any GL context exists
 
+    # isort: split
     import napari
 
     from ._dock import HisToSGEWidget

@@ -145,19 +145,27 @@ class HisToSGEWidget(QWidget):
         self.last_export: Path | None = None
         self.last_error: str | None = None
 
-        scroll = QScrollArea(self)
-        scroll.setWidgetResizable(True)
+        self.scroll_area = QScrollArea(self)
+        self.scroll_area.setWidgetResizable(True)
         body = QWidget()
-        scroll.setWidget(body)
+        self.scroll_area.setWidget(body)
         outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        outer.setContentsMargins(4, 4, 4, 0)
+        outer.addWidget(self.scroll_area)
         layout = QVBoxLayout(body)
-        layout.addWidget(self._build_data())
-        layout.addWidget(self._build_features())
-        layout.addWidget(self._build_train())
-        layout.addWidget(self._build_predict())
-        layout.addWidget(self._build_export())
+        self.data_box = self._build_data()
+        self.features_box = self._build_features()
+        self.train_box = self._build_train()
+        self.predict_box = self._build_predict()
+        self.export_box = self._build_export()
+        for box in (
+            self.data_box,
+            self.features_box,
+            self.train_box,
+            self.predict_box,
+            self.export_box,
+        ):
+            layout.addWidget(box)
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 100)
         self.cancel_button = QPushButton("Cancel")
@@ -168,8 +176,9 @@ class HisToSGEWidget(QWidget):
         self.status = QLabel("Open a slide to start.")
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        layout.insertLayout(0, row)
-        layout.insertWidget(1, self.status)
+        # Progress and status stay in view above the scrolling sections.
+        outer.insertLayout(0, row)
+        outer.insertWidget(1, self.status)
         layout.addStretch(1)
         self.render_timer = QTimer(self)
         self.render_timer.setSingleShot(True)
@@ -758,10 +767,15 @@ class HisToSGEWidget(QWidget):
         selection = self.gene_list.selectionModel()
         selection.clearSelection()
         rows = {g: i for i, g in enumerate(self.gene_model.stringList())}
-        for gene in genes:
-            if gene in rows:
-                index = self.gene_proxy.mapFromSource(self.gene_model.index(rows[gene], 0))
-                selection.select(index, QItemSelectionModel.SelectionFlag.Select)
+        indices = [
+            self.gene_proxy.mapFromSource(self.gene_model.index(rows[gene], 0))
+            for gene in genes
+            if gene in rows
+        ]
+        for index in indices:
+            selection.select(index, QItemSelectionModel.SelectionFlag.Select)
+        if indices:
+            self.gene_list.scrollTo(indices[0])
 
     def _on_gene_selection(self, *_args: Any) -> None:
         # Once maps are shown, choosing other genes re-renders them (no model run).
