@@ -54,16 +54,23 @@ def throughput(d: dict[str, Any]) -> str:
     rows = []
     for v in d["variants"]:
         if "error" in v:
-            rows.append([v["variant"], v.get("batch"), None, None, None, "error: " + v["error"][:80]])
+            rows.append([v["variant"], v.get("batch"), None, None, None, None, "error: " + v["error"][:80]])
         else:
+            local = v.get("frac_local_bf16_roofline")
             rows.append(
                 [
                     v["variant"], v["batch"], v["patches_per_s"], v["gflops"],
-                    f"{100 * v['frac_bf16_roofline']:.0f}%", v["note"],
+                    f"{100 * v['frac_bf16_roofline']:.0f}%",
+                    None if local is None else f"{100 * local:.0f}%",
+                    v["note"],
                 ]
             )
     out.append(
-        markdown_table(["variant", "batch", "patches/s", "GFLOP/s", "of bf16 matmul", "note"], rows, 2)
+        markdown_table(
+            ["variant", "batch", "patches/s", "GFLOP/s", "of bf16 matmul", "of bf16 matmul just before", "note"],
+            rows,
+            2,
+        )
     )
     if d.get("package_encoders"):
         out.append("")
@@ -145,16 +152,46 @@ def recovery(d: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def random_splits(results: list[dict[str, Any]]) -> str:
+    """Mean (and spread) over seeds of the random 50% hold-outs, one table per gene panel."""
+    import numpy as np
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for d in results:
+        if d.get("benchmark") == "peer_recovery" and str(d["protocol"]["split"]).startswith("random"):
+            groups.setdefault(d["protocol"]["panel"], []).append(d)
+    out = []
+    for panel, runs in groups.items():
+        runs = sorted(runs, key=lambda d: d["protocol"]["split"])
+        seeds = [d["protocol"]["split"] for d in runs]
+        secs = [s["section"] for s in runs[0]["sections"]]
+        out.append(f"**random 50% hold-out, seeds {', '.join(x.split(':')[1] for x in seeds)}; {panel}**\n")
+        out.append("Commands: " + "; ".join(f"`{d['command']}`" for d in runs) + "\n")
+        rows = []
+        for m in runs[0]["mean"]:
+            per_sec = [
+                float(np.mean([d["sections"][i]["methods"][m]["pearson_mean"] for d in runs]))
+                for i in range(len(secs))
+            ]
+            overall = [d["mean"][m]["pearson_mean"] for d in runs]
+            rows.append([m, *per_sec, float(np.mean(overall)), f"{min(overall):.3f}–{max(overall):.3f}"])
+        out.append(markdown_table(["mean r (held-out), mean of seeds", *secs, "mean", "range over seeds"], rows))
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Print every table found in the results folder."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--results", type=Path, default=RESULTS_DIR)
     args = p.parse_args(argv)
+    loaded = []
     for path in sorted(args.results.glob("*.json")):
         d = _load(path)
         if bool(d.get("quick")) != args.quick:
             continue
+        loaded.append(d)
         kind = d.get("benchmark")
         print(f"\n<!-- {path.name} -->\n")
         if kind == "throughput":
@@ -163,6 +200,10 @@ def main(argv: list[str] | None = None) -> None:
             print(synthetic(d))
         elif kind == "peer_recovery":
             print(recovery(d))
+    summary = random_splits(loaded)
+    if summary:
+        print("\n<!-- random splits, aggregated -->\n")
+        print(summary)
 
 
 if __name__ == "__main__":

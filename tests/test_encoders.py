@@ -103,7 +103,11 @@ def test_dense_features_reuse_maps_and_match_sizes():
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth", ".bin"])
 def test_timm_weights_round_trip(tmp_path, tiny_state, suffix):
     path = tmp_path / f"w{suffix}"
-    state = tiny_state if suffix == ".safetensors" else {"state_dict": {f"module.{k}": v for k, v in tiny_state.items()}}
+    state = (
+        tiny_state
+        if suffix == ".safetensors"
+        else {"state_dict": {f"module.{k}": v for k, v in tiny_state.items()}}
+    )
     _save(path, state)
     enc = get_encoder("timm:test_vit", weights=str(path), device="cpu")
     assert isinstance(enc, TimmEncoder)

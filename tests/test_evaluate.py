@@ -15,7 +15,10 @@ from napari_histosge.evaluate import (
     pearson_per_gene,
     pool_pseudospots,
     random_mask,
+    recovery,
     smooth_lowrank,
+    spatial_shuffle,
+    superresolution,
 )
 from napari_histosge.expression import prepare_targets
 from napari_histosge.pipeline import Slide
@@ -67,7 +70,7 @@ def test_targets_normalise_and_select_on_training_spots(her2st_c2_zarr):
     before = table.X.copy()
     tg = prepare_targets(table, n_top_genes=50)
     assert tg.values.shape == (187, 50) and not tg.log_normalized_input
-    assert (table.X != before).nnz == 0  # the user's table is untouched
+    assert (before != table.X).nnz == 0  # the user's table is untouched
     raw = np.asarray(table[:, tg.genes[0]].X.todense()).ravel()
     lib = np.asarray(table.X.sum(1)).ravel()
     np.testing.assert_allclose(tg.values[:, 0], np.log1p(raw / lib * 1e4), rtol=1e-4)
@@ -81,13 +84,69 @@ def test_recovery_on_her2st_beats_knn_and_shuffle(her2st_c2_copy):
     held = ((obs["array_x"] + obs["array_y"]) % 2 == 1).to_numpy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = run_generator(evaluate_holdout(slide, holdout=list(slide.table.obs_names[held]), n_top_genes=250))
+        res = run_generator(
+            evaluate_holdout(slide, holdout=list(slide.table.obs_names[held]), n_top_genes=250)
+        )
     m = res.metrics["methods"]
     assert res.predictions.shape == (held.sum(), 250)
     assert set(res.predictions.index) == set(slide.table.obs_names[held])
     assert m["model"]["mean_r"] > m["knn"]["mean_r"]
     assert m["model"]["mean_r"] > m["spatial_shuffle"]["mean_r"] + 0.1
+    # The array-level protocol on the same split, with the cached built-in histology features.
+    from napari_histosge.features import extract_features
+
+    geom = slide.geometry
+    fs = extract_features(
+        slide.sdata, geom.centers_px, image_key=slide.keys.image_key, geometry=geom
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rec = recovery(
+            slide.table,
+            fs.features,
+            geom.centers_um,
+            ~held,
+            n_top_genes=250,
+            flavor="variance",
+            feature_meta=fs.meta,
+        )
+    r = {k: v["mean_r"] for k, v in rec["methods"].items()}
+    assert rec["n_heldout"] == held.sum() and rec["predictions"].shape == (held.sum(), 250)
+    assert (
+        r["model"] > r["knn"]
+        and r["model"] > r["smooth_lowrank"]
+        and r["model"] > r["spatial_shuffle"] + 0.2
+    )
     with pytest.raises(ValueError, match="unknown"):
         run_generator(evaluate_holdout(slide, holdout=["nope"]))
     with pytest.raises(ValueError, match="at least 10 training"):
         run_generator(evaluate_holdout(slide, holdout=list(slide.table.obs_names[5:])))
+
+
+def test_spatial_shuffle_is_a_permutation_of_positions():
+    v = np.arange(20.0).reshape(10, 2)
+    s = spatial_shuffle(v, seed=0)
+    assert (
+        sorted(s[:, 0]) == sorted(v[:, 0]) and (s[:, 1] - s[:, 0] == 1).all()
+    )  # rows move together
+    assert not np.array_equal(s, v) and np.array_equal(s, spatial_shuffle(v, seed=0))
+
+
+def test_superresolution_protocol_on_a_synthetic_lattice():
+    import anndata as ad
+
+    rng = np.random.default_rng(0)
+    xs, ys = np.meshgrid(np.arange(14.0), np.arange(14.0))
+    xy = np.c_[xs.ravel(), ys.ravel()] * 200.0
+    field = np.sin(xy[:, :1] / 500) + np.cos(xy[:, 1:] / 700)
+    lam = np.exp(field @ rng.normal(size=(1, 30)) + 2)
+    a = ad.AnnData(rng.poisson(lam).astype(np.float32))
+    feats = np.c_[field + 0.1 * rng.normal(size=field.shape), rng.normal(size=(len(xy), 3))].astype(
+        np.float32
+    )
+    from napari_histosge.train import TrainConfig
+
+    res = superresolution(a, feats, xy, n_top_genes=20, config=TrainConfig(epochs=10, ensemble=1))
+    r = {k: v["mean_r"] for k, v in res["methods"].items()}
+    assert res["n_pseudo"] == 49 and res["predictions"].shape == (196, 20)
+    assert r["model"] > 0.5 and r["model"] > r["spatial_shuffle"] + 0.3

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from napari_histosge.model import FaithfulHisToSGE, NeighbourAttention
 from napari_histosge.train import (
+    Reference,
     TrainConfig,
     check_features,
+    check_genes,
     fit,
     iter_fit,
     load_checkpoint,
@@ -27,17 +27,6 @@ def _data(n_side: int = 7, d: int = 6, g: int = 5, seed: int = 0):
     return feats.astype(np.float32), xy, values.astype(np.float32), [f"g{i}" for i in range(g)]
 
 
-@pytest.mark.parametrize("width", [7, 64, 1024])
-def test_model_shapes_any_feature_width(width):
-    m = NeighbourAttention(feat_dim=width, rank=4)
-    out = m(torch.zeros(3, width), torch.zeros(3, 8, width), torch.zeros(3, 8, 4), torch.ones(3, 8, 2))
-    assert out.shape == (3, 4) and m.image_only(torch.zeros(3, width)).shape == (3, 4)
-    f = FaithfulHisToSGE(feat_dim=width, n_genes=9)
-    ix = torch.zeros(1, 50, dtype=torch.long)
-    y = f(torch.zeros(1, 50, width), ix, ix)
-    assert y.shape == (1, 50, 9) and (y >= 0).all()
-
-
 @pytest.mark.parametrize("mode", ["improved", "faithful"])
 def test_fit_predict_and_determinism(mode):
     feats, xy, values, genes = _data()
@@ -47,15 +36,27 @@ def test_fit_predict_and_determinism(mode):
     pa, pb = a.predict(feats, xy), b.predict(feats, xy)
     np.testing.assert_array_equal(pa, pb)
     assert pa.shape == values.shape and (pa >= 0).all()
-    c = fit(feats, xy, values, genes=genes, config=TrainConfig(mode=mode, epochs=15, ensemble=2, seed=4),
-            feature_meta=META)
+    c = fit(
+        feats,
+        xy,
+        values,
+        genes=genes,
+        config=TrainConfig(mode=mode, epochs=15, ensemble=2, seed=4),
+        feature_meta=META,
+    )
     assert not np.array_equal(c.predict(feats, xy), pa)
 
 
 def test_progress_per_epoch_and_cancel_keeps_best():
     feats, xy, values, genes = _data()
-    gen = iter_fit(feats, xy, values, genes=genes, config=TrainConfig(epochs=50, ensemble=1, patience=100),
-                   should_stop=lambda: len(seen) >= 5)
+    gen = iter_fit(
+        feats,
+        xy,
+        values,
+        genes=genes,
+        config=TrainConfig(epochs=50, ensemble=1, patience=100),
+        should_stop=lambda: len(seen) >= 5,
+    )
     seen = []
     try:
         while True:
@@ -81,9 +82,15 @@ def test_image_only_prediction_for_a_new_section():
 
 def test_checkpoint_round_trip_and_mismatch(tmp_path):
     feats, xy, values, genes = _data()
-    model = fit(feats, xy, values, genes=genes, config=TrainConfig(epochs=5, ensemble=2), feature_meta=META)
+    model = fit(
+        feats, xy, values, genes=genes, config=TrainConfig(epochs=5, ensemble=2), feature_meta=META
+    )
     path = save_checkpoint(model, tmp_path / "ckpt")
-    assert sorted(p.name for p in path.iterdir()) == ["config.yaml", "model.json", "weights.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == [
+        "config.yaml",
+        "model.json",
+        "weights.safetensors",
+    ]
     back = load_checkpoint(path)
     np.testing.assert_array_equal(back.predict(feats, xy), model.predict(feats, xy))
     assert back.genes == genes and back.config == model.config
@@ -111,3 +118,35 @@ def test_bad_training_input():
         fit(feats, xy, values, genes=genes[:2])
     with pytest.raises(ValueError, match="mode"):
         TrainConfig(mode="other")  # type: ignore[arg-type]
+
+
+def test_reference_set_and_gene_mismatch():
+    feats, xy, values, genes = _data()
+    model = fit(
+        feats, xy, values, genes=genes, config=TrainConfig(epochs=5, ensemble=1), feature_meta=META
+    )
+    own = Reference(xy, feats, values)
+    np.testing.assert_allclose(
+        model.predict(feats, xy, reference=own), model.predict(feats, xy), atol=1e-5
+    )
+    moved = model.predict(feats, xy + 5000, reference=Reference(xy + 5000, feats, values))
+    np.testing.assert_allclose(moved, model.predict(feats, xy), atol=1e-4)
+    with pytest.raises(ValueError, match="model's gene order"):
+        model.predict(feats, xy, reference=Reference(xy, feats, values[:, :2]))
+    with pytest.raises(ValueError, match="reference"):
+        model.predict(feats, xy, reference="other")  # type: ignore[arg-type]
+    check_genes(model, [*genes, "extra"])
+    with pytest.raises(ValueError, match="missing"):
+        check_genes(model, genes[1:])
+
+
+def test_training_never_attends_to_the_spot_itself():
+    feats, xy, values, genes = _data()
+    rng = np.random.default_rng(1)
+    noise = rng.normal(size=values.shape).astype(np.float32)  # no spatial or image signal
+    model = fit(
+        feats, xy, noise, genes=genes, config=TrainConfig(epochs=20, ensemble=1, val_fraction=0.0)
+    )
+    pred = model.predict(feats, xy)
+    r = [np.corrcoef(pred[:, j], noise[:, j])[0, 1] for j in range(noise.shape[1])]
+    assert np.nanmean(r) < 0.6  # a copy of the training values would give r = 1

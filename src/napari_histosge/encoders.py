@@ -48,7 +48,7 @@ _HUB_IDS = {"uni": "hf-hub:MahmoodLab/uni", "uni2-h": "hf-hub:MahmoodLab/UNI2-h"
 
 
 def _uni2h_kwargs() -> dict[str, Any]:
-    """timm settings of UNI2-h (MahmoodLab/UNI2-h model card)."""
+    """Return the timm settings of UNI2-h (MahmoodLab/UNI2-h model card)."""
     import timm
     import torch
 
@@ -317,7 +317,7 @@ class HistologyEncoder:
 
     @staticmethod
     def _lbp_classes(grey: np.ndarray, threshold: float = 0.02) -> list[np.ndarray]:
-        """Indicators of six rotation-invariant 4-neighbour binary-pattern classes."""
+        """Return indicators of six rotation-invariant 4-neighbour binary-pattern classes."""
         p = np.pad(grey, 1, mode="edge")
         c = p[1:-1, 1:-1]
         bits = [
@@ -482,7 +482,9 @@ class HistologyEncoder:
                     .astype(np.uint8)
                 )
             tile_cells = self._cells_from_rgb(region, work_um, b)
-            cells[:, ty:ty1, tx:tx1] = tile_cells[:, pad_c : pad_c + ty1 - ty, pad_c : pad_c + tx1 - tx]
+            cells[:, ty:ty1, tx:tx1] = tile_cells[
+                :, pad_c : pad_c + ty1 - ty, pad_c : pad_c + tx1 - tx
+            ]
             yield i + 1, len(tiles)
         derived = self._derive(cells, work_um * b)
         maps = DenseMaps(
@@ -495,7 +497,9 @@ class HistologyEncoder:
         self._cache = maps
         return maps
 
-    def pool(self, maps: DenseMaps, centers_px: np.ndarray, sizes_px: Sequence[float]) -> np.ndarray:
+    def pool(
+        self, maps: DenseMaps, centers_px: np.ndarray, sizes_px: Sequence[float]
+    ) -> np.ndarray:
         """Features of square patches of each size around ``centers_px`` from dense maps.
 
         Returns
@@ -763,7 +767,8 @@ class TimmEncoder:
         model_name = kwargs.pop("model_name")
         if not timm.is_model(model_name):
             raise ValueError(
-                f"Expected a timm model name (see `timm.list_models()`), found unknown `{model_name}`."
+                "Expected a timm model name (see `timm.list_models()`), "
+                f"found unknown `{model_name}`."
             )
         if weights is None or str(weights) == "":
             raise ValueError(

@@ -52,7 +52,9 @@ def pearson_per_gene(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     p = np.asarray(pred, dtype=np.float64)
     t = np.asarray(true, dtype=np.float64)
     if p.shape != t.shape:
-        raise ValueError(f"Expected predictions and truth of one shape, found {p.shape} and {t.shape}.")
+        raise ValueError(
+            f"Expected predictions and truth of one shape, found {p.shape} and {t.shape}."
+        )
     pc = p - p.mean(0)
     tc = t - t.mean(0)
     den = np.sqrt((pc**2).sum(0) * (tc**2).sum(0))
@@ -62,7 +64,9 @@ def pearson_per_gene(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     return r
 
 
-def metrics(pred: np.ndarray, true: np.ndarray, genes: Sequence[str] | None = None) -> dict[str, Any]:
+def metrics(
+    pred: np.ndarray, true: np.ndarray, genes: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Per-gene Pearson r, MSE and MAE and their summaries (NaN genes excluded from means).
 
     Examples
@@ -243,7 +247,9 @@ def spatial_shuffle(values: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.asarray(values)[rng.permutation(len(values))]
 
 
-def pool_pseudospots(xy: np.ndarray, counts: Any, factor: int = 2) -> tuple[np.ndarray, Any, np.ndarray]:
+def pool_pseudospots(
+    xy: np.ndarray, counts: Any, factor: int = 2
+) -> tuple[np.ndarray, Any, np.ndarray]:
     """Sum the counts of ``factor`` x ``factor`` lattice blocks into coarser pseudo-spots.
 
     Returns the pseudo-spot centres (mean of members), summed counts and the block label of
@@ -266,7 +272,9 @@ def pool_pseudospots(xy: np.ndarray, counts: Any, factor: int = 2) -> tuple[np.n
     _, labels = np.unique(cell, axis=0, return_inverse=True)
     labels = labels.ravel()
     n_blocks = labels.max() + 1
-    member = sp.csr_matrix((np.ones(len(xy)), (labels, np.arange(len(xy)))), shape=(n_blocks, len(xy)))
+    member = sp.csr_matrix(
+        (np.ones(len(xy)), (labels, np.arange(len(xy)))), shape=(n_blocks, len(xy))
+    )
     sizes = np.asarray(member.sum(1)).ravel()
     centres = (member @ xy) / sizes[:, None]
     pooled = member @ (counts if sp.issparse(counts) else np.asarray(counts, dtype=float))
@@ -331,7 +339,9 @@ def evaluate_holdout(
     ids = np.asarray(slide.geometry.spot_ids, dtype=str)
     if isinstance(holdout, np.ndarray) and holdout.dtype == bool:
         if holdout.shape != ids.shape:
-            raise ValueError(f"Expected a held-out mask of {len(ids)} spots, found {holdout.shape}.")
+            raise ValueError(
+                f"Expected a held-out mask of {len(ids)} spots, found {holdout.shape}."
+            )
         held = holdout
     else:
         wanted = [str(h) for h in holdout]
@@ -354,14 +364,26 @@ def evaluate_holdout(
     if opts.patch_sizes is not None:
         kwargs["patch_sizes"] = opts.patch_sizes
     feats = yield from iter_extract_features(
-        slide.sdata, geom.centers_px, image_key=slide.keys.image_key, geometry=geom,
-        encoder=opts.encoder, weights=opts.weights, device=opts.device, bf16=opts.bf16,
-        batch_size=opts.batch_size, cache_name="spots", **kwargs,
+        slide.sdata,
+        geom.centers_px,
+        image_key=slide.keys.image_key,
+        geometry=geom,
+        encoder=opts.encoder,
+        weights=opts.weights,
+        device=opts.device,
+        bf16=opts.bf16,
+        batch_size=opts.batch_size,
+        cache_name="spots",
+        **kwargs,
     )
     xy_um = geom.centers_px * geom.um_per_px
     y = targets.values
     model = yield from iter_fit(
-        feats.features[train], xy_um[train], y[train], genes=targets.genes, config=cfg,
+        feats.features[train],
+        xy_um[train],
+        y[train],
+        genes=targets.genes,
+        config=cfg,
         feature_meta=feats.meta,
     )
     pred = model.predict(feats.features[held], xy_um[held], reference="train")
@@ -403,7 +425,9 @@ def _score_all(
     return {
         "model": metrics(model_pred, truth, genes),
         "knn": metrics(knn_interpolate(train_xy, train_values, query_xy, k=4), truth, genes),
-        "smooth_lowrank": metrics(smooth_lowrank(train_xy, train_values).predict(query_xy), truth, genes),
+        "smooth_lowrank": metrics(
+            smooth_lowrank(train_xy, train_values).predict(query_xy), truth, genes
+        ),
         "spatial_shuffle": metrics(spatial_shuffle(model_pred, seed=seed), truth, genes),
     }
 
@@ -462,7 +486,11 @@ def recovery(
     train = np.asarray(train_mask, dtype=bool)
     feats = np.asarray(features, dtype=np.float32)
     xy = np.asarray(xy_um, dtype=np.float64)
-    if train.shape != (adata.n_obs,) or feats.shape[0] != adata.n_obs or xy.shape != (adata.n_obs, 2):
+    if (
+        train.shape != (adata.n_obs,)
+        or feats.shape[0] != adata.n_obs
+        or xy.shape != (adata.n_obs, 2)
+    ):
         raise ValueError(
             f"Expected a mask, features and positions for the table's {adata.n_obs} spots, found "
             f"{train.shape}, {feats.shape} and {xy.shape}."
@@ -471,10 +499,21 @@ def recovery(
     if held.sum() < 2:
         raise ValueError(f"Expected at least 2 held-out spots, found {int(held.sum())}.")
     targets = prepare_targets(
-        adata, genes=genes, n_top_genes=n_top_genes, fit_mask=train, flavor=flavor  # type: ignore[arg-type]
+        adata,
+        genes=genes,
+        n_top_genes=n_top_genes,
+        fit_mask=train,
+        flavor=flavor,  # type: ignore[arg-type]
     )
     y = targets.values
-    model = fit(feats[train], xy[train], y[train], genes=targets.genes, config=config, feature_meta=feature_meta)
+    model = fit(
+        feats[train],
+        xy[train],
+        y[train],
+        genes=targets.genes,
+        config=config,
+        feature_meta=feature_meta,
+    )
     pred = model.predict(feats[held], xy[held], reference="train")
     seed = model.config.seed
     return {
@@ -542,15 +581,21 @@ def superresolution(
             f"Expected features and positions for the table's {adata.n_obs} spots, found "
             f"{feats.shape} and {xy.shape}."
         )
-    counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    counts = adata.layers.get("counts", adata.X)
     centres, pooled, labels = pool_pseudospots(xy, counts, factor)
     if len(centres) < 10:
-        raise ValueError(f"Expected at least 10 pseudo-spots, found {len(centres)}; use a smaller `factor`.")
-    pooled_ad = ad.AnnData(sp.csr_matrix(pooled) if not sp.issparse(pooled) else sp.csr_matrix(pooled))
+        raise ValueError(
+            f"Expected at least 10 pseudo-spots, found {len(centres)}; use a smaller `factor`."
+        )
+    pooled_ad = ad.AnnData(
+        sp.csr_matrix(pooled) if not sp.issparse(pooled) else sp.csr_matrix(pooled)
+    )
     pooled_ad.var_names = [str(g) for g in adata.var_names]
     targets = prepare_targets(pooled_ad, genes=genes, n_top_genes=n_top_genes, flavor=flavor)  # type: ignore[arg-type]
     if featurize is None:
-        member = sp.csr_matrix((np.ones(len(xy)), (labels, np.arange(len(xy)))), shape=(len(centres), len(xy)))
+        member = sp.csr_matrix(
+            (np.ones(len(xy)), (labels, np.arange(len(xy)))), shape=(len(centres), len(xy))
+        )
         pfeats = np.asarray((member @ feats) / np.asarray(member.sum(1)), dtype=np.float32)
     else:
         pfeats = np.asarray(featurize(centres), dtype=np.float32)

@@ -91,12 +91,20 @@ def select_genes(
                 sc.pp.log1p(sub)
             x = sub.X
             mean = np.asarray(x.mean(0)).ravel()
-            sq = np.asarray(x.multiply(x).mean(0)).ravel() if hasattr(x, "multiply") else (np.asarray(x) ** 2).mean(0)
+            sq = (
+                np.asarray(x.multiply(x).mean(0)).ravel()
+                if hasattr(x, "multiply")
+                else (np.asarray(x) ** 2).mean(0)
+            )
             score = sq - mean**2
         elif flavor != "seurat_v3":
-            raise ValueError(f"Expected `flavor` to be one of ['seurat_v3', 'variance'], found `{flavor}`.")
+            raise ValueError(
+                f"Expected `flavor` to be one of ['seurat_v3', 'variance'], found `{flavor}`."
+            )
         elif lognorm:
-            hv = sc.pp.highly_variable_genes(sub, n_top_genes=n_top_genes, flavor="seurat", inplace=False)
+            hv = sc.pp.highly_variable_genes(
+                sub, n_top_genes=n_top_genes, flavor="seurat", inplace=False
+            )
             score = np.nan_to_num(np.asarray(hv["dispersions_norm"], dtype=float), nan=-np.inf)
         else:
             hv = sc.pp.highly_variable_genes(
@@ -152,7 +160,12 @@ def prepare_targets(
 
     x, lognorm = counts_or_lognorm(adata)
     chosen = select_genes(
-        adata, genes=genes, n_top_genes=n_top_genes, fit_mask=fit_mask, lognorm=lognorm, flavor=flavor
+        adata,
+        genes=genes,
+        n_top_genes=n_top_genes,
+        fit_mask=fit_mask,
+        lognorm=lognorm,
+        flavor=flavor,
     )
     work = ad.AnnData(X=x.copy() if sp.issparse(x) else np.array(x, dtype=np.float32))
     work.var_names = [str(g) for g in adata.var_names]
@@ -162,4 +175,6 @@ def prepare_targets(
         sc.pp.log1p(work)
     cols = work[:, chosen].X
     values = cols.toarray() if sp.issparse(cols) else np.asarray(cols)
-    return Targets(values=values.astype(np.float32), genes=list(chosen), log_normalized_input=lognorm)
+    return Targets(
+        values=values.astype(np.float32), genes=list(chosen), log_normalized_input=lognorm
+    )

@@ -130,7 +130,7 @@ def _store(
     import pandas as pd
 
     digest = meta["positions_digest"]
-    old = sdata.tables[name] if name in sdata.tables else None
+    old = sdata.tables.get(name)
     if old is not None and old.uns.get("positions_digest") == digest and old.n_obs == len(xy):
         table = old.copy()
     else:
@@ -145,6 +145,10 @@ def _store(
     table.uns[_UNS_KEY] = entries
     sdata.tables[name] = table
     if sdata.is_backed() and sdata.path is not None and sdata.path.exists():
+        # spatialdata refuses to overwrite an element inside the object's own store; the cache
+        # can always be recomputed, so the old copy is deleted first (spatialdata's advice).
+        if f"tables/{name}" in sdata.elements_paths_on_disk():
+            sdata.delete_element_from_disk(name)
         sdata.write_element(name, overwrite=True)
 
 
@@ -156,6 +160,10 @@ def _resolve_sizes(
 ) -> tuple[list[float], list[float]]:
     from .patches import patch_sizes_px
 
+    if patch_unit not in ("spot", "um", "px"):
+        raise ValueError(
+            f"Expected `patch_unit` to be one of ['spot', 'um', 'px'], found `{patch_unit}`."
+        )
     diameter = float(geometry.diameter_px)
     um_per_px = float(geometry.um_per_px)
     if not (np.isfinite(diameter) and diameter > 0 and np.isfinite(um_per_px) and um_per_px > 0):
@@ -252,10 +260,14 @@ def iter_extract_features(
     from .patches import read_patches
 
     if image_key not in sdata.images:
-        raise KeyError(f"Expected `image_key` to be one of {list(sdata.images)}, found `{image_key}`.")
+        raise KeyError(
+            f"Expected `image_key` to be one of {list(sdata.images)}, found `{image_key}`."
+        )
     xy = np.asarray(positions_px, dtype=np.float64)
     if xy.ndim != 2 or xy.shape[1] != 2 or len(xy) == 0 or not np.isfinite(xy).all():
-        raise ValueError(f"Expected finite positions of shape (n, 2) with n >= 1, found shape {xy.shape}.")
+        raise ValueError(
+            f"Expected finite positions of shape (n, 2) with n >= 1, found shape {xy.shape}."
+        )
     if int(batch_size) < 1:
         raise ValueError(f"Expected `batch_size` >= 1, found `{batch_size}`.")
     if not cache_name or any(ch in cache_name for ch in "/\\ "):
@@ -285,7 +297,9 @@ def iter_extract_features(
     if is_hist:
         assert isinstance(enc, HistologyEncoder)
         spots = getattr(geometry, "centers_px", None)
-        ref = xy if spots is None else np.vstack([xy, np.asarray(spots, dtype=float).reshape(-1, 2)])
+        ref = (
+            xy if spots is None else np.vstack([xy, np.asarray(spots, dtype=float).reshape(-1, 2)])
+        )
         extent = patches_extent(ref, sizes_px, margin_px=float(geometry.diameter_px))
         maps_gen = enc.iter_dense_maps(image, float(geometry.um_per_px), extent)
         while True:
@@ -295,18 +309,27 @@ def iter_extract_features(
                 maps = stop.value
                 break
             yield Progress(
-                _STAGE, 0, n_batches, f"{cache_name}: tissue maps, tile {tile}/{n_tiles}",
+                _STAGE,
+                0,
+                n_batches,
+                f"{cache_name}: tissue maps, tile {tile}/{n_tiles}",
                 info={"tile": tile, "tiles": n_tiles},
             )
         for b in range(n_batches):
             parts.append(enc.pool(maps, xy[b * batch_size : (b + 1) * batch_size], sizes_px))
-            yield Progress(_STAGE, b + 1, n_batches, f"{cache_name}: {min(n, (b + 1) * batch_size)}/{n}")
+            yield Progress(
+                _STAGE, b + 1, n_batches, f"{cache_name}: {min(n, (b + 1) * batch_size)}/{n}"
+            )
     else:
         for b in range(n_batches):
             chunk = xy[b * batch_size : (b + 1) * batch_size]
-            per_size = [enc.embed(read_patches(image, chunk, s, out_px=enc.input_size)) for s in sizes_px]
+            per_size = [
+                enc.embed(read_patches(image, chunk, s, out_px=enc.input_size)) for s in sizes_px
+            ]
             parts.append(np.concatenate(per_size, axis=1))
-            yield Progress(_STAGE, b + 1, n_batches, f"{cache_name}: {min(n, (b + 1) * batch_size)}/{n}")
+            yield Progress(
+                _STAGE, b + 1, n_batches, f"{cache_name}: {min(n, (b + 1) * batch_size)}/{n}"
+            )
     feats = np.concatenate(parts, axis=0).astype(np.float32)
     if not np.isfinite(feats).all():
         raise ValueError(f"Expected finite features from `{enc.id}`, found NaN or inf values.")

@@ -30,7 +30,9 @@ def fourier_encoding(offsets: torch.Tensor, n_freq: int) -> torch.Tensor:
     >>> fourier_encoding(torch.zeros(3, 2), 4).shape
     torch.Size([3, 16])
     """
-    freqs = (2.0 ** torch.arange(n_freq, dtype=offsets.dtype, device=offsets.device)) * (math.pi / 4)
+    freqs = (2.0 ** torch.arange(n_freq, dtype=offsets.dtype, device=offsets.device)) * (
+        math.pi / 4
+    )
     ang = offsets[..., None] * freqs  # (..., 2, F)
     enc = torch.cat([torch.sin(ang), torch.cos(ang)], dim=-1)
     return enc.flatten(-2)
@@ -82,7 +84,11 @@ class NeighbourAttention(nn.Module):
         nn.init.normal_(self.key.weight, std=0.01)
 
     def attention(
-        self, q_feat: torch.Tensor, n_feat: torch.Tensor, offsets: torch.Tensor, valid: torch.Tensor | None
+        self,
+        q_feat: torch.Tensor,
+        n_feat: torch.Tensor,
+        offsets: torch.Tensor,
+        valid: torch.Tensor | None,
     ) -> torch.Tensor:
         """Attention weights ``(b, heads, k)`` of each position over its neighbours."""
         b, k, _ = n_feat.shape
@@ -131,11 +137,13 @@ class NeighbourAttention(nn.Module):
         offsets: torch.Tensor,
         valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The attended neighbour expression ``(b, rank)`` and image features ``(b, f)``."""
+        """Return the attended neighbour expression ``(b, rank)`` and image features ``(b, f)``."""
         attn = self.attention(q_feat, n_feat, offsets, valid)
         mix = torch.softmax(self.head_mix, dim=0)
         weights = (attn * mix[None, :, None]).sum(1)
-        return torch.einsum("bk,bkr->br", weights, n_values), torch.einsum("bk,bkf->bf", weights, n_feat)
+        return torch.einsum("bk,bkr->br", weights, n_values), torch.einsum(
+            "bk,bkf->bf", weights, n_feat
+        )
 
     def image_only(self, q_feat: torch.Tensor) -> torch.Tensor:
         """Coefficients from the position's image features alone (no measured spot near)."""
@@ -182,11 +190,16 @@ class FaithfulHisToSGE(nn.Module):
                     {
                         "norm1": nn.LayerNorm(dim),
                         "to_in": nn.Linear(dim, inner),
-                        "attn": nn.MultiheadAttention(inner, heads, dropout=dropout, batch_first=True),
+                        "attn": nn.MultiheadAttention(
+                            inner, heads, dropout=dropout, batch_first=True
+                        ),
                         "to_out": nn.Linear(inner, dim),
                         "norm2": nn.LayerNorm(dim),
                         "mlp": nn.Sequential(
-                            nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim)
+                            nn.Linear(dim, 2 * dim),
+                            nn.GELU(),
+                            nn.Dropout(dropout),
+                            nn.Linear(2 * dim, dim),
                         ),
                     }
                 )

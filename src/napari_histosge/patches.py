@@ -30,12 +30,13 @@ PAD_VALUE = 255
 
 
 def image_levels(image: Any) -> list[Any]:
-    """The levels of an image element, finest first, as ``(c, y, x)`` DataArrays.
+    """Return the levels of an image element, finest first, as ``(c, y, x)`` DataArrays.
 
     Parameters
     ----------
     image
-        A ``(c, y, x)`` ``xarray.DataArray`` or a multiscale ``DataTree`` (``scale0``, ``scale1``, ...).
+        A ``(c, y, x)`` ``xarray.DataArray`` or a multiscale ``DataTree``
+        (``scale0``, ``scale1``, ...).
 
     Returns
     -------
@@ -108,9 +109,7 @@ def _to_rgb_uint8(block: np.ndarray) -> np.ndarray:
     return np.moveaxis(block, 0, 2)
 
 
-def read_regions(
-    level: Any, boxes: Sequence[tuple[int, int, int, int]]
-) -> list[np.ndarray]:
+def read_regions(level: Any, boxes: Sequence[tuple[int, int, int, int]]) -> list[np.ndarray]:
     """Read several ``(x0, y0, x1, y1)`` boxes of a ``(c, y, x)`` level, padding outside.
 
     All boxes are computed in one dask call, so chunks shared by several boxes are read once,
@@ -182,12 +181,7 @@ def _resize(region: np.ndarray, box: tuple[float, float, float, float], out_px: 
     from PIL import Image
 
     x0, y0, x1, y1 = box
-    if (
-        x0 == int(x0)
-        and y0 == int(y0)
-        and x1 - x0 == out_px
-        and y1 - y0 == out_px
-    ):
+    if x0 == int(x0) and y0 == int(y0) and x1 - x0 == out_px and y1 - y0 == out_px:
         return region[int(y0) : int(y1), int(x0) : int(x1)]
     img = Image.fromarray(region)
     shrink = (x1 - x0) > out_px
@@ -207,8 +201,8 @@ def read_patches(
     Each patch covers exactly ``size_px`` scale-0 pixels (sub-pixel accurate) and is read from
     the coarsest pyramid level that still has at least ``out_px`` pixels across it, so a large
     context never reads the full resolution. Boxes are read in one dask call (shared chunks
-    once) and resized with an antialiasing Lanczos filter (bicubic when enlarging). Patches that reach past the border
-    are padded with white (:data:`PAD_VALUE`), never dropped.
+    once) and resized with an antialiasing Lanczos filter (bicubic when enlarging). Patches
+    that reach past the border are padded with white (:data:`PAD_VALUE`), never dropped.
 
     Parameters
     ----------
@@ -301,7 +295,9 @@ def patch_sizes_px(
     elif unit == "px":
         out = [float(s) for s in sizes]
     else:
-        raise ValueError(f"Expected `patch_unit` to be one of ['spot', 'um', 'px'], found `{unit}`.")
+        raise ValueError(
+            f"Expected `patch_unit` to be one of ['spot', 'um', 'px'], found `{unit}`."
+        )
     if not out or any(not np.isfinite(s) or s <= 0 for s in out):
         raise ValueError(f"Expected positive patch sizes, found `{list(sizes)}` ({unit}).")
     return out

@@ -94,7 +94,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in ("improved", "faithful"):
-            raise ValueError(f"Expected `mode` to be one of ['improved', 'faithful'], found `{self.mode}`.")
+            raise ValueError(
+                f"Expected `mode` to be one of ['improved', 'faithful'], found `{self.mode}`."
+            )
         if self.epochs < 1:
             raise ValueError(f"Expected `epochs` >= 1, found `{self.epochs}`.")
         if not 0.0 <= self.val_fraction < 0.9:
@@ -181,7 +183,7 @@ class TrainedModel:
     _modules: list[Any] | None = field(default=None, repr=False)
 
     def config_dict(self) -> dict[str, Any]:
-        """The config as a plain dict, with the learning rate in use."""
+        """Return the config as a plain dict, with the learning rate in use."""
         out = asdict(self.config)
         out["learning_rate"] = self.config.learning_rate
         return out
@@ -192,7 +194,7 @@ class TrainedModel:
             mods = []
             for state in self.states:
                 m = _new_module(self.config, self.info)
-                m.load_state_dict({k: v for k, v in state.items()})
+                m.load_state_dict(dict(state))
                 m.eval()
                 mods.append(m)
             self._modules = mods
@@ -206,7 +208,12 @@ class TrainedModel:
         vals = np.asarray(ref.values, dtype=np.float32)
         width = int(self.arrays["feat_mu"].shape[0])
         n = len(xy)
-        if n < 1 or xy.shape != (n, 2) or feats.shape != (n, width) or vals.shape != (n, len(self.genes)):
+        if (
+            n < 1
+            or xy.shape != (n, 2)
+            or feats.shape != (n, width)
+            or vals.shape != (n, len(self.genes))
+        ):
             raise ValueError(
                 f"Expected a reference of positions (n, 2), features (n, {width}) and values "
                 f"(n, {len(self.genes)}) in the model's gene order, found {xy.shape}, {feats.shape} "
@@ -218,7 +225,9 @@ class TrainedModel:
         out["ref_xy"] = xy
         if self.config.mode == "improved":
             out["ref_z"] = self._scale(feats)
-            out["ref_coef"] = ((vals - self.arrays["gene_mean"]) @ self.arrays["gene_basis"]).astype(np.float32)
+            out["ref_coef"] = (
+                (vals - self.arrays["gene_mean"]) @ self.arrays["gene_basis"]
+            ).astype(np.float32)
         return out
 
     def _scale(self, features: np.ndarray) -> np.ndarray:
@@ -278,7 +287,9 @@ class TrainedModel:
             if self.config.mode == "faithful":
                 out = np.mean([_faithful_predict(m, self, feats, xy) for m in mods], axis=0)
             else:
-                out = np.mean([_improved_predict(m, self, feats, xy, reference) for m in mods], axis=0)
+                out = np.mean(
+                    [_improved_predict(m, self, feats, xy, reference) for m in mods], axis=0
+                )
         return np.maximum(out, 0.0).astype(np.float32)
 
 
@@ -291,7 +302,10 @@ def _new_module(config: TrainConfig, info: dict[str, Any]) -> Any:
 
     if config.mode == "faithful":
         return FaithfulHisToSGE(
-            int(info["feat_dim"]), int(info["n_genes"]), heads=config.heads, n_pos=int(info["n_pos"])
+            int(info["feat_dim"]),
+            int(info["n_genes"]),
+            heads=config.heads,
+            n_pos=int(info["n_pos"]),
         )
     return NeighbourAttention(int(info["feat_dim"]), int(info["rank"]), heads=config.heads)
 
@@ -299,7 +313,7 @@ def _new_module(config: TrainConfig, info: dict[str, Any]) -> Any:
 def _neighbours(
     ref_xy: np.ndarray, query_xy: np.ndarray, k: int, exclude: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and distances of the ``k`` nearest reference spots (excluding ``exclude[i]``)."""
+    """Find the ``k`` nearest reference spots (never ``exclude[i]``): indices, distances."""
     from scipy.spatial import cKDTree
 
     kk = min(len(ref_xy), k + (1 if exclude is not None else 0))
@@ -384,7 +398,9 @@ def _groups(n: int, size: int) -> list[np.ndarray]:
     return [np.arange(s, min(n, s + size)) for s in range(0, n, size)]
 
 
-def _faithful_predict(module: Any, model: TrainedModel, feats: np.ndarray, xy: np.ndarray) -> np.ndarray:
+def _faithful_predict(
+    module: Any, model: TrainedModel, feats: np.ndarray, xy: np.ndarray
+) -> np.ndarray:
     import torch
 
     a = model.arrays
@@ -393,7 +409,9 @@ def _faithful_predict(module: Any, model: TrainedModel, feats: np.ndarray, xy: n
     out = np.empty((len(z), len(model.genes)), dtype=np.float32)
     for g in _groups(len(z), model.config.group_size):
         pred = module(
-            torch.from_numpy(z[g])[None], torch.from_numpy(ix[g])[None], torch.from_numpy(iy[g])[None]
+            torch.from_numpy(z[g])[None],
+            torch.from_numpy(ix[g])[None],
+            torch.from_numpy(iy[g])[None],
         )
         out[g] = pred[0].numpy()
     return out
@@ -545,7 +563,9 @@ def iter_fit(
                 _init_improved(module, arrays, info)
                 _init_residual(module, shell, z, xy, fit_idx, cfg)
             module = module.to(device)
-            opt = torch.optim.Adam(module.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+            opt = torch.optim.Adam(
+                module.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+            )
             base_step = _improved_step if cfg.mode == "improved" else _faithful_step
             cache: dict[Any, Any] = {}
 
@@ -554,7 +574,11 @@ def iter_fit(
 
             module.eval()
             with torch.no_grad():
-                v0 = float(step_fn(module, shell, z, xy, y, val if len(val) else fit_idx, fit_idx, device, cfg))
+                v0 = float(
+                    step_fn(
+                        module, shell, z, xy, y, val if len(val) else fit_idx, fit_idx, device, cfg
+                    )
+                )
             best = (v0, {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}, 0)
             since = 0
             for epoch in range(1, cfg.epochs + 1):
@@ -571,13 +595,20 @@ def iter_fit(
                 record = {"member": member, "epoch": epoch, "train_loss": tloss, "val_loss": vloss}
                 history.append(record)
                 if vloss < best[0] - 1e-7:
-                    best = (vloss, {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}, epoch)
+                    best = (
+                        vloss,
+                        {k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
+                        epoch,
+                    )
                     since = 0
                 else:
                     since += 1
                 yield Progress(
-                    "train", member * cfg.epochs + epoch, total,
-                    f"member {member + 1}/{cfg.ensemble}, epoch {epoch}", dict(record),
+                    "train",
+                    member * cfg.epochs + epoch,
+                    total,
+                    f"member {member + 1}/{cfg.ensemble}, epoch {epoch}",
+                    dict(record),
                 )
                 if should_stop is not None and should_stop():
                     stopped = True
@@ -603,7 +634,11 @@ def _ridge(x: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]
     from sklearn.linear_model import RidgeCV
 
     reg = RidgeCV(alphas=np.logspace(-1, 5, 31)).fit(x, t)
-    return float(reg.alpha_), reg.coef_.astype(np.float32), np.atleast_1d(reg.intercept_).astype(np.float32)
+    return (
+        float(reg.alpha_),
+        reg.coef_.astype(np.float32),
+        np.atleast_1d(reg.intercept_).astype(np.float32),
+    )
 
 
 def _init_improved(module: Any, arrays: dict[str, np.ndarray], info: dict[str, Any]) -> None:
@@ -635,7 +670,12 @@ def _loo_batch(
 
 
 def _init_residual(
-    module: Any, model: TrainedModel, z: np.ndarray, xy: np.ndarray, fit_idx: np.ndarray, cfg: TrainConfig
+    module: Any,
+    model: TrainedModel,
+    z: np.ndarray,
+    xy: np.ndarray,
+    fit_idx: np.ndarray,
+    cfg: TrainConfig,
 ) -> None:
     """Regression kriging: ridge of the leave-one-out smoothing residual on image features."""
     import torch
@@ -851,9 +891,13 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
         doc = json.loads(meta.read_text())
         tensors = load_file(str(weights))
     except Exception as err:  # noqa: BLE001 - any parse error means a damaged checkpoint
-        raise ValueError(f"Expected a readable checkpoint at `{p}`, found a damaged one: {err}") from err
+        raise ValueError(
+            f"Expected a readable checkpoint at `{p}`, found a damaged one: {err}"
+        ) from err
     if doc.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"Expected checkpoint format `{CHECKPOINT_FORMAT}`, found `{doc.get('format')}`.")
+        raise ValueError(
+            f"Expected checkpoint format `{CHECKPOINT_FORMAT}`, found `{doc.get('format')}`."
+        )
     known = {f.name for f in fields(TrainConfig)}
     config = replace(TrainConfig(), **{k: v for k, v in doc["config"].items() if k in known})
     arrays = {k[6:]: v.numpy() for k, v in tensors.items() if k.startswith("array.")}
@@ -863,8 +907,13 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
             head, name = k.split(".", 1)
             states[int(head[6:])][name] = v
     model = TrainedModel(
-        config, list(doc["genes"]), dict(doc["feature_meta"]), arrays, states,
-        list(doc.get("history", [])), dict(doc["info"]),
+        config,
+        list(doc["genes"]),
+        dict(doc["feature_meta"]),
+        arrays,
+        states,
+        list(doc.get("history", [])),
+        dict(doc["info"]),
     )
     model._build()
     return model
