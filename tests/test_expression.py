@@ -75,3 +75,10 @@ def test_real_her2st_section():
     tg = prepare_targets(a, n_top_genes=50)
     assert tg.values.shape == (len(counts), 50) and np.isfinite(tg.values).all()
     assert np.all(tg.values >= 0) and tg.values.max() < np.log1p(1e4)
+
+
+def test_flat_tables_fall_back_to_variance_ranking_with_a_warning():
+    a = ad.AnnData(np.random.default_rng(0).poisson(2, (30, 50)).astype(np.float32))
+    with pytest.warns(UserWarning, match="seurat_v3"):
+        genes = select_genes(a, n_top_genes=10)
+    assert len(genes) == 10

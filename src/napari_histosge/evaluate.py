@@ -73,7 +73,7 @@ def metrics(
     --------
     >>> m = metrics(np.array([[1.0], [2.0], [3.0]]), np.array([[1.0], [2.5], [3.0]]))
     >>> round(m["mean_r"], 3), m["n_genes_r_gt_0.3"]
-    (0.945, 1)
+    (0.961, 1)
     """
     r = pearson_per_gene(pred, true)
     err = np.asarray(pred, dtype=np.float64) - np.asarray(true, dtype=np.float64)

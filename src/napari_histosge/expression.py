@@ -59,6 +59,7 @@ def select_genes(
     """
     import scanpy as sc
 
+    score: np.ndarray | None
     names = [str(g) for g in adata.var_names]
     if genes is not None:
         genes = [str(g) for g in genes]
@@ -107,10 +108,24 @@ def select_genes(
             )
             score = np.nan_to_num(np.asarray(hv["dispersions_norm"], dtype=float), nan=-np.inf)
         else:
-            hv = sc.pp.highly_variable_genes(
-                sub, n_top_genes=n_top_genes, flavor="seurat_v3", inplace=False
-            )
-            score = -np.asarray(hv["highly_variable_rank"].fillna(np.inf), dtype=float)
+            try:
+                hv = sc.pp.highly_variable_genes(
+                    sub, n_top_genes=n_top_genes, flavor="seurat_v3", inplace=False
+                )
+                score = -np.asarray(hv["highly_variable_rank"].fillna(np.inf), dtype=float)
+            except ValueError:
+                # seurat_v3's loess fit fails when gene means hardly vary (tiny or flat tables).
+                score = None
+    if score is None:
+        warnings.warn(
+            "scanpy's seurat_v3 ranking failed on these counts (too little spread of gene means); "
+            "ranking genes by the variance of log1p(normalised counts) instead.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return select_genes(
+            adata, n_top_genes=n_top_genes, fit_mask=fit_mask, lognorm=lognorm, flavor="variance"
+        )
     order = np.argsort(-score, kind="stable")[:n_top_genes]
     return [names[i] for i in order]
 

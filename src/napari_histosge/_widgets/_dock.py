@@ -840,8 +840,14 @@ class HisToSGEWidget(QWidget):
                 _measured_values,
                 self.slide,
                 self.maps.genes[0],
-                on_returned=lambda result: self._show_measured(*result),
+                on_returned=self._on_measured,
             )
+
+    def _on_measured(self, result: tuple[str, Any]) -> None:
+        gene, values = result
+        self._show_measured(gene, values)
+        self.status.setText(f"Showing {gene}: predicted map and measured spots.")
+        self.progress_bar.setValue(100)
 
     # ------------------------------------------------------------------------------------
     # 5. Export
