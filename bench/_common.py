@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -53,10 +54,8 @@ def run_metadata(extra_packages: Sequence[str] = ()) -> dict[str, Any]:
     pkgs = ["torch", "timm", "numpy", "spatialdata", "scanpy", "anndata", "napari-histosge"]
     pkgs += list(extra_packages)
     mem_gb = None
-    try:
+    with contextlib.suppress(ValueError, OSError):
         mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
-    except (ValueError, OSError):
-        pass
     return {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {

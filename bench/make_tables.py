@@ -27,8 +27,8 @@ def header(d: dict[str, Any]) -> str:
     load = d.get("loadavg_1_5_15_at_start")
     load_s = f"; load average at start {load[0]:.1f}" if load else ""
     return (
-        f"*{d['date_utc']} — {m['cpu_model']}, {m['cpu_cores']} cores, {m.get('memory_gb')} GB{load_s}; "
-        f"{v}.*  \n`{d['command']}`"
+        f"*{d['date_utc']} — {m['cpu_model']}, {m['cpu_cores']} cores, "
+        f"{m.get('memory_gb')} GB{load_s}; {v}.*  \n`{d['command']}`"
     )
 
 
@@ -54,12 +54,17 @@ def throughput(d: dict[str, Any]) -> str:
     rows = []
     for v in d["variants"]:
         if "error" in v:
-            rows.append([v["variant"], v.get("batch"), None, None, None, None, "error: " + v["error"][:80]])
+            rows.append(
+                [v["variant"], v.get("batch"), None, None, None, None, "error: " + v["error"][:80]]
+            )
         else:
             local = v.get("frac_local_bf16_roofline")
             rows.append(
                 [
-                    v["variant"], v["batch"], v["patches_per_s"], v["gflops"],
+                    v["variant"],
+                    v["batch"],
+                    v["patches_per_s"],
+                    v["gflops"],
                     f"{100 * v['frac_bf16_roofline']:.0f}%",
                     None if local is None else f"{100 * local:.0f}%",
                     v["note"],
@@ -67,7 +72,15 @@ def throughput(d: dict[str, Any]) -> str:
             )
     out.append(
         markdown_table(
-            ["variant", "batch", "patches/s", "GFLOP/s", "of bf16 matmul", "of bf16 matmul just before", "note"],
+            [
+                "variant",
+                "batch",
+                "patches/s",
+                "GFLOP/s",
+                "of bf16 matmul",
+                "of bf16 matmul just before",
+                "note",
+            ],
             rows,
             2,
         )
@@ -80,22 +93,34 @@ def throughput(d: dict[str, Any]) -> str:
             else [r["encoder"], None, None, "error: " + r["error"][:80]]
             for r in d["package_encoders"]
         ]
-        out.append(markdown_table(["package encoder (`get_encoder().embed`)", "dim", "batch", "patches/s"], rows, 2))
+        out.append(
+            markdown_table(
+                ["package encoder (`get_encoder().embed`)", "dim", "batch", "patches/s"], rows, 2
+            )
+        )
     return "\n".join(out)
 
 
 def synthetic(d: dict[str, Any]) -> str:
     """Generation time and memory."""
     rows = [
-        ["image", f"{d['size_px']:,} x {d['size_px']:,} px RGB uint8, chunks (3, {d['chunk']}, {d['chunk']}), "
-                  f"{len(d['image_levels'])} levels"],
+        [
+            "image",
+            f"{d['size_px']:,} x {d['size_px']:,} px RGB uint8, "
+            f"chunks (3, {d['chunk']}, {d['chunk']}), {len(d['image_levels'])} levels",
+        ],
         ["spots, genes", f"{d['n_spots']:,}, {d['n_genes']}"],
-        ["µm/px; spot radius; pitch", f"{d['um_per_px']:.3f}; {d['spot_radius_px']:.1f} px; {d['spot_pitch_px']:.1f} px"],
+        [
+            "µm/px; spot radius; pitch",
+            f"{d['um_per_px']:.3f}; {d['spot_radius_px']:.1f} px; {d['spot_pitch_px']:.1f} px",
+        ],
         ["median UMI per spot", f"{d['median_umi_per_spot']:.0f}"],
         ["wall time", f"{d['wall_s']:.0f} s"],
     ]
     rows += [[f"— {k[:-2]}", f"{v:.1f} s"] for k, v in d["timings_s"].items()]
-    rows += [[f"— peak RSS, {k}", f"{v:.0f} MiB"] for k, v in d.get("peak_rss_mb_by_phase", {}).items()]
+    rows += [
+        [f"— peak RSS, {k}", f"{v:.0f} MiB"] for k, v in d.get("peak_rss_mb_by_phase", {}).items()
+    ]
     rows += [
         ["peak RSS (whole run)", f"{d['peak_rss_mb_sampled']:.0f} MiB"],
         ["full-resolution image size", f"{d['full_image_mb']:.0f} MiB"],
@@ -121,14 +146,28 @@ def recovery(d: dict[str, Any]) -> str:
         a = d["mean"][m]
         rows.append(
             [
-                m, a.get("pearson_mean"), a.get("pearson_median"), a.get("n_genes_r_gt_0.3"),
-                a.get("mse"), a.get("mae"), a.get("wall_s"), a.get("peak_rss_mb"),
+                m,
+                a.get("pearson_mean"),
+                a.get("pearson_median"),
+                a.get("n_genes_r_gt_0.3"),
+                a.get("mse"),
+                a.get("mae"),
+                a.get("wall_s"),
+                a.get("peak_rss_mb"),
             ]
         )
     out.append(
         markdown_table(
-            ["method (mean of sections)", "mean r", "median r", "genes r>0.3", "MSE", "MAE",
-             "wall s / section", "peak RSS MiB"],
+            [
+                "method (mean of sections)",
+                "mean r",
+                "median r",
+                "genes r>0.3",
+                "MSE",
+                "MAE",
+                "wall s / section",
+                "peak RSS MiB",
+            ],
             rows,
         )
     )
@@ -144,8 +183,9 @@ def recovery(d: dict[str, Any]) -> str:
         out.append(
             "\nSmoothing + low rank, chosen by leave-one-out: "
             + "; ".join(
-                f"{s['section']} bandwidth {m['bandwidth_pitch']:.2f} pitch, rank {m['rank'] or 'full'}"
-                for s, m in zip(d["sections"], slr)
+                f"{s['section']} bandwidth {m['bandwidth_pitch']:.2f} pitch, "
+                f"rank {m['rank'] or 'full'}"
+                for s, m in zip(d["sections"], slr, strict=True)
             )
             + "."
         )
@@ -158,14 +198,18 @@ def random_splits(results: list[dict[str, Any]]) -> str:
 
     groups: dict[str, list[dict[str, Any]]] = {}
     for d in results:
-        if d.get("benchmark") == "peer_recovery" and str(d["protocol"]["split"]).startswith("random"):
+        if d.get("benchmark") == "peer_recovery" and str(d["protocol"]["split"]).startswith(
+            "random"
+        ):
             groups.setdefault(d["protocol"]["panel"], []).append(d)
     out = []
     for panel, runs in groups.items():
         runs = sorted(runs, key=lambda d: d["protocol"]["split"])
         seeds = [d["protocol"]["split"] for d in runs]
         secs = [s["section"] for s in runs[0]["sections"]]
-        out.append(f"**random 50% hold-out, seeds {', '.join(x.split(':')[1] for x in seeds)}; {panel}**\n")
+        out.append(
+            f"**random 50% hold-out, seeds {', '.join(x.split(':')[1] for x in seeds)}; {panel}**\n"
+        )
         out.append("Commands: " + "; ".join(f"`{d['command']}`" for d in runs) + "\n")
         rows = []
         for m in runs[0]["mean"]:
@@ -174,8 +218,14 @@ def random_splits(results: list[dict[str, Any]]) -> str:
                 for i in range(len(secs))
             ]
             overall = [d["mean"][m]["pearson_mean"] for d in runs]
-            rows.append([m, *per_sec, float(np.mean(overall)), f"{min(overall):.3f}–{max(overall):.3f}"])
-        out.append(markdown_table(["mean r (held-out), mean of seeds", *secs, "mean", "range over seeds"], rows))
+            rows.append(
+                [m, *per_sec, float(np.mean(overall)), f"{min(overall):.3f}–{max(overall):.3f}"]
+            )
+        out.append(
+            markdown_table(
+                ["mean r (held-out), mean of seeds", *secs, "mean", "range over seeds"], rows
+            )
+        )
         out.append("")
     return "\n".join(out)
 

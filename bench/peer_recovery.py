@@ -48,14 +48,21 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.spatial import cKDTree
-
 from _common import SHARED_DATA, PeakRSS, markdown_table, run_metadata, write_json
+from scipy.spatial import cKDTree
 
 HER2ST = SHARED_DATA / "her2st"
 SECTIONS = ("C2", "C3", "C4", "C5")
 METHODS = ("knn", "smooth-lowrank", "tesla", "tesla-nocolor", "ceiling")
-METRICS = ("pearson_mean", "pearson_median", "n_genes_r_gt_0.3", "mse", "mae", "wall_s", "peak_rss_mb")
+METRICS = (
+    "pearson_mean",
+    "pearson_median",
+    "n_genes_r_gt_0.3",
+    "mse",
+    "mae",
+    "wall_s",
+    "peak_rss_mb",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,7 +87,7 @@ def load_section(name: str, root: Path = HER2ST) -> Section:
     if counts.columns.duplicated().any():
         counts = counts.T.groupby(level=0).sum().T
     spots = pd.read_csv(root / "data" / "ST-spotfiles" / f"{name}_selection.tsv", sep="\t")
-    spots.index = [f"{int(x)}x{int(y)}" for x, y in zip(spots["x"], spots["y"])]
+    spots.index = [f"{int(x)}x{int(y)}" for x, y in zip(spots["x"], spots["y"], strict=True)]
     spots = spots.loc[counts.index]
     array_xy = np.array([[int(v) for v in s.split("x")] for s in counts.index])
     images = sorted((root / "data" / "ST-imgs" / name[0] / name).glob("*.jpg"))
@@ -165,7 +172,9 @@ def score(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
 # no-image yardsticks
 
 
-def knn_predict(train_xy: np.ndarray, train_y: np.ndarray, query_xy: np.ndarray, k: int = 4) -> np.ndarray:
+def knn_predict(
+    train_xy: np.ndarray, train_y: np.ndarray, query_xy: np.ndarray, k: int = 4
+) -> np.ndarray:
     """Inverse-distance weighted mean of the ``k`` nearest training spots."""
     dist, idx = cKDTree(train_xy).query(query_xy, k=k)
     w = 1.0 / np.maximum(dist, 1e-9)
@@ -218,7 +227,13 @@ def fit_smooth_lowrank(
         for rank in ranks:
             if rank is not None and rank >= vt.shape[0]:
                 continue
-            r = float(np.nanmean(pearson_per_gene(project(sm, mean, None if rank is None else vt[:rank]), train_y)))
+            r = float(
+                np.nanmean(
+                    pearson_per_gene(
+                        project(sm, mean, None if rank is None else vt[:rank]), train_y
+                    )
+                )
+            )
             grid.append({"bandwidth_pitch": hb, "rank": rank, "loo_pearson": r})
             if r > best[0]:
                 best = (r, hb * pitch_px, rank)
@@ -295,7 +310,9 @@ def _tesla_anndata_compat() -> Iterator[None]:
         module.AnnData = saved
 
 
-def tesla_contour(img: np.ndarray, train_pixel_xy: np.ndarray, mode: str) -> tuple[np.ndarray, dict]:
+def tesla_contour(
+    img: np.ndarray, train_pixel_xy: np.ndarray, mode: str
+) -> tuple[np.ndarray, dict]:
     """Tissue contour: the tutorial's ``cv2_detect_contour``, or the training spots' convex hull.
 
     ``auto`` uses the tutorial contour unless it leaves more than 10% of the training spots
@@ -310,7 +327,9 @@ def tesla_contour(img: np.ndarray, train_pixel_xy: np.ndarray, mode: str) -> tup
     info: dict[str, Any] = {}
     if mode in ("cv2", "auto"):
         cnt = TESLA.cv2_detect_contour(img, apertureSize=5, L2gradient=True)
-        inside = np.mean([cv2.pointPolygonTest(cnt, (float(c), float(r)), False) >= 0 for c, r in train_pixel_xy])
+        inside = np.mean(
+            [cv2.pointPolygonTest(cnt, (float(c), float(r)), False) >= 0 for c, r in train_pixel_xy]
+        )
         info["cv2_contour_train_spots_inside"] = float(inside)
         if mode == "cv2" or inside >= 0.9:
             info["contour"] = "cv2_detect_contour"
@@ -350,7 +369,11 @@ def tesla_predict(
         ),
         var=pd.DataFrame(index=[str(g) for g in genes]),
     )
-    with _tesla_anndata_compat(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    with (
+        _tesla_anndata_compat(),
+        contextlib.redirect_stdout(io.StringIO()),
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")
         out = TESLA.imputation(img=img, raw=raw, cnt=cnt, genes=list(genes), shape="None", **params)
     order = pd.Index([str(g) for g in out.var_names]).get_indexer([str(g) for g in genes])
@@ -371,7 +394,9 @@ def tesla_predict(
 # driver
 
 
-def select_genes(section: Section, train: np.ndarray, panel: str, hvg: str, n_top: int, log_all: np.ndarray) -> list[str]:
+def select_genes(
+    section: Section, train: np.ndarray, panel: str, hvg: str, n_top: int, log_all: np.ndarray
+) -> list[str]:
     """The scored gene panel for one section and split."""
     counts = section.counts
     if panel == "her785":
@@ -501,14 +526,24 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name} ...", file=sys.stderr, flush=True)
         per_section.append(
             run_section(
-                load_section(name), split=args.split, panel=args.panel, hvg=args.hvg, n_top=n_top,
-                methods=methods, tesla_res=tesla_res, tesla_contour_mode=args.tesla_contour,
+                load_section(name),
+                split=args.split,
+                panel=args.panel,
+                hvg=args.hvg,
+                n_top=n_top,
+                methods=methods,
+                tesla_res=tesla_res,
+                tesla_contour_mode=args.tesla_contour,
                 seed=args.seed,
             )
         )
     mean: dict[str, dict[str, float]] = {}
     for m in methods:
-        keys = [k for k in (*METRICS, "split_half_mean", "sqrt_reliability_mean") if k in per_section[0]["methods"][m]]
+        keys = [
+            k
+            for k in (*METRICS, "split_half_mean", "sqrt_reliability_mean")
+            if k in per_section[0]["methods"][m]
+        ]
         mean[m] = {k: float(np.mean([s["methods"][m][k] for s in per_section])) for k in keys}
 
     panel_desc = (
@@ -539,7 +574,11 @@ def main(argv: list[str] | None = None) -> dict:
     elif args.quick:
         name = "peer_recovery_quick"
     else:
-        parts = ["peer_recovery", args.split.replace(":", ""), args.panel if args.panel == "her785" else args.hvg]
+        parts = [
+            "peer_recovery",
+            args.split.replace(":", ""),
+            args.panel if args.panel == "her785" else args.hvg,
+        ]
         name = "_".join(parts)
     path = write_json(name, result)
 
@@ -551,7 +590,11 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     print(markdown_table(["method", *sections, "mean"], rows))
     print("\nMeans over sections\n")
-    print(markdown_table(["method", *METRICS], [[m, *[mean[m].get(k) for k in METRICS]] for m in methods]))
+    print(
+        markdown_table(
+            ["method", *METRICS], [[m, *[mean[m].get(k) for k in METRICS]] for m in methods]
+        )
+    )
     if "ceiling" in methods:
         c = mean["ceiling"]
         print(

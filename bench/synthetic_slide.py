@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from _common import SHARED_DATA, PeakRSS, markdown_table, peak_rss_mb, run_metadata, write_json
 
 HER2ST_IMGS = SHARED_DATA / "her2st" / "data" / "ST-imgs"
@@ -52,7 +51,9 @@ class SmoothField:
     size: int
 
     @classmethod
-    def random(cls, rng: np.random.Generator, size: int, m: int = 256, sigma: float = 12.0) -> SmoothField:
+    def random(
+        cls, rng: np.random.Generator, size: int, m: int = 256, sigma: float = 12.0
+    ) -> SmoothField:
         """Gaussian-filtered white noise, standardised to mean 0, sd 1."""
         from scipy.ndimage import gaussian_filter
 
@@ -82,7 +83,9 @@ class SmoothField:
         return fine[:h, :w]
 
 
-def tissue_mask_value(field: np.ndarray, threshold: float = -0.3, softness: float = 0.25) -> np.ndarray:
+def tissue_mask_value(
+    field: np.ndarray, threshold: float = -0.3, softness: float = 0.25
+) -> np.ndarray:
     """Soft tissue mask in [0, 1] from a smooth field (1 = tissue)."""
     return 1.0 / (1.0 + np.exp(-(field - threshold) / softness))
 
@@ -164,7 +167,9 @@ class SlideModel:
 # spots and counts
 
 
-def hex_lattice(n_spots: int, size: int, fill: float, um_per_px: float | None) -> tuple[np.ndarray, np.ndarray, float]:
+def hex_lattice(
+    n_spots: int, size: int, fill: float, um_per_px: float | None
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Centres ``(n, 2)`` (x, y) px, array (row, col) and µm/px of a centred hexagonal lattice."""
     cols = int(np.ceil(np.sqrt(n_spots * np.sqrt(3) / 2)))
     rows = int(np.ceil(n_spots / cols))
@@ -269,7 +274,10 @@ def generate(
         return model.render(r0, c0, r1 - r0, c1 - c0)
 
     lazy = da.map_blocks(
-        block_fn, dtype=np.uint8, chunks=((3,), *[tuple(_chunks(size, chunk))] * 2), meta=np.empty((0, 0, 0), np.uint8)
+        block_fn,
+        dtype=np.uint8,
+        chunks=((3,), *[tuple(_chunks(size, chunk))] * 2),
+        meta=np.empty((0, 0, 0), np.uint8),
     )
     tmp = out.with_name(out.name + ".scale0.tmp.zarr")
     if tmp.exists():
@@ -385,7 +393,12 @@ def main(argv: list[str] | None = None) -> dict:
     warnings.filterwarnings("ignore", message=".*storage-related arguments.*")
 
     size, n_spots, n_genes, n_tiles, max_images, tile = (
-        args.size, args.spots, args.genes, 64, None, 512
+        args.size,
+        args.spots,
+        args.genes,
+        64,
+        None,
+        512,
     )
     if args.quick:
         size, n_spots, n_genes, n_tiles, max_images, tile = 2048, 200, 50, 8, 1, 256
@@ -394,9 +407,18 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     with PeakRSS(interval=0.1) as mem:
         info = generate(
-            out, size=size, n_spots=n_spots, n_genes=n_genes, seed=args.seed, chunk=args.chunk,
-            tile=tile, n_tiles=n_tiles, um_per_px=args.um_per_px, workers=args.workers,
-            max_images=max_images, overwrite=args.overwrite or args.quick,
+            out,
+            size=size,
+            n_spots=n_spots,
+            n_genes=n_genes,
+            seed=args.seed,
+            chunk=args.chunk,
+            tile=tile,
+            n_tiles=n_tiles,
+            um_per_px=args.um_per_px,
+            workers=args.workers,
+            max_images=max_images,
+            overwrite=args.overwrite or args.quick,
         )
     wall = time.perf_counter() - t0
     store_bytes = _du_bytes(out)
@@ -406,9 +428,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     sd = read_zarr(out)
     img = sd.images["he"]
-    levels = [tuple(int(v) for v in img[k]["image"].shape) for k in img] if hasattr(img, "keys") else [
-        tuple(img.shape)
-    ]
+    levels = (
+        [tuple(int(v) for v in img[k]["image"].shape) for k in img]
+        if hasattr(img, "keys")
+        else [tuple(img.shape)]
+    )
     result = {
         "benchmark": "synthetic_slide",
         "quick": args.quick,
@@ -434,7 +458,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     print("\n## Synthetic slide generation\n")
     rows = [
-        ["image", f"{size:,} x {size:,} px RGB, chunks (3, {args.chunk}, {args.chunk}), {len(levels)} levels"],
+        [
+            "image",
+            f"{size:,} x {size:,} px RGB, chunks (3, {args.chunk}, {args.chunk}), "
+            f"{len(levels)} levels",
+        ],
         ["spots / genes", f"{info['n_spots']:,} / {n_genes}"],
         ["µm/px, spot radius px", f"{info['um_per_px']:.3f}, {info['spot_radius_px']:.1f}"],
         ["median UMI/spot", f"{info['median_umi_per_spot']:.0f}"],

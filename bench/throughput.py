@@ -28,7 +28,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-
 from _common import markdown_table, peak_rss_mb, run_metadata, write_json
 
 
@@ -183,7 +182,9 @@ def model_variants(
     del model
     gc.collect()
     x16, xb16 = x.to(torch.bfloat16), xb.to(torch.bfloat16)
-    record("bf16-weights", "model.to(bfloat16), bf16 input, no autocast", batch, fwd(model_bf16, x16))
+    record(
+        "bf16-weights", "model.to(bfloat16), bf16 input, no autocast", batch, fwd(model_bf16, x16)
+    )
     record(
         "bf16-weights-big",
         "bf16 weights, larger batch",
@@ -260,7 +261,9 @@ def package_encoders(batch: int, img: int, min_time: float, min_reps: int, quick
         label = name + (" bf16" if kw.get("bf16") else "")
         print(f"  package encoder {label} ...", file=sys.stderr, flush=True)
         try:
-            enc = get_encoder(name, device="cpu", **kw) if name != "histology" else get_encoder(name)
+            enc = (
+                get_encoder(name, device="cpu", **kw) if name != "histology" else get_encoder(name)
+            )
             t = _timeit(lambda enc=enc: enc.embed(patches), min_time=min_time, min_reps=min_reps)
             rows.append(
                 {
@@ -316,9 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print("matmul ...", file=sys.stderr, flush=True)
     mm = matmul_bench([(n, n, n), mlp_shape], min_time=min(min_time, 4.0))
-    roof = {
-        r["dtype"]: r["gflops_best"] for r in mm if r["shape"] == f"{n}x{n} @ {n}x{n}"
-    }
+    roof = {r["dtype"]: r["gflops_best"] for r in mm if r["shape"] == f"{n}x{n} @ {n}x{n}"}
 
     model = build_vit(model_name)
     flops = count_flops(model, img)
@@ -384,7 +385,9 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for v in variants:
         if "error" in v:
-            rows.append([v["variant"], v.get("batch"), None, None, None, None, "error: " + v["error"]])
+            rows.append(
+                [v["variant"], v.get("batch"), None, None, None, None, "error: " + v["error"]]
+            )
         else:
             rows.append(
                 [
@@ -399,7 +402,15 @@ def main(argv: list[str] | None = None) -> dict:
             )
     print(
         markdown_table(
-            ["variant", "batch", "patches/s", "GFLOP/s", "of bf16 matmul", "of bf16 matmul just before", "note"],
+            [
+                "variant",
+                "batch",
+                "patches/s",
+                "GFLOP/s",
+                "of bf16 matmul",
+                "of bf16 matmul just before",
+                "note",
+            ],
             rows,
             digits=2,
         )
