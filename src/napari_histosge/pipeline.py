@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .train import TrainConfig, TrainedModel
 
 __all__ = [
+    "warm_up",
     "ExtractOptions",
     "Slide",
     "SlideFeatures",
@@ -36,6 +37,34 @@ __all__ = [
     "predict",
     "render",
 ]
+
+
+def warm_up() -> list[str]:
+    """Import the heavy compiled libraries the steps use, so later steps start at once.
+
+    Importing a compiled extension holds the interpreter lock; a GUI calls this in a background
+    thread when it opens, so the cost is paid before the user's first run instead of during it.
+
+    Examples
+    --------
+    >>> "torch" in warm_up()
+    True
+    """
+    import importlib
+
+    names = [
+        "torch", "timm", "scipy.ndimage", "scipy.spatial", "sklearn.linear_model",
+        "skimage.color", "scanpy", "spatialdata", "safetensors.torch",
+        "napari_histosge.encoders", "napari_histosge.features", "napari_histosge.train",
+        "napari_histosge.model", "napari_histosge.evaluate", "napari_histosge.export",
+    ]
+    for name in names:
+        importlib.import_module(name)
+    import torch
+
+    # First calls into torch's kernels also pay one-time set-up costs.
+    torch.nn.functional.linear(torch.zeros(2, 4), torch.zeros(3, 4)).sum().item()
+    return names
 
 
 @dataclass

@@ -188,6 +188,14 @@ class HisToSGEWidget(QWidget):
         guard = self.guard
         self.destroyed.connect(lambda *_: guard.stop())
         self._refresh()
+        from napari.qt.threading import create_worker
+
+        from ..pipeline import warm_up
+
+        self.warmed = False
+        self._warm_worker = create_worker(warm_up, _start_thread=False, _ignore_errors=True)
+        self._warm_worker.finished.connect(self._on_warm)
+        self._warm_worker.start()
 
     @property
     def worker(self) -> Any:
@@ -380,6 +388,9 @@ class HisToSGEWidget(QWidget):
 
     # ------------------------------------------------------------------------------------
     # Running steps
+
+    def _on_warm(self) -> None:
+        self.warmed = True
 
     def _refresh(self) -> None:
         """Enable what can run now; a disabled button's tooltip says why."""
