@@ -127,7 +127,9 @@ def model_variants(
         print(f"  running {name} (batch {bs}) ...", file=sys.stderr, flush=True)
         # The bf16 matmul rate right before this variant: on a shared machine the available
         # compute drifts, so the fraction is also reported against this local roofline.
-        local = matmul_bench([(local_n, local_n, local_n)], min_time=1.0, dtypes=("bfloat16",))[0]
+        with torch.backends.mkldnn.flags(enabled=True):
+            local_rows = matmul_bench([(local_n,) * 3], min_time=1.0, dtypes=("bfloat16",))
+        local = local_rows[0]
         try:
             t = _timeit(fn, min_time=min_time, min_reps=min_reps)
         except Exception as err:  # noqa: BLE001 - report, keep going with the other variants

@@ -258,10 +258,13 @@ def rasterize(
     tree = cKDTree(xy)
     values = np.asarray(predictions.values, dtype=np.float32)[:, cols]
     out = np.full((len(names), height * width), np.nan, dtype=np.float32)
+    step = 64  # genes per block: bounds the temporary copies for large gene panels
     if method == "nearest":
         dist, idx = tree.query(grid, k=1)
-        inside = dist <= reach
-        out[:, inside] = values[idx[inside]].T
+        inside = np.flatnonzero(dist <= reach)
+        src = idx[inside]
+        for g0 in range(0, len(names), step):
+            out[g0 : g0 + step, inside] = values[src, g0 : g0 + step].T
     elif method == "gaussian":
         k = min(7, len(xy))
         dist, idx = tree.query(grid, k=k)
@@ -269,7 +272,10 @@ def rasterize(
         sigma = spacing / 2.0
         w = np.exp(-0.5 * (dist[inside] / sigma) ** 2)
         w /= w.sum(axis=1, keepdims=True)
-        out[:, inside] = np.einsum("pk,pkg->gp", w, values[idx[inside]]).astype(np.float32)
+        near = idx[inside]
+        for g0 in range(0, len(names), step):
+            block = values[:, g0 : g0 + step][near]
+            out[g0 : g0 + step, inside] = np.einsum("pk,pkg->gp", w, block).astype(np.float32)
     else:
         raise ValueError(f"Expected `method` to be one of ['nearest', 'gaussian'], found `{method}`.")
     data = out.reshape(len(names), height, width)
