@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmark scripts: run metadata, peak memory, JSON output, tables."""
+"""Shared utilities for the benchmark scripts: run metadata, peak memory, JSON output, tables."""
 
 from __future__ import annotations
 

