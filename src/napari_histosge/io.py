@@ -845,31 +845,9 @@ def validate_slide(sdata: SpatialData, keys: SlideKeys) -> None:
 
 def _write_atomic(sdata: SpatialData, out: Path) -> Path:
     """Write ``sdata`` to a temporary sibling of ``out``, then move it into place."""
-    import os
-    import shutil
-    import uuid
+    from .export import write_atomic
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    tmp = out.parent / f".{out.name}.tmp-{token}"
-    try:
-        sdata.write(tmp, overwrite=False, update_sdata_path=False)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        backup = out.parent / f".{out.name}.old-{token}"
-        os.replace(out, backup)
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            os.replace(backup, out)
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-    return out
+    return write_atomic(sdata, out)
 
 
 def convert(src: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:

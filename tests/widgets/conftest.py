@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,31 +19,9 @@ import pytest
 import torch._dynamo  # noqa: F401  - must load before any GL context (see the module docstring)
 from histosge_widget_utils import wait_idle
 
+from napari_histosge._display import start_virtual_display
 
-def _start_xvfb() -> subprocess.Popen | None:
-    if os.environ.get("DISPLAY") or shutil.which("Xvfb") is None:
-        return None
-    for number in range(90, 130):
-        if os.path.exists(f"/tmp/.X11-unix/X{number}") or os.path.exists(f"/tmp/.X{number}-lock"):
-            continue
-        proc = subprocess.Popen(
-            ["Xvfb", f":{number}", "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(50):
-            if os.path.exists(f"/tmp/.X11-unix/X{number}"):
-                os.environ["DISPLAY"] = f":{number}"
-                return proc
-            if proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        proc.kill()
-        proc.wait()
-    return None
-
-
-_XVFB = _start_xvfb()
+_XVFB = start_virtual_display()
 if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
     del os.environ["QT_QPA_PLATFORM"]  # offscreen has no OpenGL for napari's canvas
 

@@ -3,36 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from napari_histosge._display import start_virtual_display
+
 __all__ = ["run_demo"]
-
-
-def _virtual_display() -> subprocess.Popen | None:
-    """Start Xvfb on a free display number; ``None`` when it is not installed."""
-    if shutil.which("Xvfb") is None:
-        return None
-    for number in range(99, 130):
-        if os.path.exists(f"/tmp/.X11-unix/X{number}") or os.path.exists(f"/tmp/.X{number}-lock"):
-            continue
-        proc = subprocess.Popen(
-            ["Xvfb", f":{number}", "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(50):
-            if os.path.exists(f"/tmp/.X11-unix/X{number}"):
-                os.environ["DISPLAY"] = f":{number}"
-                return proc
-            time.sleep(0.1)
-        proc.kill()
-    return None
 
 
 def run_demo(out_dir: Path, *, headless: bool = False, genes: list[str] | None = None) -> int:
@@ -46,7 +24,7 @@ def run_demo(out_dir: Path, *, headless: bool = False, genes: list[str] | None =
     xvfb = None
     if headless or not os.environ.get("DISPLAY"):
         headless = True
-        xvfb = _virtual_display()
+        xvfb = start_virtual_display(99, 130)
         if xvfb is None:
             print(  # noqa: T201
                 "histosge demo: no display and no Xvfb; install xvfb (scripts/setup.sh does) "
