@@ -29,7 +29,9 @@ def assert_in_range(name: str, value: float, minn: float, maxx: float) -> None:
     >>> assert_in_range("fraction", 0.5, 0, 1)
     """
     if not (minn <= value <= maxx):
-        raise ValueError(f"Expected `{name}` to be in interval `[{minn}, {maxx}]`, found `{value}`.")
+        raise ValueError(
+            f"Expected `{name}` to be in interval `[{minn}, {maxx}]`, found `{value}`."
+        )
 
 
 def assert_one_of(name: str, value: Any, options: Iterable[Any]) -> None:

@@ -80,7 +80,9 @@ def _feature_args(p: argparse.ArgumentParser) -> None:
         default="histology",
         help="histology (built in, no weights; default), uni, uni2-h, or timm:NAME",
     )
-    p.add_argument("--weights", help="local weights file (.safetensors, .pth, .bin) for the encoder")
+    p.add_argument(
+        "--weights", help="local weights file (.safetensors, .pth, .bin) for the encoder"
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
     p.add_argument("--batch-size", type=int, default=32, help="patches per batch (default 32)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the encoder")
@@ -92,7 +94,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
     p.add_argument("--genes", help="file with one gene per line (default: highly variable genes)")
     p.add_argument(
-        "--n-top-genes", type=int, default=1000, help="number of highly variable genes (default 1000)"
+        "--n-top-genes",
+        type=int,
+        default=1000,
+        help="number of highly variable genes (default 1000)",
     )
     p.add_argument(
         "--mode",
@@ -149,7 +154,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def _check_out(out: str, overwrite: bool, source: Path | None) -> None:
     p = Path(out).resolve()
     if p.exists() and not overwrite and (source is None or p != source.resolve()):
-        raise CliError(f"Expected --out `{p}` not to exist, found it; pass --overwrite to replace it.")
+        raise CliError(
+            f"Expected --out `{p}` not to exist, found it; pass --overwrite to replace it."
+        )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -258,14 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="write a slide (zarr, Visium folder, ST folder) to a .zarr")
-    p.add_argument("src", help="SpatialData .zarr, Space Ranger Visium folder, or ST section folder")
+    p.add_argument(
+        "src", help="SpatialData .zarr, Space Ranger Visium folder, or ST section folder"
+    )
     p.add_argument("out", help="output .zarr store")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("run", help="features, training, prediction and export in one go")
     p.add_argument("store", help="input slide: .zarr, Visium folder or ST section folder")
-    p.add_argument("--out", required=True, help="output .zarr (input elements + histosge_* outputs)")
+    p.add_argument(
+        "--out", required=True, help="output .zarr (input elements + histosge_* outputs)"
+    )
     p.add_argument(
         "--positions", default="4x", help="4x (between neighbouring spots) or grid:MICRONS"
     )
@@ -277,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("predict", help="apply a saved model to a slide (image and coordinates only)")
+    p = sub.add_parser(
+        "predict", help="apply a saved model to a slide (image and coordinates only)"
+    )
     p.add_argument("store", help="input slide")
     p.add_argument("--checkpoint", required=True, help="model saved by `run --checkpoint-out`")
     p.add_argument("--out", required=True, help="output .zarr")

@@ -860,8 +860,12 @@ class TimmEncoder:
                         self.model.forward_features(x.to(torch.bfloat16)), pre_logits=True
                     )
                 else:
-                    with torch.autocast(device_type=dev_type, dtype=torch.bfloat16, enabled=use_bf16):
-                        out = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+                    with torch.autocast(
+                        device_type=dev_type, dtype=torch.bfloat16, enabled=use_bf16
+                    ):
+                        out = self.model.forward_head(
+                            self.model.forward_features(x), pre_logits=True
+                        )
                 outs.append(out.float().cpu().numpy())
         return np.concatenate(outs, axis=0).astype(np.float32, copy=False)
 

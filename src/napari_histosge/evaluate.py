@@ -178,7 +178,9 @@ class SmoothLowRank:
 
     def predict(self, query_xy: np.ndarray, exclude_self: bool = False) -> np.ndarray:
         """Predictions at ``query_xy`` (``exclude_self`` drops zero-distance spots: LOO)."""
-        sm = _gaussian_smooth(self.train_xy, self.train_values, query_xy, self.bandwidth, exclude_self)
+        sm = _gaussian_smooth(
+            self.train_xy, self.train_values, query_xy, self.bandwidth, exclude_self
+        )
         return self.mean + (sm - self.mean) @ self.basis @ self.basis.T
 
 
@@ -212,7 +214,11 @@ def _gaussian_weights(
 
 
 def _gaussian_smooth(
-    train_xy: np.ndarray, values: np.ndarray, query_xy: np.ndarray, bandwidth: float, exclude_self: bool
+    train_xy: np.ndarray,
+    values: np.ndarray,
+    query_xy: np.ndarray,
+    bandwidth: float,
+    exclude_self: bool,
 ) -> np.ndarray:
     return np.asarray(_gaussian_weights(train_xy, query_xy, bandwidth, exclude_self) @ values)
 

@@ -53,10 +53,21 @@ def warm_up() -> list[str]:
     import importlib
 
     names = [
-        "torch", "timm", "scipy.ndimage", "scipy.spatial", "sklearn.linear_model",
-        "skimage.color", "scanpy", "spatialdata", "safetensors.torch",
-        "napari_histosge.encoders", "napari_histosge.features", "napari_histosge.train",
-        "napari_histosge.model", "napari_histosge.evaluate", "napari_histosge.export",
+        "torch",
+        "timm",
+        "scipy.ndimage",
+        "scipy.spatial",
+        "sklearn.linear_model",
+        "skimage.color",
+        "scanpy",
+        "spatialdata",
+        "safetensors.torch",
+        "napari_histosge.encoders",
+        "napari_histosge.features",
+        "napari_histosge.train",
+        "napari_histosge.model",
+        "napari_histosge.evaluate",
+        "napari_histosge.export",
     ]
     for name in names:
         importlib.import_module(name)
@@ -105,7 +116,9 @@ class Slide:
             source = Path(sdata.path) if getattr(sdata, "path", None) else None
         else:
             source = Path(src)
-            sdata = read_slide(source, image_key=image_key, spots_key=spots_key, table_key=table_key)
+            sdata = read_slide(
+                source, image_key=image_key, spots_key=spots_key, table_key=table_key
+            )
         keys = resolve_keys(sdata, image_key=image_key, spots_key=spots_key, table_key=table_key)
         validate_slide(sdata, keys)
         geom = spot_geometry(
@@ -134,7 +147,11 @@ class Slide:
         from .expression import prepare_targets
 
         return prepare_targets(
-            self.table, genes=genes, n_top_genes=n_top_genes, fit_mask=fit_mask, flavor=flavor  # type: ignore[arg-type]
+            self.table,
+            genes=genes,
+            n_top_genes=n_top_genes,
+            fit_mask=fit_mask,
+            flavor=flavor,  # type: ignore[arg-type]
         )
 
     def measured(self, genes: Sequence[str]) -> np.ndarray:
@@ -212,7 +229,9 @@ def parse_positions(spec: str) -> tuple[str, float | None]:
         except ValueError:
             pitch = -1.0
         if not np.isfinite(pitch) or pitch <= 0:
-            raise ValueError(f"Expected `grid:<pitch in µm>` with a positive pitch, found `{spec}`.")
+            raise ValueError(
+                f"Expected `grid:<pitch in µm>` with a positive pitch, found `{spec}`."
+            )
         return "grid", pitch
     raise ValueError(f"Expected positions `4x` or `grid:<µm>`, found `{spec}`.")
 
@@ -331,8 +350,12 @@ def predict(
     check_features(model, features.spots.meta)
     um = slide.geometry.um_per_px
     reference = "train" if use_measured else None
-    spot_vals = model.predict(features.spots.features, slide.geometry.centers_px * um, reference=reference)
-    pos_vals = model.predict(features.positions.features, features.positions_px * um, reference=reference)
+    spot_vals = model.predict(
+        features.spots.features, slide.geometry.centers_px * um, reference=reference
+    )
+    pos_vals = model.predict(
+        features.positions.features, features.positions_px * um, reference=reference
+    )
     n_pos = len(features.positions_px)
     kind = np.array(["spot"] * len(spot_vals) + [features.positions_name] * n_pos, dtype=object)
     ids = np.concatenate(

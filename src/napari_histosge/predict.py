@@ -137,12 +137,12 @@ class GeneMaps:
 
     @property
     def scale(self) -> tuple[float, float]:
-        """napari ``scale`` (y, x) on the H&E world frame."""
+        """Napari ``scale`` (y, x) on the H&E world frame."""
         return (self.pitch_px, self.pitch_px)
 
     @property
     def translate(self) -> tuple[float, float]:
-        """napari ``translate`` (y, x) on the H&E world frame."""
+        """Napari ``translate`` (y, x) on the H&E world frame."""
         return (self.origin_px[1], self.origin_px[0])
 
     def gene(self, name: str) -> np.ndarray:
@@ -277,9 +277,13 @@ def rasterize(
             block = values[:, g0 : g0 + step][near]
             out[g0 : g0 + step, inside] = np.einsum("pk,pkg->gp", w, block).astype(np.float32)
     else:
-        raise ValueError(f"Expected `method` to be one of ['nearest', 'gaussian'], found `{method}`.")
+        raise ValueError(
+            f"Expected `method` to be one of ['nearest', 'gaussian'], found `{method}`."
+        )
     data = out.reshape(len(names), height, width)
-    return GeneMaps(data=data, genes=names, pitch_px=pitch, origin_px=(float(origin[0]), float(origin[1])))
+    return GeneMaps(
+        data=data, genes=names, pitch_px=pitch, origin_px=(float(origin[0]), float(origin[1]))
+    )
 
 
 def sample_map(maps: GeneMaps, gene: str, xy_px: np.ndarray) -> np.ndarray:
@@ -293,7 +297,12 @@ def sample_map(maps: GeneMaps, gene: str, xy_px: np.ndarray) -> np.ndarray:
     """
     plane = maps.gene(gene)
     rc = maps.pixel_of(xy_px)
-    ok = (rc[:, 0] >= 0) & (rc[:, 0] < plane.shape[0]) & (rc[:, 1] >= 0) & (rc[:, 1] < plane.shape[1])
+    ok = (
+        (rc[:, 0] >= 0)
+        & (rc[:, 0] < plane.shape[0])
+        & (rc[:, 1] >= 0)
+        & (rc[:, 1] < plane.shape[1])
+    )
     out = np.full(len(rc), np.nan, dtype=np.float32)
     out[ok] = plane[rc[ok, 0], rc[ok, 1]]
     return out

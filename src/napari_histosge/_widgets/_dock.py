@@ -190,7 +190,7 @@ class HisToSGEWidget(QWidget):
         self._refresh()
         from napari.qt.threading import create_worker
 
-        from ..pipeline import warm_up
+        from napari_histosge.pipeline import warm_up
 
         self.warmed = False
         self._warm_worker = create_worker(warm_up, _start_thread=False, _ignore_errors=True)
