@@ -28,7 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from _common import markdown_table, peak_rss_mb, run_metadata, write_json
+from _common import peak_rss_mb, run_metadata, write_json
+from make_tables import throughput as render_throughput
 
 
 def _timeit(fn: Callable[[], Any], *, min_time: float, min_reps: int, warmup: int = 1) -> dict:
@@ -372,65 +373,7 @@ def main(argv: list[str] | None = None) -> dict:
     name = args.name or ("throughput_quick" if args.quick else "throughput")
     path = write_json(name, result)
 
-    print(f"\n## Matmul ({args.threads} threads)\n")
-    print(
-        markdown_table(
-            ["shape", "dtype", "GFLOP/s (best)", "GFLOP/s (median)"],
-            [[r["shape"], r["dtype"], r["gflops_best"], r["gflops_median"]] for r in mm],
-            digits=1,
-        )
-    )
-    print(
-        f"\n## {model_name} ({n_params / 1e6:.1f} M params, "
-        f"{analytic / 1e9:.1f} GFLOP/patch analytic, {flops / 1e9:.1f} counted without SDPA)\n"
-    )
-    rows = []
-    for v in variants:
-        if "error" in v:
-            rows.append(
-                [v["variant"], v.get("batch"), None, None, None, None, "error: " + v["error"]]
-            )
-        else:
-            rows.append(
-                [
-                    v["variant"],
-                    v["batch"],
-                    v["patches_per_s"],
-                    v["gflops"],
-                    f"{100 * v['frac_bf16_roofline']:.0f}%",
-                    f"{100 * v['frac_local_bf16_roofline']:.0f}%",
-                    v["note"],
-                ]
-            )
-    print(
-        markdown_table(
-            [
-                "variant",
-                "batch",
-                "patches/s",
-                "GFLOP/s",
-                "of bf16 matmul",
-                "of bf16 matmul just before",
-                "note",
-            ],
-            rows,
-            digits=2,
-        )
-    )
-    if pkg:
-        print("\n## Package encoders (`get_encoder(...).embed`, uint8 NHWC)\n")
-        print(
-            markdown_table(
-                ["encoder", "dim", "batch", "patches/s"],
-                [
-                    [r["encoder"], r.get("dim"), r.get("batch"), r.get("patches_per_s")]
-                    if "error" not in r
-                    else [r["encoder"], None, None, "error: " + r["error"]]
-                    for r in pkg
-                ],
-                digits=2,
-            )
-        )
+    print(render_throughput(result))
     print(f"\nwrote {path}")
     return result
 

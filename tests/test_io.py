@@ -469,8 +469,8 @@ def test_validate_catches_bad_stores(sample_sdata):
 
 def _fake_visium(folder: Path, *, positions: str, fullres: bool) -> dict:
     """A tiny Space Ranger output folder: counts .h5, positions, scale factors, images."""
-    import h5py
     import scipy.sparse as sp
+    from visium_testdata import write_10x_h5
 
     (folder / "spatial").mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -486,24 +486,7 @@ def _fake_visium(folder: Path, *, positions: str, fullres: bool) -> dict:
             rows.append((f"AAAC{r}{c:03d}-1", 1, r, array_col, y_full, x_full))
     barcodes = [b for b, *_ in rows]
     m = sp.csc_matrix(rng.poisson(4, (len(genes), len(barcodes))).astype(np.int32))
-    with h5py.File(folder / "filtered_feature_bc_matrix.h5", "w") as f:
-        g = f.create_group("matrix")
-        g["barcodes"] = np.array(barcodes, dtype="S")
-        g["data"] = m.data
-        g["indices"] = m.indices
-        g["indptr"] = m.indptr
-        g["shape"] = np.array(m.shape)
-        feat = g.create_group("features")
-        feat["id"] = np.array([f"ID{i}" for i in range(len(genes))], dtype="S")
-        feat["name"] = np.array(genes, dtype="S")
-        feat["feature_type"] = np.array(["Gene Expression"] * len(genes), dtype="S")
-        feat["genome"] = np.array(["mm10"] * len(genes), dtype="S")
-        feat["_all_tag_keys"] = np.array([b"genome"])
-        f.attrs["library_ids"] = np.array([b"lib"])
-        f.attrs["chemistry_description"] = "Spatial 3' v1"
-        f.attrs["filetype"] = "matrix"
-        f.attrs["software_version"] = "spaceranger-1.0.0"
-        f.attrs["version"] = 2
+    write_10x_h5(folder / "filtered_feature_bc_matrix.h5", barcodes, genes, m)
     cols = [
         "barcode",
         "in_tissue",

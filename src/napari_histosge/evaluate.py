@@ -415,7 +415,7 @@ def evaluate_holdout(
         cache_name="spots",
         **kwargs,
     )
-    xy_um = geom.centers_px * geom.um_per_px
+    xy_um = geom.centers_um
     y = targets.values
     model = yield from iter_fit(
         feats.features[train],
@@ -426,15 +426,9 @@ def evaluate_holdout(
         feature_meta=feats.meta,
     )
     pred = model.predict(feats.features[held], xy_um[held], reference="train")
-    truth = y[held]
-    knn = knn_interpolate(xy_um[train], y[train], xy_um[held], k=4)
-    slr = smooth_lowrank(xy_um[train], y[train]).predict(xy_um[held])
-    methods = {
-        "model": metrics(pred, truth, targets.genes),
-        "knn": metrics(knn, truth, targets.genes),
-        "smooth_lowrank": metrics(slr, truth, targets.genes),
-        "spatial_shuffle": metrics(spatial_shuffle(pred, seed=cfg.seed), truth, targets.genes),
-    }
+    methods = _score_all(
+        pred, xy_um[train], y[train], xy_um[held], y[held], targets.genes, cfg.seed
+    )
     summary = {
         "n_train": int(train.sum()),
         "n_heldout": int(held.sum()),

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._json import json_default
+
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
@@ -30,16 +32,6 @@ EXPRESSION_KEY = "histosge_expression"
 POSITIONS_KEY = "histosge_positions"
 PREDICTIONS_KEY = "histosge_predictions"
 OUTPUT_KEYS = (EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"Cannot serialise {type(obj).__name__}")
 
 
 def _image_transformations(sdata: SpatialData, image_key: str) -> dict[str, Any]:
@@ -115,7 +107,7 @@ def build_output(
         geometry=0,
         radius=radius.astype(float),
         index=pd.RangeIndex(m, name="instance_id"),
-        transformations={cs: tf for cs, tf in image_tf.items()},
+        transformations=dict(image_tf),
     )
     obs = pd.DataFrame(
         {
@@ -134,7 +126,7 @@ def build_output(
     adata.obsm["spatial"] = np.asarray(predictions.positions_px, dtype=float)
     info = dict(meta or predictions.meta)
     adata.uns["histosge"] = {
-        "meta_json": json.dumps(info, default=_json_default, sort_keys=True),
+        "meta_json": json.dumps(info, default=json_default, sort_keys=True),
         "values": "log1p of counts normalised to 1e4 per spot",
         "image_key": image_key,
     }

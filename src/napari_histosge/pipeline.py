@@ -307,7 +307,7 @@ def iter_train(
 
     cfg = config or TrainConfig()
     targets = slide.targets(genes=genes, n_top_genes=n_top_genes)
-    xy_um = slide.geometry.centers_px * slide.geometry.um_per_px
+    xy_um = slide.geometry.centers_um
     model = yield from iter_fit(
         features.spots.features,
         xy_um,
@@ -351,7 +351,7 @@ def predict(
     um = slide.geometry.um_per_px
     reference = "train" if use_measured else None
     spot_vals = model.predict(
-        features.spots.features, slide.geometry.centers_px * um, reference=reference
+        features.spots.features, slide.geometry.centers_um, reference=reference
     )
     pos_vals = model.predict(
         features.positions.features, features.positions_px * um, reference=reference

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ._json import json_default
 from ._progress import Progress, run_generator
 
 __all__ = [
@@ -852,7 +853,7 @@ def save_checkpoint(model: TrainedModel, path: str | Path) -> Path:
     tmp.mkdir(parents=True)
     try:
         save_file(tensors, str(tmp / "weights.safetensors"))
-        (tmp / "model.json").write_text(json.dumps(doc, indent=1, default=_json_default))
+        (tmp / "model.json").write_text(json.dumps(doc, indent=1, default=json_default))
         (tmp / "config.yaml").write_text(yaml.safe_dump(asdict(model.config), sort_keys=False))
         if out.exists():
             shutil.rmtree(out)
@@ -861,14 +862,6 @@ def save_checkpoint(model: TrainedModel, path: str | Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(type(obj).__name__)
 
 
 def load_checkpoint(path: str | Path) -> TrainedModel:

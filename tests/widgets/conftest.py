@@ -67,10 +67,10 @@ def sample_store(tmp_path: Path) -> Path:
 @pytest.fixture
 def visium_folder(tmp_path: Path) -> Path:
     """A minimal Space Ranger output folder (12 spots, 3 genes)."""
-    import h5py
     import pandas as pd
     import scipy.sparse as sp
     from PIL import Image
+    from visium_testdata import write_10x_h5
 
     folder = tmp_path / "visium"
     (folder / "spatial").mkdir(parents=True)
@@ -78,24 +78,7 @@ def visium_folder(tmp_path: Path) -> Path:
     barcodes = [f"AAAC{i:04d}-1" for i in range(n)]
     rng = np.random.default_rng(0)
     m = sp.csc_matrix(rng.poisson(4, (len(genes), n)).astype(np.int32))
-    with h5py.File(folder / "filtered_feature_bc_matrix.h5", "w") as f:
-        g = f.create_group("matrix")
-        g["barcodes"] = np.array(barcodes, dtype="S")
-        g["data"] = m.data
-        g["indices"] = m.indices
-        g["indptr"] = m.indptr
-        g["shape"] = np.array(m.shape)
-        feat = g.create_group("features")
-        feat["id"] = np.array([f"ID{i}" for i in range(len(genes))], dtype="S")
-        feat["name"] = np.array(genes, dtype="S")
-        feat["feature_type"] = np.array(["Gene Expression"] * len(genes), dtype="S")
-        feat["genome"] = np.array(["mm10"] * len(genes), dtype="S")
-        feat["_all_tag_keys"] = np.array([b"genome"])
-        f.attrs["library_ids"] = np.array([b"lib"])
-        f.attrs["chemistry_description"] = "Spatial 3' v1"
-        f.attrs["filetype"] = "matrix"
-        f.attrs["software_version"] = "spaceranger-1.0.0"
-        f.attrs["version"] = 2
+    write_10x_h5(folder / "filtered_feature_bc_matrix.h5", barcodes, genes, m)
     rows = [
         (b, 1, i // 4, (i % 4) * 2 + (i // 4) % 2, 400 + 80 * (i // 4), 400 + 92 * (i % 4))
         for i, b in enumerate(barcodes)
