@@ -843,13 +843,6 @@ def validate_slide(sdata: SpatialData, keys: SlideKeys) -> None:
 # Conversion and the sample
 
 
-def _write_atomic(sdata: SpatialData, out: Path) -> Path:
-    """Write ``sdata`` to a temporary sibling of ``out``, then move it into place."""
-    from .export import write_atomic
-
-    return write_atomic(sdata, out)
-
-
 def convert(src: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write a slide (``.zarr``, Visium folder or ST section folder) to a SpatialData ``.zarr``.
 
@@ -889,7 +882,9 @@ def convert(src: str | Path, out: str | Path, *, overwrite: bool = False) -> Pat
     sdata = read_slide(src_path)
     keys = resolve_keys(sdata)
     validate_slide(sdata, keys)
-    return _write_atomic(sdata, out_path)
+    from .export import write_atomic
+
+    return write_atomic(sdata, out_path)
 
 
 def load_sample() -> SpatialData:
