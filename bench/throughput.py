@@ -8,7 +8,7 @@ Measures, in one run and with the same thread settings:
   (fp32, bf16 autocast, bf16 weights, larger batches, TorchScript freeze, oneDNN graph fusion),
 * the model's FLOPs per patch (``torch.utils.flop_counter.FlopCounterMode``), hence achieved
   GFLOP/s and the fraction of the measured bf16 matmul roofline,
-* the package's encoders through ``napari_histosge.encoders.get_encoder`` when available.
+* the package's encoders through ``napari_histosge.features.get_encoder`` when available.
 
 Usage::
 
@@ -245,11 +245,11 @@ def model_variants(
 
 
 def package_encoders(batch: int, img: int, min_time: float, min_reps: int, quick: bool) -> list:
-    """Time ``napari_histosge.encoders.get_encoder(...).embed`` on uint8 NHWC patches."""
+    """Time ``napari_histosge.features.get_encoder(...).embed`` on uint8 NHWC patches."""
     try:
-        from napari_histosge.encoders import get_encoder
+        from napari_histosge.features import get_encoder
     except ImportError as err:
-        return [{"encoder": "napari_histosge.encoders", "error": f"not importable: {err}"}]
+        return [{"encoder": "napari_histosge.features", "error": f"not importable: {err}"}]
     rng = np.random.default_rng(0)
     patches = rng.integers(0, 256, size=(batch, img, img, 3), dtype=np.uint8)
     configs: list[tuple[str, dict]] = [("histology", {})]

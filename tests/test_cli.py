@@ -10,7 +10,7 @@ import pytest
 import spatialdata as sd
 
 from napari_histosge.cli import build_parser, main
-from napari_histosge.export import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY
+from napari_histosge.store import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY
 
 
 @pytest.fixture
@@ -22,8 +22,12 @@ def sample_store(tmp_path, sample_sdata):
 
 def test_help_documents_every_option():
     for cmd in ("convert", "run", "evaluate", "predict", "demo"):
-        out = subprocess.run([sys.executable, "-m", "napari_histosge.cli", cmd, "--help"],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "napari_histosge.cli", cmd, "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         parser = build_parser()
         sub = parser._subparsers._group_actions[0].choices[cmd]  # type: ignore[union-attr]
         for action in sub._actions:
@@ -34,16 +38,30 @@ def test_help_documents_every_option():
 def test_run_on_sample_end_to_end(tmp_path, sample_store):
     out = tmp_path / "out.zarr"
     ckpt = tmp_path / "model"
-    code = main([
-        "run", str(sample_store), "--out", str(out), "--epochs", "5", "--seed", "1", "--quiet",
-        "--checkpoint-out", str(ckpt), "--n-top-genes", "50",
-    ])
+    code = main(
+        [
+            "run",
+            str(sample_store),
+            "--out",
+            str(out),
+            "--epochs",
+            "5",
+            "--seed",
+            "1",
+            "--quiet",
+            "--checkpoint-out",
+            str(ckpt),
+            "--n-top-genes",
+            "50",
+        ]
+    )
     assert code == 0
     back = sd.read_zarr(out)
     for key in (EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY, "V1_Adult_Mouse_Brain_image"):
         assert key in back
     table = back.tables[PREDICTIONS_KEY]
-    assert table.n_vars == 50 and (table.obs["kind"] == "spot").sum() == 49
+    assert table.n_vars == 50
+    assert (table.obs["kind"] == "spot").sum() == 49
     assert (table.obs["kind"] == "4x").sum() > 49
     meta = json.loads(table.uns["histosge"]["meta_json"])
     assert meta["model"]["config"]["seed"] == 1
@@ -59,17 +77,37 @@ def test_evaluate_on_her2st(tmp_path, her2st_c2_copy):
     obs = sdata.tables["table"].obs
     held = obs.index[((obs["array_x"] + obs["array_y"]) % 2 == 1).to_numpy()]
     (tmp_path / "held.txt").write_text("\n".join(held))
-    genes = list(np.load(__import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data"
-                         / "her2st" / "extras" / "her_hvg_cut_1000.npy", allow_pickle=True)[:40])
+    genes = list(
+        np.load(
+            __import__("pathlib").Path(__file__).resolve().parents[1].parent
+            / "shared"
+            / "data"
+            / "her2st"
+            / "extras"
+            / "her_hvg_cut_1000.npy",
+            allow_pickle=True,
+        )[:40]
+    )
     (tmp_path / "genes.txt").write_text("\n".join(map(str, genes)))
-    code = main([
-        "evaluate", str(her2st_c2_copy), "--holdout-spots", str(tmp_path / "held.txt"),
-        "--genes", str(tmp_path / "genes.txt"), "--predictions-out", str(tmp_path / "pred.csv"),
-        "--metrics-out", str(tmp_path / "m.json"), "--quiet",
-    ])
+    code = main(
+        [
+            "evaluate",
+            str(her2st_c2_copy),
+            "--holdout-spots",
+            str(tmp_path / "held.txt"),
+            "--genes",
+            str(tmp_path / "genes.txt"),
+            "--predictions-out",
+            str(tmp_path / "pred.csv"),
+            "--metrics-out",
+            str(tmp_path / "m.json"),
+            "--quiet",
+        ]
+    )
     assert code == 0
     pred = pd.read_csv(tmp_path / "pred.csv", index_col=0)
-    assert list(pred.columns) == [str(g) for g in genes] and set(pred.index) == set(held)
+    assert list(pred.columns) == [str(g) for g in genes]
+    assert set(pred.index) == set(held)
     m = json.loads((tmp_path / "m.json").read_text())["methods"]
     assert set(m) == {"model", "knn", "smooth_lowrank", "spatial_shuffle"}
     assert m["model"]["mean_r"] > m["knn"]["mean_r"] > m["spatial_shuffle"]["mean_r"]
@@ -78,15 +116,38 @@ def test_evaluate_on_her2st(tmp_path, her2st_c2_copy):
 
 def test_errors_exit_with_one_line(tmp_path, sample_store, capsys):
     (tmp_path / "genes.txt").write_text("NotAGene\n")
-    code = main(["run", str(sample_store), "--out", str(tmp_path / "o.zarr"), "--genes",
-                 str(tmp_path / "genes.txt"), "--quiet"])
+    code = main(
+        [
+            "run",
+            str(sample_store),
+            "--out",
+            str(tmp_path / "o.zarr"),
+            "--genes",
+            str(tmp_path / "genes.txt"),
+            "--quiet",
+        ]
+    )
     err = [ln for ln in capsys.readouterr().err.strip().splitlines() if "error" in ln]
-    assert code == 2 and len(err) == 1 and "NotAGene" in err[0] and err[0].startswith("histosge: error:")
+    assert code == 2
+    assert len(err) == 1
+    assert "NotAGene" in err[0]
+    assert err[0].startswith("histosge: error:")
     assert not (tmp_path / "o.zarr").exists()
     (tmp_path / "held.txt").write_text("nope\n")
-    code = main(["evaluate", str(sample_store), "--holdout-spots", str(tmp_path / "held.txt"),
-                 "--predictions-out", str(tmp_path / "p.csv"), "--metrics-out", str(tmp_path / "m.json")])
-    assert code == 2 and "unknown" in capsys.readouterr().err
+    code = main(
+        [
+            "evaluate",
+            str(sample_store),
+            "--holdout-spots",
+            str(tmp_path / "held.txt"),
+            "--predictions-out",
+            str(tmp_path / "p.csv"),
+            "--metrics-out",
+            str(tmp_path / "m.json"),
+        ]
+    )
+    assert code == 2
+    assert "unknown" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "x.zarr")]) == 2
 
 

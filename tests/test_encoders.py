@@ -5,14 +5,9 @@ import pytest
 import torch
 import xarray as xr
 
-from napari_histosge.encoders import (
-    HistologyEncoder,
-    TimmEncoder,
-    _box_means,
-    _summed_area,
-    get_encoder,
-    load_state_dict,
-)
+from napari_histosge.features import get_encoder
+from napari_histosge.features.histology import HistologyEncoder, _box_means, _summed_area
+from napari_histosge.features.vit import TimmEncoder, load_state_dict
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +40,16 @@ def _tissue_and_glass(n=1, size=64):
 
 def test_histology_is_default_deterministic_and_finite():
     enc = get_encoder()
-    assert isinstance(enc, HistologyEncoder) and enc.id == "histology@v2"
-    assert enc.weights_sha256 is None and enc.dim == HistologyEncoder.dim_per_scale == 22
+    assert isinstance(enc, HistologyEncoder)
+    assert enc.id == "histology@v2"
+    assert enc.weights_sha256 is None
+    assert enc.dim == HistologyEncoder.dim_per_scale == 22
     patches = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
     a, b = enc.embed(patches), get_encoder().embed(patches)
     np.testing.assert_array_equal(a, b)
-    assert a.shape == (3, enc.dim) and a.dtype == np.float32 and np.isfinite(a).all()
+    assert a.shape == (3, enc.dim)
+    assert a.dtype == np.float32
+    assert np.isfinite(a).all()
 
 
 def test_histology_separates_tissue_from_glass():
@@ -58,7 +57,8 @@ def test_histology_separates_tissue_from_glass():
     tissue, glass = _tissue_and_glass()
     ft, fg = enc.embed(tissue)[0], enc.embed(glass)[0]
     ch = HistologyEncoder.channels
-    assert ft[ch.index("tissue")] > 0.9 and fg[ch.index("tissue")] < 0.1
+    assert ft[ch.index("tissue")] > 0.9
+    assert fg[ch.index("tissue")] < 0.1
     assert ft[ch.index("h")] > 2 * fg[ch.index("h")]
     assert ft[ch.index("e")] > fg[ch.index("e")]
     assert ft[ch.index("blob_fine")] > fg[ch.index("blob_fine")]
@@ -90,12 +90,15 @@ def test_dense_features_reuse_maps_and_match_sizes():
     centres = np.array([[128.0, 128.0], [384.0, 128.0]])
     extent = (0.0, 0.0, 512.0, 256.0)
     f = enc.dense_features(image, centres, [64.0, 128.0], 1.0, extent=extent)
-    assert f.shape == (2, 2 * enc.dim) and np.isfinite(f).all()
+    assert f.shape == (2, 2 * enc.dim)
+    assert np.isfinite(f).all()
     i = HistologyEncoder.channels.index("tissue")
-    assert f[0, i] > 0.9 and f[1, i] < 0.1
+    assert f[0, i] > 0.9
+    assert f[1, i] < 0.1
     maps = enc._cache
     ticks = list(enc.iter_dense_maps(image, 1.0, (10.0, 10.0, 400.0, 200.0)))
-    assert ticks == [] and enc._cache is maps  # inside the cached extent: nothing recomputed
+    assert ticks == []
+    assert enc._cache is maps
     g = enc.dense_features(image, centres, [128.0], 1.0, extent=extent)
     np.testing.assert_allclose(g, f[:, enc.dim :], rtol=1e-5)
 
@@ -111,12 +114,14 @@ def test_timm_weights_round_trip(tmp_path, tiny_state, suffix):
     _save(path, state)
     enc = get_encoder("timm:test_vit", weights=str(path), device="cpu")
     assert isinstance(enc, TimmEncoder)
-    assert enc.weights_sha256 is not None and len(enc.weights_sha256) == 64
+    assert enc.weights_sha256 is not None
+    assert len(enc.weights_sha256) == 64
     assert enc.id == f"timm:test_vit@{enc.weights_sha256[:12]}"
     for k, v in enc.model.state_dict().items():
         torch.testing.assert_close(v, tiny_state[k])
     out = enc.embed(np.zeros((2, 40, 40, 3), np.uint8))
-    assert out.shape == (2, enc.dim) and out.dtype == np.float32
+    assert out.shape == (2, enc.dim)
+    assert out.dtype == np.float32
     again = get_encoder("timm:test_vit", weights=str(path), device="cpu")
     np.testing.assert_array_equal(again.embed(np.zeros((2, 40, 40, 3), np.uint8)), out)
 
@@ -130,7 +135,9 @@ def test_wrong_architecture_is_refused(tmp_path):
     with pytest.raises(ValueError, match="another architecture") as err:
         get_encoder("timm:test_vit", weights=str(path))
     msg = str(err.value)
-    assert "resnet.safetensors" in msg and "test_vit" in msg and "missing keys" in msg
+    assert "resnet.safetensors" in msg
+    assert "test_vit" in msg
+    assert "missing keys" in msg
 
 
 def test_shape_mismatch_is_summarised(tmp_path, tiny_state):
@@ -190,10 +197,13 @@ def test_registry_errors_and_no_download_by_default():
 
 def test_random_weights_device_and_bf16():
     enc = get_encoder("timm:test_vit", weights="random", device="cpu", bf16=True)
-    assert enc.id == "timm:test_vit@random" and enc.weights_sha256 == "random"
-    assert enc.device == "cpu" and enc.input_size == 160  # from timm's pretrained config
+    assert enc.id == "timm:test_vit@random"
+    assert enc.weights_sha256 == "random"
+    assert enc.device == "cpu"
+    assert enc.input_size == 160
     out = enc.embed(np.random.default_rng(0).integers(0, 255, (3, 100, 100, 3), dtype=np.uint8))
-    assert out.shape == (3, enc.dim) and np.isfinite(out).all()
+    assert out.shape == (3, enc.dim)
+    assert np.isfinite(out).all()
     with pytest.raises(ValueError, match=r"\(n, h, w, 3\)"):
         enc.embed(np.zeros((2, 8, 8), np.uint8))
 
@@ -201,19 +211,24 @@ def test_random_weights_device_and_bf16():
 def test_uni2h_architecture_settings():
     import timm
 
-    from napari_histosge.encoders import _uni2h_kwargs
+    from napari_histosge.features.vit import _uni2h_kwargs
 
     kwargs = _uni2h_kwargs()
     name = kwargs.pop("model_name")
     with torch.device("meta"):  # shapes only: no memory, no init cost
         model = timm.create_model(name, pretrained=False, **kwargs)
-    assert model.num_features == 1536 and model.num_reg_tokens == 8
-    assert model.patch_embed.patch_size == (14, 14) and len(model.blocks) == 24
+    assert model.num_features == 1536
+    assert model.num_reg_tokens == 8
+    assert model.patch_embed.patch_size == (14, 14)
+    assert len(model.blocks) == 24
 
 
 @pytest.mark.slow
 def test_uni_architecture_random_weights():
     enc = get_encoder("uni", weights="random", device="cpu", bf16=True)
-    assert enc.dim == 1024 and enc.input_size == 224 and enc.id == "uni@random"
+    assert enc.dim == 1024
+    assert enc.input_size == 224
+    assert enc.id == "uni@random"
     out = enc.embed(np.zeros((1, 224, 224, 3), np.uint8))
-    assert out.shape == (1, 1024) and np.isfinite(out).all()
+    assert out.shape == (1, 1024)
+    assert np.isfinite(out).all()

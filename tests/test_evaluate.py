@@ -28,18 +28,22 @@ def test_metrics_known_values():
     pred = np.array([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0]])
     true = np.array([[1.0, 1.0], [2.0, 2.0], [4.0, 3.0]])
     r = pearson_per_gene(pred, true)
-    assert r[0] == pytest.approx(np.corrcoef(pred[:, 0], true[:, 0])[0, 1]) and np.isnan(r[1])
+    assert r[0] == pytest.approx(np.corrcoef(pred[:, 0], true[:, 0])[0, 1])
+    assert np.isnan(r[1])
     m = metrics(pred, true, ["a", "b"])
-    assert m["mean_r"] == pytest.approx(r[0]) and m["n_genes_scored"] == 1
+    assert m["mean_r"] == pytest.approx(r[0])
+    assert m["n_genes_scored"] == 1
     assert m["mse"] == pytest.approx(((pred - true) ** 2).mean())
 
 
 def test_splits():
     xs, ys = np.meshgrid(np.arange(6.0), np.arange(6.0))
     mask = checkerboard_mask(np.c_[xs.ravel(), ys.ravel()] * 200)
-    assert mask.sum() == 18 and (mask.reshape(6, 6)[0] == [True, False] * 3).all()
+    assert mask.sum() == 18
+    assert (mask.reshape(6, 6)[0] == [True, False] * 3).all()
     a, b = random_mask(100, 0.5, 1), random_mask(100, 0.5, 1)
-    assert (a == b).all() and a.sum() == 50
+    assert (a == b).all()
+    assert a.sum() == 50
 
 
 def test_baselines_recover_smooth_field():
@@ -61,7 +65,9 @@ def test_pool_pseudospots_sums_counts():
     xy = np.c_[xs.ravel(), ys.ravel()] * 200
     counts = np.ones((36, 3))
     centres, pooled, labels = pool_pseudospots(xy, counts, 2)
-    assert centres.shape == (9, 2) and np.allclose(np.asarray(pooled), 4) and labels.max() == 8
+    assert centres.shape == (9, 2)
+    assert np.allclose(np.asarray(pooled), 4)
+    assert labels.max() == 8
 
 
 def test_targets_normalise_and_select_on_training_spots(her2st_c2_zarr):
@@ -69,7 +75,8 @@ def test_targets_normalise_and_select_on_training_spots(her2st_c2_zarr):
     table = sdata.tables["table"]
     before = table.X.copy()
     tg = prepare_targets(table, n_top_genes=50)
-    assert tg.values.shape == (187, 50) and not tg.log_normalized_input
+    assert tg.values.shape == (187, 50)
+    assert not tg.log_normalized_input
     assert (before != table.X).nnz == 0  # the user's table is untouched
     raw = np.asarray(table[:, tg.genes[0]].X.todense()).ravel()
     lib = np.asarray(table.X.sum(1)).ravel()
@@ -111,12 +118,11 @@ def test_recovery_on_her2st_beats_knn_and_shuffle(her2st_c2_copy):
             feature_meta=fs.meta,
         )
     r = {k: v["mean_r"] for k, v in rec["methods"].items()}
-    assert rec["n_heldout"] == held.sum() and rec["predictions"].shape == (held.sum(), 250)
-    assert (
-        r["model"] > r["knn"]
-        and r["model"] > r["smooth_lowrank"]
-        and r["model"] > r["spatial_shuffle"] + 0.2
-    )
+    assert rec["n_heldout"] == held.sum()
+    assert rec["predictions"].shape == (held.sum(), 250)
+    assert r["model"] > r["knn"]
+    assert r["model"] > r["smooth_lowrank"]
+    assert r["model"] > r["spatial_shuffle"] + 0.2
     with pytest.raises(ValueError, match="unknown"):
         run_generator(evaluate_holdout(slide, holdout=["nope"]))
     with pytest.raises(ValueError, match="at least 10 training"):
@@ -126,10 +132,10 @@ def test_recovery_on_her2st_beats_knn_and_shuffle(her2st_c2_copy):
 def test_spatial_shuffle_is_a_permutation_of_positions():
     v = np.arange(20.0).reshape(10, 2)
     s = spatial_shuffle(v, seed=0)
-    assert (
-        sorted(s[:, 0]) == sorted(v[:, 0]) and (s[:, 1] - s[:, 0] == 1).all()
-    )  # rows move together
-    assert not np.array_equal(s, v) and np.array_equal(s, spatial_shuffle(v, seed=0))
+    assert sorted(s[:, 0]) == sorted(v[:, 0])
+    assert (s[:, 1] - s[:, 0] == 1).all()
+    assert not np.array_equal(s, v)
+    assert np.array_equal(s, spatial_shuffle(v, seed=0))
 
 
 def test_superresolution_protocol_on_a_synthetic_lattice():
@@ -148,5 +154,7 @@ def test_superresolution_protocol_on_a_synthetic_lattice():
 
     res = superresolution(a, feats, xy, n_top_genes=20, config=TrainConfig(epochs=10, ensemble=1))
     r = {k: v["mean_r"] for k, v in res["methods"].items()}
-    assert res["n_pseudo"] == 49 and res["predictions"].shape == (196, 20)
-    assert r["model"] > 0.5 and r["model"] > r["spatial_shuffle"] + 0.3
+    assert res["n_pseudo"] == 49
+    assert res["predictions"].shape == (196, 20)
+    assert r["model"] > 0.5
+    assert r["model"] > r["spatial_shuffle"] + 0.3

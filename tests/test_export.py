@@ -8,13 +8,10 @@ from anndata import AnnData
 from spatialdata.models import Image2DModel, ShapesModel, TableModel
 from spatialdata.transformations import Scale, get_transformation
 
-from napari_histosge.export import (
-    EXPRESSION_KEY,
-    POSITIONS_KEY,
-    PREDICTIONS_KEY,
-    write_predictions,
-)
-from napari_histosge.predict import Predictions, rasterize
+from napari_histosge.export import write_predictions
+from napari_histosge.maps import rasterize
+from napari_histosge.predict import Predictions
+from napari_histosge.store import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY
 
 
 def _sdata(scale: float = 1.0) -> sd.SpatialData:
@@ -48,8 +45,15 @@ def _predictions(n_genes: int = 2) -> Predictions:
     xy = np.stack([xs.ravel(), ys.ravel()], 1).astype(float)
     vals = np.arange(len(xy) * n_genes, dtype=np.float32).reshape(len(xy), n_genes)
     kind = np.array(["spot"] * 10 + ["4x"] * (len(xy) - 10))
-    return Predictions([f"G{i}" for i in range(n_genes)], xy, vals, kind,
-                       np.array([f"p{i}" for i in range(len(xy))]), 12.0, {"epochs": 3})
+    return Predictions(
+        [f"G{i}" for i in range(n_genes)],
+        xy,
+        vals,
+        kind,
+        np.array([f"p{i}" for i in range(len(xy))]),
+        12.0,
+        {"epochs": 3},
+    )
 
 
 @pytest.mark.parametrize("scale", [1.0, 2.5])
@@ -57,7 +61,9 @@ def test_write_and_reopen_aligned(tmp_path, scale):
     sdata = _sdata(scale)
     preds = _predictions()
     maps = rasterize(preds, pitch_px=5.0)
-    out = write_predictions(sdata, tmp_path / "out.zarr", image_key="he", predictions=preds, maps=maps)
+    out = write_predictions(
+        sdata, tmp_path / "out.zarr", image_key="he", predictions=preds, maps=maps
+    )
     back = sd.read_zarr(out)
     for key in ("he", "spots", "table", EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY):
         assert key in back
@@ -97,7 +103,8 @@ def test_refuses_existing_and_earlier_outputs(tmp_path):
     backed = sd.read_zarr(store)
     write_predictions(backed, store, image_key="he", predictions=preds)  # into the input store
     again = sd.read_zarr(store)
-    assert PREDICTIONS_KEY in again and "he" in again
+    assert PREDICTIONS_KEY in again
+    assert "he" in again
     with pytest.raises(FileExistsError, match="earlier outputs"):
         write_predictions(again, store, image_key="he", predictions=preds)
     write_predictions(again, store, image_key="he", predictions=_predictions(3), overwrite=True)

@@ -26,12 +26,11 @@ def test_normalise_over_all_genes_then_log1p_on_a_copy():
     a = _counts()
     before = a.X.copy()
     tg = prepare_targets(a, n_top_genes=10)
-    assert (
-        tg.values.shape == (40, 10)
-        and tg.values.dtype == np.float32
-        and not tg.log_normalized_input
-    )
-    assert (before != a.X).nnz == 0 and "log1p" not in a.uns
+    assert tg.values.shape == (40, 10)
+    assert tg.values.dtype == np.float32
+    assert not tg.log_normalized_input
+    assert (before != a.X).nnz == 0
+    assert "log1p" not in a.uns
     x = a.X.toarray()
     j = list(a.var_names).index(tg.genes[0])
     np.testing.assert_allclose(tg.values[:, j * 0], np.log1p(x[:, j] / x.sum(1) * 1e4), rtol=1e-5)
@@ -53,7 +52,7 @@ def test_counts_layer_and_user_genes_and_unknown_genes():
 def test_log_normalised_input_is_used_as_is_with_a_warning():
     a = _counts()
     a.X = sp.csr_matrix(np.log1p(a.X.toarray() / 3.0))
-    with pytest.warns(UserWarning):
+    with pytest.warns(UserWarning, match="already log-normalised"):
         tg = prepare_targets(a, genes=["GENE0", "GENE5"])
     assert tg.log_normalized_input
     np.testing.assert_allclose(tg.values, a[:, ["GENE0", "GENE5"]].X.toarray(), rtol=1e-6)
@@ -73,8 +72,10 @@ def test_real_her2st_section():
     a.var_names = counts.columns.astype(str)
     a.var_names_make_unique()
     tg = prepare_targets(a, n_top_genes=50)
-    assert tg.values.shape == (len(counts), 50) and np.isfinite(tg.values).all()
-    assert np.all(tg.values >= 0) and tg.values.max() < np.log1p(1e4)
+    assert tg.values.shape == (len(counts), 50)
+    assert np.isfinite(tg.values).all()
+    assert np.all(tg.values >= 0)
+    assert tg.values.max() < np.log1p(1e4)
 
 
 def test_flat_tables_fall_back_to_variance_ranking_with_a_warning():

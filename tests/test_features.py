@@ -7,13 +7,14 @@ import pytest
 import spatialdata as sd
 
 from napari_histosge import Cancelled, Progress, run_generator
-from napari_histosge.encoders import HistologyEncoder, get_encoder
 from napari_histosge.features import (
     FeatureSet,
-    cache_element_name,
     extract_features,
+    get_encoder,
     iter_extract_features,
 )
+from napari_histosge.features.cache import cache_element_name
+from napari_histosge.features.histology import HistologyEncoder
 
 DIAMETER = 20.0
 
@@ -76,17 +77,21 @@ class CountingEncoder:
 def test_histology_features_multiscale_and_tissue(synthetic):
     sdata, geom, xy = synthetic
     fs = extract_features(sdata, xy, image_key="he", geometry=geom, cache=False)
-    assert isinstance(fs, FeatureSet) and not fs.from_cache
+    assert isinstance(fs, FeatureSet)
+    assert not fs.from_cache
     d = HistologyEncoder.dim_per_scale
-    assert fs.features.shape == (30, 3 * d) and fs.features.dtype == np.float32
+    assert fs.features.shape == (30, 3 * d)
+    assert fs.features.dtype == np.float32
     assert np.isfinite(fs.features).all()
     assert fs.meta["patch_sizes_spot"] == [1.0, 2.0, 4.0]
     assert fs.meta["patch_sizes_px"] == [20.0, 40.0, 80.0]
     assert fs.meta["patch_sizes_um"] == [40.0, 80.0, 160.0]
-    assert fs.meta["encoder_id"] == "histology@v2" and fs.meta["dim"] == 3 * d
+    assert fs.meta["encoder_id"] == "histology@v2"
+    assert fs.meta["dim"] == 3 * d
     tissue = fs.features[:, HistologyEncoder.channels.index("tissue")]  # 1-spot patches
     left, right = xy[:, 0] < 100, xy[:, 0] > 156
-    assert tissue[left].min() > 0.9 and tissue[right].max() < 0.1
+    assert tissue[left].min() > 0.9
+    assert tissue[right].max() < 0.1
     again = extract_features(sdata, xy, image_key="he", geometry=geom, cache=False)
     np.testing.assert_array_equal(again.features, fs.features)  # deterministic
     # Other sizes and units pool the same maps.
@@ -108,7 +113,8 @@ def test_progress_and_cache_reuse_in_memory(synthetic):
     assert steps[-1].step == steps[-1].total == 4
     name = cache_element_name("spots")
     table = sdata.tables[name]
-    assert table.n_obs == 30 and fs.key in table.obsm
+    assert table.n_obs == 30
+    assert fs.key in table.obsm
     np.testing.assert_array_equal(table.obsm["spatial"], xy)
     assert fs.key in table.uns["histosge_features"]
 
@@ -118,7 +124,9 @@ def test_progress_and_cache_reuse_in_memory(synthetic):
         iter_extract_features(sdata, xy, image_key="he", geometry=geom, encoder=enc),
         progress=tiles.append,
     )
-    assert again.from_cache and again.key == fs.key and len(tiles) == 1
+    assert again.from_cache
+    assert again.key == fs.key
+    assert len(tiles) == 1
     np.testing.assert_array_equal(again.features, fs.features)
 
 
@@ -136,7 +144,8 @@ def test_subspot_positions_reuse_the_spot_maps(synthetic):
     )
     assert not any("tile" in p.message for p in msgs)  # no map recomputed
     assert sub.features.shape == (29, 3 * HistologyEncoder.dim_per_scale)
-    assert cache_element_name("4x") in sdata.tables and cache_element_name("spots") in sdata.tables
+    assert cache_element_name("4x") in sdata.tables
+    assert cache_element_name("spots") in sdata.tables
 
 
 def test_vit_cache_counts_encoder_calls(synthetic):
@@ -146,19 +155,22 @@ def test_vit_cache_counts_encoder_calls(synthetic):
     fs = extract_features(
         sdata, xy, image_key="he", geometry=geom, encoder=enc, patch_sizes=[1.0, 2.0], batch_size=8
     )
-    assert fs.features.shape == (12, 2 * enc.dim) and enc.patches == 24 and enc.calls == 4
-    assert (
-        fs.meta["encoder_id"] == "timm:test_vit@random" and fs.key == "X_timm-test_vit_random_p1-2"
-    )
+    assert fs.features.shape == (12, 2 * enc.dim)
+    assert enc.patches == 24
+    assert enc.calls == 4
+    assert fs.meta["encoder_id"] == "timm:test_vit@random"
+    assert fs.key == "X_timm-test_vit_random_p1-2"
     again = extract_features(
         sdata, xy, image_key="he", geometry=geom, encoder=enc, patch_sizes=[1.0, 2.0]
     )
-    assert again.from_cache and enc.calls == 4
+    assert again.from_cache
+    assert enc.calls == 4
     # Other positions invalidate the cache of that position set.
     moved = extract_features(
         sdata, xy[:4] + 1.0, image_key="he", geometry=geom, encoder=enc, patch_sizes=[1.0, 2.0]
     )
-    assert not moved.from_cache and enc.patches == 32
+    assert not moved.from_cache
+    assert enc.patches == 32
 
 
 def test_cache_persists_in_a_zarr_store(synthetic, tmp_path):
@@ -172,7 +184,8 @@ def test_cache_persists_in_a_zarr_store(synthetic, tmp_path):
     assert cache_element_name("spots") in reopened.tables
     ra = extract_features(reopened, xy, image_key="he", geometry=geom)
     rb = extract_features(reopened, xy, image_key="he", geometry=geom, patch_sizes=[2.0])
-    assert ra.from_cache and rb.from_cache
+    assert ra.from_cache
+    assert rb.from_cache
     np.testing.assert_array_equal(ra.features, a.features)
     np.testing.assert_array_equal(rb.features, b.features)
     assert ra.meta == a.meta
@@ -244,7 +257,8 @@ def test_sample_spots_and_4x(sample_sdata):
         cache_name="4x",
         **kw,
     )
-    assert spots.features.shape == (49, 66) and np.isfinite(sub.features).all()
+    assert spots.features.shape == (49, 66)
+    assert np.isfinite(sub.features).all()
     assert spots.features.std(0).max() > 0  # not constant across spots
     assert extract_features(sample_sdata, geom.centers_px, **kw).from_cache
 
@@ -260,6 +274,7 @@ def test_her2st_tissue_versus_glass(her2st_c2_zarr):
     corner = geom.centers_px.min(0) - 4 * geom.diameter_px  # glass beside the tissue
     xy = np.vstack([geom.centers_px, corner])
     fs = extract_features(sdata, xy, image_key=keys.image_key, geometry=geom, cache=False)
-    assert fs.features.shape == (len(xy), 66) and np.isfinite(fs.features).all()
+    assert fs.features.shape == (len(xy), 66)
+    assert np.isfinite(fs.features).all()
     tissue = fs.features[:, HistologyEncoder.channels.index("tissue")]
     assert np.median(tissue[:-1]) > tissue[-1] + 0.3

@@ -14,7 +14,9 @@ from napari_histosge.geometry import (
     subspot_positions,
     tissue_mask,
 )
-from napari_histosge.io import SLIDE_META_KEY, image_levels, resolve_keys
+from napari_histosge.images import image_levels
+from napari_histosge.io import resolve_keys
+from napari_histosge.store import SLIDE_META_KEY
 
 
 def _hex(nx: int = 8, ny: int = 6, pitch: float = 100.0) -> np.ndarray:

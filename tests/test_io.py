@@ -10,18 +10,17 @@ import pytest
 import spatialdata as sd
 from PIL import Image
 
+from napari_histosge.expression import counts_or_lognorm, is_log_normalized
 from napari_histosge.geometry import spot_geometry
+from napari_histosge.images import image_levels
 from napari_histosge.io import (
-    SLIDE_META_KEY,
     SlideKeys,
     convert,
-    counts_or_lognorm,
-    image_levels,
-    is_log_normalized,
     read_slide,
     resolve_keys,
     validate_slide,
 )
+from napari_histosge.store import SLIDE_META_KEY
 
 SAMPLE_IMAGE = "V1_Adult_Mouse_Brain_image"
 SAMPLE_SPOTS = "V1_Adult_Mouse_Brain_spots"
@@ -48,7 +47,7 @@ def _patch_means(level0, centers_px: np.ndarray, half: int) -> np.ndarray:
 def test_sample_has_expected_elements(sample_sdata):
     import anndata as ad
 
-    from napari_histosge import _sample_data
+    from napari_histosge.io import sample as _sample_data
 
     keys = resolve_keys(sample_sdata)
     assert keys == SlideKeys(SAMPLE_IMAGE, SAMPLE_SPOTS, "table")
@@ -65,7 +64,8 @@ def test_sample_has_expected_elements(sample_sdata):
         "region",
         "instance_id",
     )
-    src = ad.read_h5ad(Path(_sample_data.__file__).parent / "sample_data" / "mouse_brain_crop.h5ad")
+    root = Path(_sample_data.__file__).parent.parent
+    src = ad.read_h5ad(root / "sample_data" / "mouse_brain_crop.h5ad")
     assert list(table.obs_names) == list(src.obs_names)  # barcodes
     geom = _geom(sample_sdata, keys)
     np.testing.assert_allclose(geom.centers_px, src.obsm["spatial"])

@@ -5,16 +5,14 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from napari_histosge.patches import (
+from napari_histosge.features.patches import (
     PAD_VALUE,
-    choose_level,
-    image_levels,
-    level_scales,
     patch_sizes_px,
     read_patches,
     read_patches_multi,
     read_regions,
 )
+from napari_histosge.images import choose_level, image_levels, level_scales
 
 
 def _image(arr: np.ndarray) -> xr.DataArray:
@@ -26,16 +24,21 @@ def test_rgb_order_kept_and_square_centred():
     img[0, 40:60, 40:60] = 255  # a red square
     img[1, 0:20, 80:100] = 200  # a green corner
     p = read_patches(_image(img), np.array([[50.0, 50.0], [90.0, 10.0]]), 20, out_px=20)
-    assert (p[0, ..., 0] == 255).all() and (p[0, ..., 1:] == 0).all()
-    assert (p[1, ..., 1] == 200).all() and (p[1, ..., 0] == 0).all() and (p[1, ..., 2] == 0).all()
+    assert (p[0, ..., 0] == 255).all()
+    assert (p[0, ..., 1:] == 0).all()
+    assert (p[1, ..., 1] == 200).all()
+    assert (p[1, ..., 0] == 0).all()
+    assert (p[1, ..., 2] == 0).all()
 
 
 def test_border_is_padded_white_not_dropped():
     img = _image(np.zeros((3, 100, 100), np.uint8))
     p = read_patches(img, np.array([[0.0, 0.0], [100.0, 50.0], [500.0, 500.0]]), 20, out_px=20)
     assert p.shape == (3, 20, 20, 3)
-    assert (p[0, :10, :10] == PAD_VALUE).all() and (p[0, 10:, 10:] == 0).all()
-    assert (p[1, :, 10:] == PAD_VALUE).all() and (p[1, :, :10] == 0).all()
+    assert (p[0, :10, :10] == PAD_VALUE).all()
+    assert (p[0, 10:, 10:] == 0).all()
+    assert (p[1, :, 10:] == PAD_VALUE).all()
+    assert (p[1, :, :10] == 0).all()
     assert (p[2] == PAD_VALUE).all()  # entirely outside: all glass
 
 
@@ -44,7 +47,8 @@ def test_resize_is_antialiased():
     board = ((np.indices((64, 64)).sum(0) % 2) * 255).astype(np.uint8)
     img = _image(np.stack([board] * 3))
     p = read_patches(img, np.array([[32.0, 32.0]]), 64, out_px=8)
-    assert abs(float(p.mean()) - 127.5) < 12 and p.std() < 20
+    assert abs(float(p.mean()) - 127.5) < 12
+    assert p.std() < 20
 
 
 def test_only_chunks_under_patches_are_read():
@@ -61,7 +65,8 @@ def test_only_chunks_under_patches_are_read():
     img = _image(lazy)  # 4096 x 4096: computing it whole would raise
     centres = np.array([[100.0, 100.0], [110.0, 90.0], [200.0, 150.0]])
     p = read_patches(img, centres, 32, out_px=16)
-    assert p.shape == (3, 16, 16, 3) and (p == 100).all()
+    assert p.shape == (3, 16, 16, 3)
+    assert (p == 100).all()
     assert 0 < len(touched) <= 6
     assert len(set(touched)) == len(touched)  # shared chunks are computed once per batch
 
@@ -73,8 +78,10 @@ def test_multiscale_reads_coarse_level_for_large_patches():
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 255, (3, 512, 512), dtype=np.uint8)
     tree = Image2DModel.parse(arr, dims=("c", "y", "x"), scale_factors=[2, 2], chunks=(3, 128, 128))
-    assert len(image_levels(tree)) == 3 and level_scales(tree) == [1.0, 2.0, 4.0]
-    assert choose_level(tree, 256 / 64) == 2 and choose_level(tree, 1.5) == 0
+    assert len(image_levels(tree)) == 3
+    assert level_scales(tree) == [1.0, 2.0, 4.0]
+    assert choose_level(tree, 256 / 64) == 2
+    assert choose_level(tree, 1.5) == 0
     single = _image(arr)
     c = np.array([[256.0, 256.0], [30.0, 500.0]])
     a = read_patches(tree, c, 256, out_px=64).astype(float)
@@ -95,8 +102,11 @@ def test_several_sizes_and_context():
 def test_read_regions_pads_and_converts():
     lv = _image(np.arange(3 * 4 * 4, dtype=np.uint8).reshape(3, 4, 4))
     a, b = read_regions(lv, [(-1, -1, 2, 2), (2, 2, 6, 6)])
-    assert a.shape == (3, 3, 3) and (a[0] == PAD_VALUE).all() and a[1, 1, 0] == 0
-    assert b[0, 0, 1] == 16 + 10 and (b[2:, 2:] == PAD_VALUE).all()
+    assert a.shape == (3, 3, 3)
+    assert (a[0] == PAD_VALUE).all()
+    assert a[1, 1, 0] == 0
+    assert b[0, 0, 1] == 16 + 10
+    assert (b[2:, 2:] == PAD_VALUE).all()
 
 
 def test_patch_size_units_and_errors():

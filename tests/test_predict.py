@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_histosge.predict import GeneMaps, Predictions, rasterize, sample_map
+from napari_histosge.maps import GeneMaps, rasterize, sample_map
+from napari_histosge.predict import Predictions
 
 
 def _hex_predictions(n_genes: int = 3, seed: int = 0) -> Predictions:

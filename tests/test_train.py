@@ -3,15 +3,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_histosge.train import (
-    Reference,
-    TrainConfig,
+from napari_histosge.checkpoints import (
     check_features,
     check_genes,
-    fit,
-    iter_fit,
     load_checkpoint,
     save_checkpoint,
+)
+from napari_histosge.models import Reference
+from napari_histosge.train import (
+    TrainConfig,
+    fit,
+    iter_fit,
 )
 
 META = {"encoder_id": "histology@v1", "patch_sizes_spot": [1.0, 2.0], "dim": 6}
@@ -35,7 +37,8 @@ def test_fit_predict_and_determinism(mode):
     b = fit(feats, xy, values, genes=genes, config=cfg, feature_meta=META)
     pa, pb = a.predict(feats, xy), b.predict(feats, xy)
     np.testing.assert_array_equal(pa, pb)
-    assert pa.shape == values.shape and (pa >= 0).all()
+    assert pa.shape == values.shape
+    assert (pa >= 0).all()
     c = fit(
         feats,
         xy,
@@ -65,7 +68,8 @@ def test_progress_per_epoch_and_cancel_keeps_best():
         model = stop.value
     assert [p.info["epoch"] for p in seen] == [1, 2, 3, 4, 5]
     assert {"train_loss", "val_loss"} <= set(seen[0].info)
-    assert model.info["cancelled"] and len(model.states) == 1
+    assert model.info["cancelled"]
+    assert len(model.states) == 1
     assert model.predict(feats, xy).shape == values.shape
 
 
@@ -93,7 +97,8 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
     ]
     back = load_checkpoint(path)
     np.testing.assert_array_equal(back.predict(feats, xy), model.predict(feats, xy))
-    assert back.genes == genes and back.config == model.config
+    assert back.genes == genes
+    assert back.config == model.config
     check_features(back, META)
     with pytest.raises(ValueError, match="encoder"):
         check_features(back, {**META, "encoder_id": "uni@abc"})

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from .maps import GeneMaps
     from .pipeline import Slide
-    from .predict import GeneMaps, Predictions
+    from .predict import Predictions
 
 __all__ = [
     "contrast_limits",
@@ -39,7 +40,7 @@ def image_layer(slide: Slide) -> LayerData:
     >>> kind, kwargs["rgb"]
     ('image', True)
     """
-    from .io import image_levels
+    from .images import image_levels
 
     levels = image_levels(slide.sdata.images[slide.keys.image_key])
     data = [lv.data.transpose(1, 2, 0) for lv in levels]
@@ -117,7 +118,7 @@ def gene_layer(
 
     Examples
     --------
-    >>> from napari_histosge.predict import GeneMaps
+    >>> from napari_histosge.maps import GeneMaps
     >>> m = GeneMaps(np.ones((1, 2, 2), "float32"), ["Gfap"], 10.0, (5.0, 5.0))
     >>> gene_layer(m, "Gfap")[1]["name"]
     'Gfap (HisToSGE)'

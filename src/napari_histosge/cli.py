@@ -8,9 +8,13 @@ import sys
 import time
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._progress import Progress
+
+if TYPE_CHECKING:
+    from .models import TrainConfig
+    from .pipeline import ExtractOptions, Slide
 
 __all__ = ["main"]
 
@@ -89,7 +93,7 @@ def _feature_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    from .train import TrainConfig
+    from .models import MODES, TrainConfig
 
     defaults = TrainConfig()
     p.add_argument("--genes", help="file with one gene per line (default: highly variable genes)")
@@ -101,7 +105,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--mode",
-        choices=["improved", "faithful"],
+        choices=list(MODES),
         default=defaults.mode,
         help=f"model configuration (default {defaults.mode})",
     )
@@ -109,10 +113,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=defaults.seed, help=f"default {defaults.seed}")
 
 
-def _train_config(args: argparse.Namespace, device: str | None) -> Any:
+def _train_config(args: argparse.Namespace, device: str | None) -> TrainConfig:
     from dataclasses import replace
 
-    from .train import TrainConfig
+    from .models import TrainConfig
 
     cfg = TrainConfig()
     changes: dict[str, Any] = {"mode": args.mode, "epochs": args.epochs, "seed": args.seed}
@@ -121,7 +125,7 @@ def _train_config(args: argparse.Namespace, device: str | None) -> Any:
     return replace(cfg, **changes)
 
 
-def _extract_options(args: argparse.Namespace, positions: str = "4x") -> Any:
+def _extract_options(args: argparse.Namespace, positions: str = "4x") -> ExtractOptions:
     from .pipeline import ExtractOptions
 
     return ExtractOptions(
@@ -134,7 +138,7 @@ def _extract_options(args: argparse.Namespace, positions: str = "4x") -> Any:
     )
 
 
-def _open(args: argparse.Namespace, src: str) -> Any:
+def _open(args: argparse.Namespace, src: str) -> Slide:
     from .pipeline import Slide
 
     return Slide.open(
@@ -161,29 +165,32 @@ def _check_out(out: str, overwrite: bool, source: Path | None) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``histosge run STORE --out OUT.zarr``: features, training, prediction and export."""
-    from .pipeline import export, iter_extract, iter_train, predict, render
-    from .train import save_checkpoint
+    from .checkpoints import save_checkpoint
+    from .pipeline import export_slide, iter_extract, iter_train, predict_slide, render_maps
 
     t0 = time.perf_counter()
     src_path = Path(args.store)
     _check_out(args.out, args.overwrite, src_path)
     genes = _read_lines(args.genes, "gene")
     slide = _open(args, args.store)
-    feats = _drive(iter_extract(slide, _extract_options(args, args.positions)), quiet=args.quiet)
+    opts = _extract_options(args, args.positions)
+    feats = _drive(iter_extract(slide, options=opts), quiet=args.quiet)
     model = _drive(
         iter_train(
             slide,
-            feats,
+            features=feats,
             config=_train_config(args, args.device),
             genes=genes,
             n_top_genes=args.n_top_genes,
         ),
         quiet=args.quiet,
     )
-    preds = predict(slide, feats, model)
-    maps = render(slide, preds)
+    preds = predict_slide(slide, features=feats, model=model)
+    maps = render_maps(slide, predictions=preds)
     meta = {"command": " ".join(sys.argv), "source": str(src_path)}
-    out = export(slide, preds, maps, args.out, meta=meta, overwrite=args.overwrite)
+    out = export_slide(
+        slide, predictions=preds, maps=maps, out=args.out, meta=meta, overwrite=args.overwrite
+    )
     if args.checkpoint_out:
         save_checkpoint(model, args.checkpoint_out)
     n_new = int((preds.kind != "spot").sum())
@@ -197,8 +204,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``histosge predict STORE --checkpoint CKPT --out OUT.zarr``: apply a trained model."""
-    from .pipeline import ExtractOptions, export, iter_extract, predict, render
-    from .train import load_checkpoint
+    from .checkpoints import load_checkpoint
+    from .pipeline import ExtractOptions, export_slide, iter_extract, predict_slide, render_maps
 
     _check_out(args.out, args.overwrite, Path(args.store))
     model = load_checkpoint(args.checkpoint)
@@ -213,10 +220,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         positions=args.positions,
         patch_sizes=tuple(sizes) if sizes else None,
     )
-    feats = _drive(iter_extract(slide, opts), quiet=args.quiet)
-    preds = predict(slide, feats, model, use_measured=False)
-    maps = render(slide, preds)
-    out = export(slide, preds, maps, args.out, overwrite=args.overwrite)
+    feats = _drive(iter_extract(slide, options=opts), quiet=args.quiet)
+    preds = predict_slide(slide, features=feats, model=model, use_measured=False)
+    maps = render_maps(slide, predictions=preds)
+    out = export_slide(slide, predictions=preds, maps=maps, out=args.out, overwrite=args.overwrite)
     print(f"wrote {out}")  # noqa: T201
     return 0
 
@@ -257,7 +264,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``histosge`` argument parser."""
+    """Build the ``histosge`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="histosge",
         description="Super-resolved gene expression from H&E and spot transcriptomics (HisToSGE).",

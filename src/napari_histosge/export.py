@@ -1,37 +1,23 @@
-"""Write predictions, positions and gene maps into a SpatialData zarr store, atomically."""
+"""Export predictions, positions and gene maps into a SpatialData store."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._json import json_default
+from .store import EXPRESSION_KEY, OUTPUT_KEYS, POSITIONS_KEY, PREDICTIONS_KEY, write_atomic
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-    from .predict import GeneMaps, Predictions
+    from .maps import GeneMaps
+    from .predict import Predictions
 
-__all__ = [
-    "EXPRESSION_KEY",
-    "OUTPUT_KEYS",
-    "POSITIONS_KEY",
-    "PREDICTIONS_KEY",
-    "build_output",
-    "write_atomic",
-    "write_predictions",
-]
-
-EXPRESSION_KEY = "histosge_expression"
-POSITIONS_KEY = "histosge_positions"
-PREDICTIONS_KEY = "histosge_predictions"
-OUTPUT_KEYS = (EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY)
+__all__ = ["build_output", "write_predictions"]
 
 
 def _image_transformations(sdata: SpatialData, image_key: str) -> dict[str, Any]:
@@ -134,40 +120,6 @@ def build_output(
         adata, region=POSITIONS_KEY, region_key="region", instance_key="instance_id"
     )
     return elements
-
-
-def write_atomic(sdata: SpatialData, out: str | Path) -> Path:
-    """Write ``sdata`` to ``out`` through a temporary sibling, then move it into place.
-
-    A failure while writing leaves whatever was at ``out`` untouched and removes the partial
-    copy. The caller decides whether replacing ``out`` is allowed.
-
-    Examples
-    --------
-    >>> write_atomic(sdata, "slide.zarr")  # doctest: +SKIP
-    """
-    out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    tmp = out.parent / f".{out.name}.tmp-{token}"
-    try:
-        sdata.write(tmp, overwrite=False, update_sdata_path=False)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        backup = out.parent / f".{out.name}.old-{token}"
-        os.replace(out, backup)
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            os.replace(backup, out)
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-    return out
 
 
 def write_predictions(

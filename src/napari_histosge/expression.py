@@ -1,4 +1,4 @@
-"""Expression targets: highly variable genes, ``normalize_total(1e4)`` and ``log1p`` via scanpy."""
+"""Counts to genes to normalised targets (scanpy): the model's expression space."""
 
 from __future__ import annotations
 
@@ -6,14 +6,105 @@ import difflib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["Targets", "prepare_targets", "select_genes"]
+__all__ = ["counts_or_lognorm", "is_log_normalized", "prepare_targets", "select_genes", "Targets"]
+
+
+def is_log_normalized(adata: AnnData) -> bool:
+    """Whether the table holds already normalised (e.g. log1p) values rather than raw counts.
+
+    Raw counts are non-negative integers: any non-integer or negative value means the matrix
+    was transformed (for example ``log1p`` after ``normalize_total``). The counts are read from
+    ``layers["counts"]`` when present, else from ``X``.
+
+    Parameters
+    ----------
+    adata
+        The spot table.
+
+    Returns
+    -------
+    ``True`` when the values are not raw counts.
+
+    Examples
+    --------
+    >>> import anndata as ad
+    >>> is_log_normalized(ad.AnnData(np.array([[0.0, 1.5], [2.0, 0.3]])))
+    True
+    >>> is_log_normalized(ad.AnnData(np.array([[0.0, 1.0], [2.0, 7.0]])))
+    False
+    """
+    import scipy.sparse as sp
+
+    x, _ = count_matrix(adata)
+    data = x.data if sp.issparse(x) else np.asarray(x).ravel()
+    if data.size == 0 or not np.issubdtype(data.dtype, np.number):
+        return False
+    if np.issubdtype(data.dtype, np.integer):
+        return bool((data < 0).any())
+    finite = data[np.isfinite(data)]
+    return bool((finite < 0).any() or np.any(np.abs(finite - np.round(finite)) > 1e-6))
+
+
+def count_matrix(adata: AnnData) -> tuple[Any, str]:
+    if "counts" in adata.layers:
+        return adata.layers["counts"], "layers['counts']"
+    return adata.X, "X"
+
+
+def counts_or_lognorm(adata: AnnData) -> tuple[Any, bool]:
+    """Return the expression matrix and whether it is already log-normalised.
+
+    Raw counts (``layers["counts"]`` when present, else ``X``) are returned as they are with
+    ``False``. Non-integer values are returned with ``True`` and a ``UserWarning``: they must
+    be used as they are, never normalised a second time.
+
+    Parameters
+    ----------
+    adata
+        The spot table.
+
+    Returns
+    -------
+    The matrix (dense or sparse, not copied) and ``is_lognorm``.
+
+    Examples
+    --------
+    >>> import anndata as ad
+    >>> _, lognorm = counts_or_lognorm(ad.AnnData(np.ones((3, 2))))
+    >>> lognorm
+    False
+    """
+    import scipy.sparse as sp
+
+    x, where = count_matrix(adata)
+    data = x.data if sp.issparse(x) else np.asarray(x)
+    if np.issubdtype(data.dtype, np.floating) and np.isnan(data).any():
+        raise ValueError(
+            f"Expected expression values without NaN in the table's {where}, found "
+            f"{int(np.isnan(data).sum())} NaN values."
+        )
+    lognorm = is_log_normalized(adata)
+    if lognorm and (data < 0).any():
+        raise ValueError(
+            "Expected raw counts or log-normalised values (never negative) in the table's "
+            f"{where}, found {int((data < 0).sum())} negative values (scaled data?); store raw "
+            "counts in X or layers['counts']."
+        )
+    if lognorm:
+        warnings.warn(
+            f"The table's {where} holds non-integer values: treated as already log-normalised "
+            "expression and used as is (no second normalisation).",
+            UserWarning,
+            stacklevel=2,
+        )
+    return x, lognorm
 
 
 @dataclass(frozen=True)
@@ -170,8 +261,6 @@ def prepare_targets(
     import anndata as ad
     import scanpy as sc
     import scipy.sparse as sp
-
-    from .io import counts_or_lognorm
 
     x, lognorm = counts_or_lognorm(adata)
     chosen = select_genes(

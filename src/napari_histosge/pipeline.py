@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._progress import Progress
-from .predict import GeneMaps, Predictions, rasterize
+from .maps import GeneMaps, rasterize
+from .predict import Predictions
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -23,59 +24,20 @@ if TYPE_CHECKING:
     from .features import FeatureSet
     from .geometry import SpotGeometry
     from .io import SlideKeys
-    from .train import TrainConfig, TrainedModel
+    from .models import TrainConfig
+    from .models.trained import TrainedModel
 
 __all__ = [
-    "warm_up",
     "ExtractOptions",
     "Slide",
     "SlideFeatures",
-    "export",
+    "export_slide",
     "iter_extract",
     "iter_train",
     "parse_positions",
-    "predict",
-    "render",
+    "predict_slide",
+    "render_maps",
 ]
-
-
-def warm_up() -> list[str]:
-    """Import the heavy compiled libraries the steps use, so later steps start at once.
-
-    Importing a compiled extension holds the interpreter lock; a GUI calls this in a background
-    thread when it opens, so the cost is paid before the user's first run instead of during it.
-
-    Examples
-    --------
-    >>> "torch" in warm_up()
-    True
-    """
-    import importlib
-
-    names = [
-        "torch",
-        "timm",
-        "scipy.ndimage",
-        "scipy.spatial",
-        "sklearn.linear_model",
-        "skimage.color",
-        "scanpy",
-        "spatialdata",
-        "safetensors.torch",
-        "napari_histosge.encoders",
-        "napari_histosge.features",
-        "napari_histosge.train",
-        "napari_histosge.model",
-        "napari_histosge.evaluate",
-        "napari_histosge.export",
-    ]
-    for name in names:
-        importlib.import_module(name)
-    import torch
-
-    # First calls into torch's kernels also pay one-time set-up costs.
-    torch.nn.functional.linear(torch.zeros(2, 4), torch.zeros(3, 4)).sum().item()
-    return names
 
 
 @dataclass
@@ -249,36 +211,44 @@ def new_positions(slide: Slide, spec: str) -> tuple[str, np.ndarray]:
 
 
 def iter_extract(
-    slide: Slide, options: ExtractOptions | None = None
+    slide: Slide, *, options: ExtractOptions | None = None
 ) -> Generator[Progress, None, SlideFeatures]:
     """Embed the spots and the super-resolution positions (cached in the store).
+
+    Parameters
+    ----------
+    slide
+        The slide.
+    options
+        Encoder, weights, device, patch sizes and positions; the defaults when ``None``.
 
     Examples
     --------
     >>> from napari_histosge import run_generator
     >>> feats = run_generator(iter_extract(slide))  # doctest: +SKIP
     """
-    from .encoders import get_encoder
-    from .features import iter_extract_features
+    from .features import get_encoder, iter_extract_features
 
     opts = options or ExtractOptions()
     encoder = get_encoder(opts.encoder, weights=opts.weights, device=opts.device, bf16=opts.bf16)
-    common: dict[str, Any] = {
-        "image_key": slide.keys.image_key,
-        "encoder": encoder,
-        "geometry": slide.geometry,
-        "batch_size": opts.batch_size,
-        "device": opts.device,
-        "bf16": opts.bf16,
-        "patch_unit": "spot",
-    }
-    if opts.patch_sizes is not None:
-        common["patch_sizes"] = tuple(opts.patch_sizes)
-    spots = yield from iter_extract_features(
-        slide.sdata, slide.geometry.centers_px, cache_name="spots", **common
-    )
+    sizes = tuple(opts.patch_sizes) if opts.patch_sizes is not None else None
+
+    def extract(xy: np.ndarray, cache_name: str) -> Generator[Progress, None, FeatureSet]:
+        return iter_extract_features(
+            slide.sdata,
+            xy,
+            image_key=slide.keys.image_key,
+            geometry=slide.geometry,
+            encoder=encoder,
+            patch_sizes=sizes,
+            patch_unit="spot",
+            batch_size=opts.batch_size,
+            cache_name=cache_name,
+        )
+
+    spots = yield from extract(slide.geometry.centers_px, "spots")
     name, xy = new_positions(slide, opts.positions)
-    pos = yield from iter_extract_features(slide.sdata, xy, cache_name=name, **common)
+    pos = yield from extract(xy, name)
     return SlideFeatures(
         spots=spots,
         positions_px=xy,
@@ -290,8 +260,8 @@ def iter_extract(
 
 def iter_train(
     slide: Slide,
-    features: SlideFeatures,
     *,
+    features: SlideFeatures,
     config: TrainConfig | None = None,
     genes: Sequence[str] | None = None,
     n_top_genes: int = 1000,
@@ -301,9 +271,10 @@ def iter_train(
 
     Examples
     --------
-    >>> model = run_generator(iter_train(slide, feats))  # doctest: +SKIP
+    >>> model = run_generator(iter_train(slide, features=feats))  # doctest: +SKIP
     """
-    from .train import TrainConfig, iter_fit
+    from .models import TrainConfig
+    from .train import iter_fit
 
     cfg = config or TrainConfig()
     targets = slide.targets(genes=genes, n_top_genes=n_top_genes)
@@ -320,11 +291,11 @@ def iter_train(
     return model
 
 
-def predict(
+def predict_slide(
     slide: Slide,
+    *,
     features: SlideFeatures,
     model: TrainedModel,
-    *,
     use_measured: bool = True,
 ) -> Predictions:
     """Predict expression at the measured spots and at the new positions.
@@ -343,9 +314,9 @@ def predict(
 
     Examples
     --------
-    >>> preds = predict(slide, feats, model)  # doctest: +SKIP
+    >>> preds = predict_slide(slide, features=feats, model=model)  # doctest: +SKIP
     """
-    from .train import check_features
+    from .checkpoints import check_features
 
     check_features(model, features.spots.meta)
     um = slide.geometry.um_per_px
@@ -392,10 +363,10 @@ def _model_meta(model: Any) -> dict[str, Any]:
     return out
 
 
-def render(
+def render_maps(
     slide: Slide,
-    predictions: Predictions,
     *,
+    predictions: Predictions,
     genes: Sequence[str] | None = None,
     pitch_px: float | None = None,
 ) -> GeneMaps:
@@ -403,17 +374,17 @@ def render(
 
     Examples
     --------
-    >>> maps = render(slide, preds, genes=["Gfap"])  # doctest: +SKIP
+    >>> maps = render_maps(slide, predictions=preds, genes=["Gfap"])  # doctest: +SKIP
     """
     return rasterize(predictions, genes=genes, pitch_px=pitch_px, geometry=slide.geometry)
 
 
-def export(
+def export_slide(
     slide: Slide,
+    *,
     predictions: Predictions,
     maps: GeneMaps | None,
     out: str | Path,
-    *,
     meta: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
@@ -421,7 +392,7 @@ def export(
 
     Examples
     --------
-    >>> export(slide, preds, maps, "out.zarr")  # doctest: +SKIP
+    >>> export_slide(slide, predictions=preds, maps=maps, out="out.zarr")  # doctest: +SKIP
     """
     from .export import write_predictions
 

@@ -1,17 +1,14 @@
-"""Predictions at arbitrary positions and their rasterisation into per-gene maps."""
+"""Predictions at the measured spots and the super-resolution positions."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .geometry import SpotGeometry
-
-__all__ = ["GeneMaps", "Predictions", "default_pitch_px", "rasterize", "sample_map"]
+__all__ = ["Predictions"]
 
 
 @dataclass
@@ -61,7 +58,7 @@ class Predictions:
         return self.values[self.is_spot]
 
     def top_genes(self, n: int = 2, *, distinct: bool = False) -> list[str]:
-        """The ``n`` genes whose predictions vary most over the positions.
+        """Return the ``n`` genes whose predictions vary most over the positions.
 
         With ``distinct``, each next gene is the most variable one whose pattern correlates
         less than 0.3 (absolute) with the genes already chosen, when there is one.
@@ -107,202 +104,3 @@ class Predictions:
                 f"found unknown `{missing[:5]}`."
             )
         return np.array([lookup[g] for g in genes], dtype=int)
-
-
-@dataclass
-class GeneMaps:
-    """Per-gene expression maps on a regular grid over the H&E image.
-
-    Map pixel ``(row i, col j)`` is centred at H&E pixel
-    ``(x, y) = (origin_px[0] + j * pitch_px, origin_px[1] + i * pitch_px)``; in napari this is
-    ``scale=(pitch_px, pitch_px)`` and ``translate=(origin_px[1], origin_px[0])`` on the H&E's
-    world frame.
-
-    Parameters
-    ----------
-    data
-        ``(g, h, w)`` float32, NaN off tissue.
-    genes
-        Channel names.
-    pitch_px
-        Size of one map pixel in H&E scale-0 pixels.
-    origin_px
-        ``(x, y)`` of the centre of map pixel ``[0, 0]`` in H&E pixels.
-    """
-
-    data: np.ndarray
-    genes: list[str]
-    pitch_px: float
-    origin_px: tuple[float, float]
-
-    @property
-    def scale(self) -> tuple[float, float]:
-        """Napari ``scale`` (y, x) on the H&E world frame."""
-        return (self.pitch_px, self.pitch_px)
-
-    @property
-    def translate(self) -> tuple[float, float]:
-        """Napari ``translate`` (y, x) on the H&E world frame."""
-        return (self.origin_px[1], self.origin_px[0])
-
-    def gene(self, name: str) -> np.ndarray:
-        """The ``(h, w)`` map of one gene."""
-        if name not in self.genes:
-            raise KeyError(f"Expected a rendered gene among `{self.genes[:10]}`, found `{name}`.")
-        return self.data[self.genes.index(name)]
-
-    def pixel_of(self, xy_px: np.ndarray) -> np.ndarray:
-        """Map pixel ``(row, col)`` containing each H&E position ``(x, y)``.
-
-        Examples
-        --------
-        >>> m = GeneMaps(np.zeros((1, 4, 4), "float32"), ["a"], 10.0, (5.0, 5.0))
-        >>> m.pixel_of(np.array([[26.0, 14.0]])).tolist()
-        [[1, 2]]
-        """
-        xy = np.atleast_2d(np.asarray(xy_px, dtype=float))
-        col = np.rint((xy[:, 0] - self.origin_px[0]) / self.pitch_px).astype(int)
-        row = np.rint((xy[:, 1] - self.origin_px[1]) / self.pitch_px).astype(int)
-        return np.stack([row, col], axis=1)
-
-
-def _nearest_spacing(points: np.ndarray) -> float:
-    from scipy.spatial import cKDTree
-
-    if len(points) < 2:
-        raise ValueError(f"Expected at least 2 positions to rasterise, found {len(points)}.")
-    dist, _ = cKDTree(points).query(points, k=2)
-    spacing = float(np.median(dist[:, 1]))
-    if not np.isfinite(spacing) or spacing <= 0:
-        raise ValueError("Expected distinct positions to rasterise, found duplicates only.")
-    return spacing
-
-
-def default_pitch_px(positions_px: np.ndarray) -> float:
-    """Map pixel size: a quarter of the median distance between neighbouring positions.
-
-    Examples
-    --------
-    >>> default_pitch_px(np.array([[0.0, 0.0], [100.0, 0.0], [0.0, 100.0]]))
-    25.0
-    """
-    return _nearest_spacing(np.asarray(positions_px, dtype=float)) / 4.0
-
-
-def rasterize(
-    predictions: Predictions,
-    *,
-    genes: Sequence[str] | None = None,
-    pitch_px: float | None = None,
-    method: Literal["nearest", "gaussian"] = "nearest",
-    geometry: SpotGeometry | None = None,
-) -> GeneMaps:
-    """Rasterise predictions into one ``(genes, y, x)`` float32 map over the tissue.
-
-    Each map pixel takes the prediction of its nearest position (``"nearest"``, so a spot's pixel
-    holds exactly that spot's prediction) or a Gaussian-weighted mean of nearby positions
-    (``"gaussian"``). Pixels farther than 0.75 of the position spacing from every position are
-    off tissue and set to NaN.
-
-    Parameters
-    ----------
-    predictions
-        Output of :func:`napari_histosge.pipeline.predict`.
-    genes
-        Genes to render; all predicted genes by default.
-    pitch_px
-        Map pixel size in H&E pixels; a quarter of the position spacing by default.
-    method
-        Interpolation between positions.
-    geometry
-        Unused except to bound the map to the image when given.
-
-    Returns
-    -------
-    The maps with their placement on the H&E image.
-
-    Examples
-    --------
-    >>> xy = np.array([[10.0, 10.0], [30.0, 10.0], [10.0, 30.0], [30.0, 30.0]])
-    >>> p = Predictions(["g"], xy, np.arange(4.0)[:, None], np.array(["spot"] * 4),
-    ...                 np.array(list("abcd")), 20.0)
-    >>> maps = rasterize(p, pitch_px=5.0)
-    >>> float(maps.gene("g")[tuple(maps.pixel_of(xy[3:])[0])])
-    3.0
-    """
-    from scipy.spatial import cKDTree
-
-    xy = np.asarray(predictions.positions_px, dtype=float)
-    if xy.ndim != 2 or xy.shape[1] != 2:
-        raise ValueError(f"Expected positions of shape (m, 2), found {xy.shape}.")
-    names = list(predictions.genes) if genes is None else list(genes)
-    if not names:
-        raise ValueError("Expected at least one gene to render, found none.")
-    cols = predictions.gene_index(names)
-    spacing = _nearest_spacing(xy)
-    pitch = float(pitch_px) if pitch_px is not None else spacing / 4.0
-    if pitch <= 0:
-        raise ValueError(f"Expected a positive `pitch_px`, found `{pitch}`.")
-    reach = 0.75 * spacing
-    lo = xy.min(axis=0) - reach
-    hi = xy.max(axis=0) + reach
-    if geometry is not None:
-        lo = np.maximum(lo, 0.0)
-    origin = lo + pitch / 2.0
-    width = int(np.ceil((hi[0] - lo[0]) / pitch))
-    height = int(np.ceil((hi[1] - lo[1]) / pitch))
-    gx = origin[0] + pitch * np.arange(width)
-    gy = origin[1] + pitch * np.arange(height)
-    grid = np.stack(np.meshgrid(gx, gy), axis=-1).reshape(-1, 2)
-
-    tree = cKDTree(xy)
-    values = np.asarray(predictions.values, dtype=np.float32)[:, cols]
-    out = np.full((len(names), height * width), np.nan, dtype=np.float32)
-    step = 64  # genes per block: bounds the temporary copies for large gene panels
-    if method == "nearest":
-        dist, idx = tree.query(grid, k=1)
-        inside = np.flatnonzero(dist <= reach)
-        src = idx[inside]
-        for g0 in range(0, len(names), step):
-            out[g0 : g0 + step, inside] = values[src, g0 : g0 + step].T
-    elif method == "gaussian":
-        k = min(7, len(xy))
-        dist, idx = tree.query(grid, k=k)
-        inside = dist[:, 0] <= reach
-        sigma = spacing / 2.0
-        w = np.exp(-0.5 * (dist[inside] / sigma) ** 2)
-        w /= w.sum(axis=1, keepdims=True)
-        near = idx[inside]
-        for g0 in range(0, len(names), step):
-            block = values[:, g0 : g0 + step][near]
-            out[g0 : g0 + step, inside] = np.einsum("pk,pkg->gp", w, block).astype(np.float32)
-    else:
-        raise ValueError(
-            f"Expected `method` to be one of ['nearest', 'gaussian'], found `{method}`."
-        )
-    data = out.reshape(len(names), height, width)
-    return GeneMaps(
-        data=data, genes=names, pitch_px=pitch, origin_px=(float(origin[0]), float(origin[1]))
-    )
-
-
-def sample_map(maps: GeneMaps, gene: str, xy_px: np.ndarray) -> np.ndarray:
-    """Values of one gene's map at H&E positions ``(x, y)``; NaN outside the map.
-
-    Examples
-    --------
-    >>> m = GeneMaps(np.ones((1, 2, 2), "float32"), ["a"], 10.0, (5.0, 5.0))
-    >>> sample_map(m, "a", np.array([[5.0, 5.0], [500.0, 5.0]])).tolist()
-    [1.0, nan]
-    """
-    plane = maps.gene(gene)
-    rc = maps.pixel_of(xy_px)
-    ok = (
-        (rc[:, 0] >= 0)
-        & (rc[:, 0] < plane.shape[0])
-        & (rc[:, 1] >= 0)
-        & (rc[:, 1] < plane.shape[1])
-    )
-    out = np.full(len(rc), np.nan, dtype=np.float32)
-    out[ok] = plane[rc[ok, 0], rc[ok, 1]]
-    return out

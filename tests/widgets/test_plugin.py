@@ -95,7 +95,7 @@ def test_layer_tuples_place_spots_on_the_image(sample_sdata):
 
 
 def test_gene_layer_places_the_map():
-    from napari_histosge.predict import GeneMaps
+    from napari_histosge.maps import GeneMaps
 
     data = np.full((1, 3, 4), np.nan, dtype=np.float32)
     data[0, 1, 1:3] = [1.0, 3.0]

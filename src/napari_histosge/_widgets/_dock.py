@@ -88,9 +88,9 @@ def _load_sample_slide() -> tuple[Any, Any, str | None]:
 
 def _predict_and_rank(slide: Any, features: Any, model: Any) -> tuple[Any, list[str]]:
     """Predict, and rank the genes by how much their predictions vary."""
-    from napari_histosge.pipeline import predict
+    from napari_histosge.pipeline import predict_slide
 
-    predictions = predict(slide, features, model)
+    predictions = predict_slide(slide, features=features, model=model)
     return predictions, predictions.top_genes(len(predictions.genes))
 
 
@@ -98,9 +98,9 @@ def _render_genes(
     slide: Any, predictions: Any, genes: list[str], measured: bool
 ) -> tuple[Any, Any]:
     """Render ``genes``; also read the first one's measured expression if asked."""
-    from napari_histosge.pipeline import render
+    from napari_histosge.pipeline import render_maps
 
-    maps = render(slide, predictions, genes=genes)
+    maps = render_maps(slide, predictions=predictions, genes=genes)
     values = slide.measured([genes[0]])[:, 0] if measured else None
     return maps, values
 
@@ -112,10 +112,48 @@ def _measured_values(slide: Any, gene: str) -> tuple[str, Any]:
 
 def _render_and_export(slide: Any, predictions: Any, out: str, overwrite: bool) -> Path:
     """Render all predicted genes and write everything into ``out``."""
-    from napari_histosge.pipeline import export, render
+    from napari_histosge.pipeline import export_slide, render_maps
 
-    maps = render(slide, predictions)
-    return export(slide, predictions, maps, out, overwrite=overwrite)
+    maps = render_maps(slide, predictions=predictions)
+    return export_slide(slide, predictions=predictions, maps=maps, out=out, overwrite=overwrite)
+
+
+def warm_up() -> list[str]:
+    """Import the heavy compiled libraries the steps use, so later steps start at once.
+
+    Importing a compiled extension holds the interpreter lock; a GUI calls this in a background
+    thread when it opens, so the cost is paid before the user's first run instead of during it.
+
+    Examples
+    --------
+    >>> "torch" in warm_up()
+    True
+    """
+    import importlib
+
+    names = [
+        "torch",
+        "timm",
+        "scipy.ndimage",
+        "scipy.spatial",
+        "sklearn.linear_model",
+        "skimage.color",
+        "scanpy",
+        "spatialdata",
+        "safetensors.torch",
+        "napari_histosge.features",
+        "napari_histosge.train",
+        "napari_histosge.models.attention",
+        "napari_histosge.evaluate",
+        "napari_histosge.export",
+    ]
+    for name in names:
+        importlib.import_module(name)
+    import torch
+
+    # First calls into torch's kernels also pay one-time set-up costs.
+    torch.nn.functional.linear(torch.zeros(2, 4), torch.zeros(3, 4)).sum().item()
+    return names
 
 
 class HisToSGEWidget(QWidget):
@@ -189,8 +227,6 @@ class HisToSGEWidget(QWidget):
         self.destroyed.connect(lambda *_: guard.stop())
         self._refresh()
         from napari.qt.threading import create_worker
-
-        from napari_histosge.pipeline import warm_up
 
         self.warmed = False
         self._warm_worker = create_worker(warm_up, _start_thread=False, _ignore_errors=True)
@@ -284,7 +320,7 @@ class HisToSGEWidget(QWidget):
         return box
 
     def _build_train(self) -> QGroupBox:
-        from napari_histosge.train import TrainConfig
+        from napari_histosge.models import TrainConfig
 
         defaults = TrainConfig()
         box = QGroupBox("3. Train")
@@ -637,7 +673,11 @@ class HisToSGEWidget(QWidget):
             self._on_error(err)
             return
         self._start(
-            "Extracting features", iter_extract, self.slide, options, on_returned=self._on_features
+            "Extracting features",
+            iter_extract,
+            self.slide,
+            options=options,
+            on_returned=self._on_features,
         )
 
     def _on_features(self, features: Any) -> None:
@@ -656,7 +696,7 @@ class HisToSGEWidget(QWidget):
 
     def train_config(self) -> Any:
         """Training options from the controls."""
-        from napari_histosge.train import TrainConfig
+        from napari_histosge.models import TrainConfig
 
         device = self.device_combo.currentText()
         return TrainConfig(
@@ -684,7 +724,7 @@ class HisToSGEWidget(QWidget):
             "Training",
             iter_train,
             self.slide,
-            self.features,
+            features=self.features,
             config=config,
             n_top_genes=self.ngenes_spin.value(),
             should_stop=self.guard.stop_event.is_set,
@@ -708,7 +748,7 @@ class HisToSGEWidget(QWidget):
 
     def save_checkpoint(self, path: str | Path) -> None:
         """Save the model as a folder (safetensors weights, JSON and YAML) in a worker."""
-        from napari_histosge.train import save_checkpoint
+        from napari_histosge.checkpoints import save_checkpoint
 
         if self.model is None:
             return
@@ -727,7 +767,7 @@ class HisToSGEWidget(QWidget):
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Load a saved model in a worker (checked against the features when predicting)."""
-        from napari_histosge.train import load_checkpoint
+        from napari_histosge.checkpoints import load_checkpoint
 
         self._start("Loading the model", load_checkpoint, Path(path), on_returned=self._on_loaded)
 
@@ -883,7 +923,7 @@ class HisToSGEWidget(QWidget):
         """Write predictions, maps and cached features into a store, atomically, in a worker."""
         from napari.utils.notifications import show_warning
 
-        from napari_histosge.export import OUTPUT_KEYS
+        from napari_histosge.store import OUTPUT_KEYS
 
         if self.predictions is None or self.running is not None:
             return

@@ -1,10 +1,4 @@
-"""Cut square patches lazily from a (multiscale, dask-backed) RGB image.
-
-Patches are read from the pyramid level that best matches the requested output size, and only
-the chunks under the requested boxes are computed: the full-resolution image is never loaded
-whole. Patches that reach past the image border are padded with white (:data:`PAD_VALUE`, the
-colour of bare glass), never dropped. Colour order is kept: channel 0 is red.
-"""
+"""Lazy patches from a (multiscale, dask-backed) image: batched region reads and resizing."""
 
 from __future__ import annotations
 
@@ -13,11 +7,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from napari_histosge.images import choose_level, image_levels, level_xy_scales
+
 __all__ = [
     "PAD_VALUE",
-    "choose_level",
-    "image_levels",
-    "level_scales",
     "patch_sizes_px",
     "read_patches",
     "read_patches_multi",
@@ -25,78 +18,9 @@ __all__ = [
     "read_regions",
 ]
 
+
 #: Patches reaching past the image border are padded with white, the colour of bare glass.
 PAD_VALUE = 255
-
-
-def image_levels(image: Any) -> list[Any]:
-    """Return the levels of an image element, finest first, as ``(c, y, x)`` DataArrays.
-
-    Parameters
-    ----------
-    image
-        A ``(c, y, x)`` ``xarray.DataArray`` or a multiscale ``DataTree``
-        (``scale0``, ``scale1``, ...).
-
-    Returns
-    -------
-    The levels, finest first.
-
-    Examples
-    --------
-    >>> import xarray as xr
-    >>> image_levels(xr.DataArray(np.zeros((3, 8, 8)), dims=("c", "y", "x")))[0].dims
-    ('c', 'y', 'x')
-    """
-    children = getattr(image, "children", None)
-    if children:
-        names = sorted(children, key=lambda s: int("".join(ch for ch in s if ch.isdigit()) or 0))
-        out = []
-        for name in names:
-            node = image[name]
-            ds = node.ds if hasattr(node, "ds") else node
-            out.append(next(iter(ds.data_vars.values())))
-        return out
-    if not hasattr(image, "sizes") or not {"c", "y", "x"} <= set(image.sizes):
-        raise ValueError(
-            "Expected a (c, y, x) DataArray or a multiscale DataTree image, "
-            f"found {type(image).__name__}."
-        )
-    return [image]
-
-
-def level_scales(image: Any) -> list[float]:
-    """Downsampling factor of each pyramid level relative to scale 0 (along x).
-
-    Examples
-    --------
-    >>> import xarray as xr
-    >>> level_scales(xr.DataArray(np.zeros((3, 8, 8)), dims=("c", "y", "x")))
-    [1.0]
-    """
-    levels = image_levels(image)
-    w0 = levels[0].sizes["x"]
-    return [w0 / lv.sizes["x"] for lv in levels]
-
-
-def _level_xy_scales(image: Any) -> list[tuple[float, float]]:
-    levels = image_levels(image)
-    w0, h0 = levels[0].sizes["x"], levels[0].sizes["y"]
-    return [(w0 / lv.sizes["x"], h0 / lv.sizes["y"]) for lv in levels]
-
-
-def choose_level(image: Any, downsample: float) -> int:
-    """Index of the coarsest level whose downsampling does not exceed ``downsample``.
-
-    Examples
-    --------
-    >>> import xarray as xr
-    >>> choose_level(xr.DataArray(np.zeros((3, 8, 8)), dims=("c", "y", "x")), 4.0)
-    0
-    """
-    scales = level_scales(image)
-    ok = [i for i, s in enumerate(scales) if s <= downsample * 1.001]
-    return max(ok) if ok else 0
 
 
 def _to_rgb_uint8(block: np.ndarray) -> np.ndarray:
@@ -236,7 +160,7 @@ def read_patches(
         raise ValueError("Expected finite patch centres, found NaN or inf.")
     idx = choose_level(image, size_px / out_px)
     level = image_levels(image)[idx]
-    sx, sy = _level_xy_scales(image)[idx]
+    sx, sy = level_xy_scales(image)[idx]
     out = np.empty((len(centers), out_px, out_px, 3), dtype=np.uint8)
     if len(centers) == 0:
         return out

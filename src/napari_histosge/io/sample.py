@@ -8,10 +8,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from napari_histosge.geometry.lattice import VISIUM_DIAMETER_UM, VISIUM_PITCH_UM
+from napari_histosge.images import cyx_view, parse_image, read_image_file
+
+from ._elements import SPACERANGER_SPOT_UM, make_circles, make_table
+
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-__all__ = ["SAMPLE_ID", "load_sample"]
+__all__ = ["load_sample", "SAMPLE_ID"]
+
 
 SAMPLE_ID = "V1_Adult_Mouse_Brain"
 
@@ -39,18 +45,8 @@ def load_sample() -> SpatialData:
     import scipy.sparse as sp
     from spatialdata import SpatialData
 
-    from .geometry import VISIUM_DIAMETER_UM, VISIUM_PITCH_UM
-    from .io import (
-        SPACERANGER_SPOT_UM,
-        _circles,
-        _cyx,
-        _parse_image,
-        _read_image_file,
-        _table,
-    )
-
     root = Path(str(files("napari_histosge") / "sample_data"))
-    rgb = _read_image_file(root / "mouse_brain_crop.jpg")
+    rgb = read_image_file(root / "mouse_brain_crop.jpg")
     src = ad.read_h5ad(root / "mouse_brain_crop.h5ad")
     scalefactors = src.uns["spatial"][SAMPLE_ID]["scalefactors"]
     fullres_px = float(scalefactors["spot_diameter_fullres"])
@@ -67,7 +63,7 @@ def load_sample() -> SpatialData:
         "values": "log1p-normalised",
     }
     x = src.X if sp.issparse(src.X) else np.asarray(src.X)
-    table = _table(
+    table = make_table(
         sp.csr_matrix(x, dtype=np.float32),
         [str(s) for s in src.obs_names],
         [str(g) for g in src.var_names],
@@ -77,7 +73,7 @@ def load_sample() -> SpatialData:
         {"leiden": src.obs["leiden"].to_numpy(), "in_tissue": src.obs["in_tissue"].to_numpy()},
     )
     return SpatialData(
-        images={f"{SAMPLE_ID}_image": _parse_image(_cyx(rgb))},
-        shapes={spots_key: _circles(xy, VISIUM_DIAMETER_UM / um_per_px / 2.0)},
+        images={f"{SAMPLE_ID}_image": parse_image(cyx_view(rgb))},
+        shapes={spots_key: make_circles(xy, VISIUM_DIAMETER_UM / um_per_px / 2.0)},
         tables={"table": table},
     )

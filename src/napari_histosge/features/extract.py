@@ -1,43 +1,32 @@
-"""Embed positions of a slide with an encoder and cache the features in the store.
-
-Cache layout: one table element per position set, ``histosge_features_<cache_name>``, with
-``obs`` = position ids, ``obsm["spatial"]`` = positions ``(x, y)`` in scale-0 image pixels,
-``obsm[key]`` = features and ``uns["histosge_features"][key]`` = provenance (a JSON string),
-``uns["positions_digest"]`` = checksum of the positions. ``key`` names the encoder id (with the
-weights checksum) and the patch sizes, e.g. ``X_histology_v2_p1-2-4``. The element is written
-with ``SpatialData.write_element`` when the object is backed by a zarr store.
-"""
+"""Embed positions of a slide with an encoder, reusing and filling the store's feature cache."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
-from ._progress import Progress, run_generator
+from napari_histosge._progress import Progress, run_generator
+
+from .base import Encoder, patches_extent
+from .cache import cache_element_name, cache_key, lookup, positions_digest, store
+from .histology import HistologyEncoder
+from .patches import patch_sizes_px, read_patches
+from .registry import get_encoder
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-    from .encoders import HistologyEncoder, TimmEncoder
+__all__ = ["DEFAULT_PATCH_SIZES", "extract_features", "FeatureSet", "iter_extract_features"]
 
-__all__ = [
-    "DEFAULT_PATCH_SIZES",
-    "FeatureSet",
-    "cache_element_name",
-    "cache_key",
-    "extract_features",
-    "iter_extract_features",
-]
 
 #: Patch sides in spot diameters. Several context sizes for the built-in encoder (held-out
 #: accuracy on her2st rose from 1 to 2-4 spot diameters of context); one for ViT encoders.
 DEFAULT_PATCH_SIZES: dict[str, tuple[float, ...]] = {"histology": (1.0, 2.0, 4.0), "vit": (2.0,)}
-_UNS_KEY = "histosge_features"
+
+
 _STAGE = "features"
 
 
@@ -69,97 +58,12 @@ class FeatureSet:
     from_cache: bool
 
 
-def cache_element_name(cache_name: str) -> str:
-    """Name of the table element caching the features of a position set.
-
-    Examples
-    --------
-    >>> cache_element_name("spots")
-    'histosge_features_spots'
-    """
-    return f"histosge_features_{cache_name}"
-
-
-def cache_key(encoder_id: str, sizes_spot: Sequence[float]) -> str:
-    """``obsm`` key of the features of an encoder at the given patch sizes (spot diameters).
-
-    Examples
-    --------
-    >>> cache_key("uni@0123456789abcdef", [2.0])
-    'X_uni_0123456789ab_p2'
-    >>> cache_key("histology@v2", [1, 2, 4])
-    'X_histology_v2_p1-2-4'
-    """
-    name, _, version = encoder_id.partition("@")
-    slug = f"{name}_{version[:12]}" if version else name
-    slug = slug.replace(":", "-").replace("/", "-")
-    sizes = "-".join(f"{float(s):g}" for s in sizes_spot).replace(".", "p")
-    return f"X_{slug}_p{sizes}"
-
-
-def _positions_digest(xy: np.ndarray) -> str:
-    return hashlib.sha256(np.round(np.asarray(xy, dtype=np.float64), 2).tobytes()).hexdigest()[:16]
-
-
-def _lookup(
-    sdata: SpatialData, name: str, key: str, digest: str, sizes_px: Sequence[float]
-) -> tuple[np.ndarray, dict[str, Any]] | None:
-    if name not in sdata.tables:
-        return None
-    table = sdata.tables[name]
-    if key not in table.obsm or table.uns.get("positions_digest") != digest:
-        return None
-    raw = table.uns.get(_UNS_KEY, {}).get(key)
-    if raw is None:
-        return None
-    meta = json.loads(raw) if isinstance(raw, str) else dict(raw)
-    if meta.get("positions_digest") != digest or not np.allclose(
-        meta.get("patch_sizes_px", []), list(sizes_px), rtol=1e-4
-    ):
-        return None
-    feats = np.asarray(table.obsm[key], dtype=np.float32)
-    if feats.shape != (table.n_obs, int(meta.get("dim", -1))) or not np.isfinite(feats).all():
-        return None
-    return feats, meta
-
-
-def _store(
-    sdata: SpatialData, name: str, key: str, xy: np.ndarray, feats: np.ndarray, meta: dict[str, Any]
-) -> None:
-    import anndata as ad
-    import pandas as pd
-
-    digest = meta["positions_digest"]
-    old = sdata.tables.get(name)
-    if old is not None and old.uns.get("positions_digest") == digest and old.n_obs == len(xy):
-        table = old.copy()
-    else:
-        table = ad.AnnData(
-            obs=pd.DataFrame(index=pd.Index([f"{name}_{i}" for i in range(len(xy))])),
-        )
-        table.obsm["spatial"] = np.asarray(xy, dtype=np.float64)
-        table.uns["positions_digest"] = digest
-    entries = {str(k): str(v) for k, v in dict(table.uns.get(_UNS_KEY, {})).items()}
-    entries[key] = json.dumps(meta, sort_keys=True)
-    table.obsm[key] = np.asarray(feats, dtype=np.float32)
-    table.uns[_UNS_KEY] = entries
-    sdata.tables[name] = table
-    if sdata.is_backed() and sdata.path is not None and sdata.path.exists():
-        # spatialdata refuses to overwrite an element inside the object's own store; the cache
-        # can always be recomputed, so the old copy is deleted first (spatialdata's advice).
-        if f"tables/{name}" in sdata.elements_paths_on_disk():
-            sdata.delete_element_from_disk(name)
-        sdata.write_element(name, overwrite=True)
-
-
 def _resolve_sizes(
     patch_sizes: Sequence[float] | None,
     patch_unit: str,
     geometry: _Geometry,
     is_histology: bool,
 ) -> tuple[list[float], list[float]]:
-    from .patches import patch_sizes_px
-
     if patch_unit not in ("spot", "um", "px"):
         raise ValueError(
             f"Expected `patch_unit` to be one of ['spot', 'um', 'px'], found `{patch_unit}`."
@@ -185,7 +89,7 @@ def iter_extract_features(
     *,
     image_key: str,
     geometry: _Geometry,
-    encoder: str | HistologyEncoder | TimmEncoder = "histology",
+    encoder: str | Encoder = "histology",
     weights: str | None = None,
     patch_sizes: Sequence[float] | None = None,
     patch_unit: Literal["spot", "um", "px"] = "spot",
@@ -256,9 +160,6 @@ def iter_extract_features(
     >>> fs.features.shape
     (49, 66)
     """
-    from .encoders import HistologyEncoder, get_encoder, patches_extent
-    from .patches import read_patches
-
     if image_key not in sdata.images:
         raise KeyError(
             f"Expected `image_key` to be one of {list(sdata.images)}, found `{image_key}`."
@@ -282,10 +183,10 @@ def iter_extract_features(
     sizes_px, sizes_spot = _resolve_sizes(patch_sizes, patch_unit, geometry, is_hist)
     key = cache_key(enc.id, sizes_spot)
     name = cache_element_name(cache_name)
-    digest = _positions_digest(xy)
+    digest = positions_digest(xy)
     n = len(xy)
     if cache:
-        hit = _lookup(sdata, name, key, digest, sizes_px)
+        hit = lookup(sdata, name, key, digest, sizes_px)
         if hit is not None:
             yield Progress(_STAGE, n, n, f"{cache_name}: reused cached features ({key})")
             return FeatureSet(hit[0], key, hit[1], from_cache=True)
@@ -345,7 +246,7 @@ def iter_extract_features(
         "positions_digest": digest,
     }
     if cache:
-        _store(sdata, name, key, xy, feats, meta)
+        store(sdata, name, key, xy, feats, meta)
     return FeatureSet(feats, key, meta, from_cache=False)
 
 

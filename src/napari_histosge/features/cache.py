@@ -1,0 +1,101 @@
+"""The feature cache in the store: one table per position set, keyed by encoder and patch sizes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+__all__ = ["cache_element_name", "cache_key"]
+
+
+_UNS_KEY = "histosge_features"
+
+
+def cache_element_name(cache_name: str) -> str:
+    """Name of the table element caching the features of a position set.
+
+    Examples
+    --------
+    >>> cache_element_name("spots")
+    'histosge_features_spots'
+    """
+    return f"histosge_features_{cache_name}"
+
+
+def cache_key(encoder_id: str, sizes_spot: Sequence[float]) -> str:
+    """``obsm`` key of the features of an encoder at the given patch sizes (spot diameters).
+
+    Examples
+    --------
+    >>> cache_key("uni@0123456789abcdef", [2.0])
+    'X_uni_0123456789ab_p2'
+    >>> cache_key("histology@v2", [1, 2, 4])
+    'X_histology_v2_p1-2-4'
+    """
+    name, _, version = encoder_id.partition("@")
+    slug = f"{name}_{version[:12]}" if version else name
+    slug = slug.replace(":", "-").replace("/", "-")
+    sizes = "-".join(f"{float(s):g}" for s in sizes_spot).replace(".", "p")
+    return f"X_{slug}_p{sizes}"
+
+
+def positions_digest(xy: np.ndarray) -> str:
+    return hashlib.sha256(np.round(np.asarray(xy, dtype=np.float64), 2).tobytes()).hexdigest()[:16]
+
+
+def lookup(
+    sdata: SpatialData, name: str, key: str, digest: str, sizes_px: Sequence[float]
+) -> tuple[np.ndarray, dict[str, Any]] | None:
+    if name not in sdata.tables:
+        return None
+    table = sdata.tables[name]
+    if key not in table.obsm or table.uns.get("positions_digest") != digest:
+        return None
+    raw = table.uns.get(_UNS_KEY, {}).get(key)
+    if raw is None:
+        return None
+    meta = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    if meta.get("positions_digest") != digest or not np.allclose(
+        meta.get("patch_sizes_px", []), list(sizes_px), rtol=1e-4
+    ):
+        return None
+    feats = np.asarray(table.obsm[key], dtype=np.float32)
+    if feats.shape != (table.n_obs, int(meta.get("dim", -1))) or not np.isfinite(feats).all():
+        return None
+    return feats, meta
+
+
+def store(
+    sdata: SpatialData, name: str, key: str, xy: np.ndarray, feats: np.ndarray, meta: dict[str, Any]
+) -> None:
+    import anndata as ad
+    import pandas as pd
+
+    digest = meta["positions_digest"]
+    old = sdata.tables.get(name)
+    if old is not None and old.uns.get("positions_digest") == digest and old.n_obs == len(xy):
+        table = old.copy()
+    else:
+        table = ad.AnnData(
+            obs=pd.DataFrame(index=pd.Index([f"{name}_{i}" for i in range(len(xy))])),
+        )
+        table.obsm["spatial"] = np.asarray(xy, dtype=np.float64)
+        table.uns["positions_digest"] = digest
+    entries = {str(k): str(v) for k, v in dict(table.uns.get(_UNS_KEY, {})).items()}
+    entries[key] = json.dumps(meta, sort_keys=True)
+    table.obsm[key] = np.asarray(feats, dtype=np.float32)
+    table.uns[_UNS_KEY] = entries
+    sdata.tables[name] = table
+    if sdata.is_backed() and sdata.path is not None and sdata.path.exists():
+        # spatialdata refuses to overwrite an element inside the object's own store; the cache
+        # can always be recomputed, so the old copy is deleted first (spatialdata's advice).
+        if f"tables/{name}" in sdata.elements_paths_on_disk():
+            sdata.delete_element_from_disk(name)
+        sdata.write_element(name, overwrite=True)

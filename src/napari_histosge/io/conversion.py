@@ -1,0 +1,55 @@
+"""Convert a slide to a SpatialData zarr store, atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from napari_histosge.store import write_atomic
+
+from .keys import resolve_keys
+from .read import read_slide
+from .validate import validate_slide
+
+__all__ = ["convert"]
+
+
+def convert(src: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write a slide (``.zarr``, Visium folder or ST section folder) to a SpatialData ``.zarr``.
+
+    The slide is read with :func:`read_slide` and checked with :func:`validate_slide`; the
+    store goes to a temporary sibling first and is moved into place when complete, so a failed
+    write leaves nothing half-written and an existing output untouched.
+
+    Parameters
+    ----------
+    src
+        The slide to convert.
+    out
+        The ``.zarr`` to write.
+    overwrite
+        Replace ``out`` when it exists; otherwise an existing ``out`` is refused.
+
+    Returns
+    -------
+    The absolute path of the written store.
+
+    Examples
+    --------
+    >>> convert("her2st/C2/", "C2.zarr")  # doctest: +SKIP
+    PosixPath('/data/C2.zarr')
+    """
+    out_path = Path(out).resolve()
+    src_path = Path(src).resolve()
+    if src_path == out_path or src_path in out_path.parents:
+        raise ValueError(
+            f"Expected an output outside the input, found `{out_path}` for input `{src_path}`."
+        )
+    if out_path.exists() and not overwrite:
+        raise FileExistsError(
+            f"Expected output `{out_path}` not to exist, found it; pass overwrite=True "
+            "(--overwrite) to replace it."
+        )
+    sdata = read_slide(src_path)
+    keys = resolve_keys(sdata)
+    validate_slide(sdata, keys)
+    return write_atomic(sdata, out_path)

@@ -1,0 +1,136 @@
+"""Find the H&E image, the measured units and the table annotating them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from napari_histosge.images import image_levels
+
+from ._elements import SlideKeys
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+__all__ = ["resolve_keys"]
+
+
+def is_circles(sdata: SpatialData, key: str) -> bool:
+    return key in sdata.shapes and "radius" in sdata.shapes[key].columns
+
+
+def table_regions(table: AnnData) -> list[str]:
+    attrs = table.uns.get("spatialdata_attrs", {})
+    region = attrs.get("region", [])
+    return [region] if isinstance(region, str) else list(region)
+
+
+def _coordinate_systems(element: Any) -> set[str]:
+    from spatialdata.transformations import get_transformation
+
+    return set(get_transformation(element, get_all=True))
+
+
+def _image_size(image: Any) -> int:
+    first = image_levels(image)[0]
+    return int(first.sizes["y"] * first.sizes["x"])
+
+
+def resolve_keys(
+    sdata: SpatialData,
+    *,
+    image_key: str | None = None,
+    spots_key: str | None = None,
+    table_key: str | None = None,
+) -> SlideKeys:
+    """Find the H&E image, the spot circles and the table; explicit keys override.
+
+    The table is one that annotates a circles element; the image is the largest one sharing a
+    coordinate system with the spots. Elements written by this package (``histosge_*``) are
+    never picked automatically. Explicit keys are checked: an unknown key raises ``KeyError``
+    listing the available ones, a wrong kind of element a ``ValueError``.
+
+    Parameters
+    ----------
+    sdata
+        The slide.
+    image_key, spots_key, table_key
+        Elements to use instead of the detected ones.
+
+    Returns
+    -------
+    The chosen keys.
+
+    Examples
+    --------
+    >>> keys = resolve_keys(load_sample())
+    >>> keys.image_key, keys.spots_key, keys.table_key
+    ('V1_Adult_Mouse_Brain_image', 'V1_Adult_Mouse_Brain_spots', 'table')
+    """
+
+    def own(k: str) -> bool:
+        return k.startswith("histosge_")
+
+    if len(sdata.images) == 0:
+        raise ValueError("Expected an H&E image element in the store, found no image.")
+    circles = [k for k in sdata.shapes if is_circles(sdata, k)]
+    if not circles:
+        raise ValueError(
+            f"Expected a circles shapes element for the spots, found shapes {list(sdata.shapes)}."
+        )
+    if len(sdata.tables) == 0:
+        raise ValueError("Expected a table annotating the spots, found no table.")
+
+    if table_key is not None:
+        if table_key not in sdata.tables:
+            raise KeyError(
+                f"Expected `table_key` to be one of {list(sdata.tables)}, found `{table_key}`."
+            )
+        tables = [table_key]
+    else:
+        tables = [k for k in sdata.tables if not own(k)]
+    candidates = [
+        (t, r) for t in tables for r in table_regions(sdata.tables[t]) if is_circles(sdata, r)
+    ]
+    if spots_key is not None:
+        if spots_key not in sdata.shapes:
+            raise KeyError(
+                f"Expected `spots_key` to be one of {list(sdata.shapes)}, found `{spots_key}`."
+            )
+        if not is_circles(sdata, spots_key):
+            raise ValueError(
+                f"Expected `{spots_key}` to be circles (a `radius` column), found other shapes."
+            )
+        candidates = [(t, r) for t, r in candidates if r == spots_key]
+    if not candidates:
+        which = f"`{table_key}`" if table_key else f"any of {tables}"
+        target = f"`{spots_key}`" if spots_key else f"circles {circles}"
+        found = {t: table_regions(sdata.tables[t]) for t in sdata.tables}
+        raise ValueError(f"Expected {which} to annotate {target}, found tables annotating {found}.")
+    candidates.sort(key=lambda tr: (tr[0] != "table", own(tr[1])))
+    t_key, s_key = candidates[0]
+
+    spot_cs = _coordinate_systems(sdata.shapes[s_key])
+    if image_key is not None:
+        if image_key not in sdata.images:
+            raise KeyError(
+                f"Expected `image_key` to be one of {list(sdata.images)}, found `{image_key}`."
+            )
+        if not (_coordinate_systems(sdata.images[image_key]) & spot_cs):
+            raise ValueError(
+                f"Expected image `{image_key}` to share a coordinate system with `{s_key}` "
+                f"({sorted(spot_cs)}), found "
+                f"{sorted(_coordinate_systems(sdata.images[image_key]))}."
+            )
+        i_key = image_key
+    else:
+        images = [
+            k for k in sdata.images if not own(k) and _coordinate_systems(sdata.images[k]) & spot_cs
+        ]
+        if not images:
+            raise ValueError(
+                f"Expected an image in the coordinate systems of `{s_key}` ({sorted(spot_cs)}), "
+                f"found images {list(sdata.images)} in other systems."
+            )
+        i_key = max(images, key=lambda k: _image_size(sdata.images[k]))
+    return SlideKeys(image_key=i_key, spots_key=s_key, table_key=t_key)
