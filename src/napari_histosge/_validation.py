@@ -1,46 +1,69 @@
-"""Input checks that raise errors a user can act on."""
+"""Input checks that raise one-line errors a user can act on: what was expected, what was found.
+
+Every layer uses these instead of writing its own ``raise``, so messages read alike::
+
+    Expected `mode` to be one of ['improved', 'faithful'], found `fast`.
+    Expected `epochs` >= 1, found `0`.
+"""
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["assert_in_range", "assert_key_in_sdata", "assert_one_of"]
+__all__ = ["assert_at_least", "assert_in_range", "assert_one_of", "assert_positive"]
 
 
-def assert_key_in_sdata(sdata: Any, key: str, *, attr: str = "elements") -> None:
-    """Raise a ``KeyError`` naming the available keys when ``key`` is not in ``sdata``.
+def assert_one_of(
+    name: str, value: Any, options: Iterable[Any], *, error: type[Exception] = ValueError
+) -> None:
+    """Raise ``error`` (``ValueError`` by default) when ``value`` is not one of ``options``.
+
+    Pass ``error=KeyError`` for element keys of a store.
 
     Examples
     --------
-    >>> assert_key_in_sdata({"a": 1}, "a")
+    >>> assert_one_of("positions", "4x", ["4x", "grid"])
     """
-    container = getattr(sdata, attr, sdata) if attr != "elements" else sdata
-    keys = list(container.keys()) if hasattr(container, "keys") else list(container)
-    if key not in keys:
-        raise KeyError(f"Expected `{key}` in the {attr} of the store, found `{sorted(keys)}`.")
+    opts = list(options)
+    if value not in opts:
+        raise error(f"Expected `{name}` to be one of {opts}, found `{value}`.")
 
 
-def assert_in_range(name: str, value: float, minn: float, maxx: float) -> None:
-    """Raise a ``ValueError`` when ``value`` is outside ``[minn, maxx]``.
+def assert_in_range(
+    name: str, value: float, minn: float, maxx: float, *, include_max: bool = True
+) -> None:
+    """Raise a ``ValueError`` when ``value`` is outside ``[minn, maxx]`` (or ``[minn, maxx)``).
 
     Examples
     --------
     >>> assert_in_range("fraction", 0.5, 0, 1)
     """
-    if not (minn <= value <= maxx):
-        raise ValueError(
-            f"Expected `{name}` to be in interval `[{minn}, {maxx}]`, found `{value}`."
-        )
+    above = value > maxx if include_max else value >= maxx
+    if not (isinstance(value, numbers.Real) and math.isfinite(value)) or value < minn or above:
+        bracket = "]" if include_max else ")"
+        raise ValueError(f"Expected `{name}` in [{minn}, {maxx}{bracket}, found `{value}`.")
 
 
-def assert_one_of(name: str, value: Any, options: Iterable[Any]) -> None:
-    """Raise a ``ValueError`` when ``value`` is not one of ``options``.
+def assert_at_least(name: str, value: float, minimum: float) -> None:
+    """Raise a ``ValueError`` when ``value`` is below ``minimum`` (or not a finite number).
 
     Examples
     --------
-    >>> assert_one_of("mode", "4x", ["4x", "grid"])
+    >>> assert_at_least("epochs", 10, 1)
     """
-    opts = list(options)
-    if value not in opts:
-        raise ValueError(f"Expected `{name}` to be one of `{opts}`, found `{value!r}`.")
+    if not (isinstance(value, numbers.Real) and math.isfinite(value)) or value < minimum:
+        raise ValueError(f"Expected `{name}` >= {minimum}, found `{value}`.")
+
+
+def assert_positive(name: str, value: float) -> None:
+    """Raise a ``ValueError`` unless ``value`` is a finite number above zero.
+
+    Examples
+    --------
+    >>> assert_positive("pitch_px", 2.5)
+    """
+    if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+        raise ValueError(f"Expected a positive `{name}`, found `{value}`.")

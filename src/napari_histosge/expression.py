@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from napari_histosge._validation import assert_at_least, assert_one_of
+
 if TYPE_CHECKING:
     from anndata import AnnData
 
@@ -167,8 +169,8 @@ def select_genes(
         if not genes:
             raise ValueError("Expected at least one gene in the gene list, found none.")
         return genes
-    if n_top_genes < 1:
-        raise ValueError(f"Expected `n_top_genes` >= 1, found `{n_top_genes}`.")
+    assert_at_least("n_top_genes", n_top_genes, 1)
+    assert_one_of("flavor", flavor, ["seurat_v3", "variance"])
     if n_top_genes >= len(names):
         return names
     sub = adata if fit_mask is None else adata[np.asarray(fit_mask, dtype=bool)]
@@ -189,10 +191,6 @@ def select_genes(
                 else (np.asarray(x) ** 2).mean(0)
             )
             score = sq - mean**2
-        elif flavor != "seurat_v3":
-            raise ValueError(
-                f"Expected `flavor` to be one of ['seurat_v3', 'variance'], found `{flavor}`."
-            )
         elif lognorm:
             hv = sc.pp.highly_variable_genes(
                 sub, n_top_genes=n_top_genes, flavor="seurat", inplace=False

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from napari_histosge._validation import assert_one_of, assert_positive
+
 from .predict import Predictions
 
 if TYPE_CHECKING:
@@ -148,8 +150,7 @@ def rasterize(
     cols = predictions.gene_index(names)
     spacing = _nearest_spacing(xy)
     pitch = float(pitch_px) if pitch_px is not None else spacing / 4.0
-    if pitch <= 0:
-        raise ValueError(f"Expected a positive `pitch_px`, found `{pitch}`.")
+    assert_positive("pitch_px", pitch)
     reach = 0.75 * spacing
     lo = xy.min(axis=0) - reach
     hi = xy.max(axis=0) + reach
@@ -184,9 +185,7 @@ def rasterize(
             block = values[:, g0 : g0 + step][near]
             out[g0 : g0 + step, inside] = np.einsum("pk,pkg->gp", w, block).astype(np.float32)
     else:
-        raise ValueError(
-            f"Expected `method` to be one of ['nearest', 'gaussian'], found `{method}`."
-        )
+        assert_one_of("method", method, ["nearest", "gaussian"])
     data = out.reshape(len(names), height, width)
     return GeneMaps(
         data=data, genes=names, pitch_px=pitch, origin_px=(float(origin[0]), float(origin[1]))

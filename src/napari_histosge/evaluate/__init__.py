@@ -12,7 +12,7 @@ from __future__ import annotations
 from napari_histosge.metrics import metrics, pearson_per_gene
 from napari_histosge.models.smoothing import SmoothLowRank, smooth_lowrank
 
-from .baselines import knn_interpolate, spatial_shuffle
+from .baselines import knn_interpolate, ridge_image, spatial_shuffle
 from .holdout import HoldoutResult, evaluate_holdout
 from .protocols import checkerboard_mask, pool_pseudospots, random_mask, recovery, superresolution
 
@@ -27,6 +27,7 @@ __all__ = [
     "pool_pseudospots",
     "random_mask",
     "recovery",
+    "ridge_image",
     "smooth_lowrank",
     "spatial_shuffle",
     "superresolution",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["knn_interpolate", "spatial_shuffle"]
+__all__ = ["knn_interpolate", "ridge_image", "spatial_shuffle"]
 
 
 def knn_interpolate(
@@ -46,3 +46,32 @@ def spatial_shuffle(values: np.ndarray, seed: int = 0) -> np.ndarray:
     """
     rng = np.random.default_rng(seed)
     return np.asarray(values)[rng.permutation(len(values))]
+
+
+def ridge_image(
+    train_features: np.ndarray,
+    train_values: np.ndarray,
+    query_features: np.ndarray,
+    *,
+    n_components: int = 64,
+) -> np.ndarray:
+    """Predict from image features alone: standardise, PCA, ridge (penalty by generalised CV).
+
+    The image-only baseline of HEST-Benchmark; it uses no position and no measured neighbour.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> f, y = rng.random((20, 5)), rng.random((20, 3))
+    >>> ridge_image(f, y, f[:2]).shape
+    (2, 3)
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import RidgeCV
+
+    mu, sd = train_features.mean(0), train_features.std(0) + 1e-6
+    zt, zq = (train_features - mu) / sd, (query_features - mu) / sd
+    n_pc = min(n_components, zt.shape[1], len(zt) - 1)
+    pca = PCA(n_components=n_pc, random_state=0).fit(zt)
+    reg = RidgeCV(alphas=np.logspace(-2, 4, 25)).fit(pca.transform(zt), train_values)
+    return np.asarray(reg.predict(pca.transform(zq)))

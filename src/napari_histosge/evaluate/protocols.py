@@ -150,7 +150,8 @@ def recovery(
 
     Returns
     -------
-    ``{"methods": {name: metrics}, "genes", "n_train", "n_heldout", "predictions"}``.
+    ``{"methods": {name: metrics}, "genes", "n_train", "n_heldout", "predictions"}``, plus
+    ``"targets"`` (every spot, target space) and the fitted ``"model"``.
 
     Examples
     --------
@@ -196,6 +197,8 @@ def recovery(
         "n_train": int(train.sum()),
         "n_heldout": int(held.sum()),
         "predictions": pred,
+        "targets": y,
+        "model": model,
     }
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from napari_histosge._progress import Progress, run_generator
+from napari_histosge._validation import assert_at_least, assert_one_of
 
 from .base import Encoder, patches_extent
 from .cache import cache_element_name, cache_key, lookup, positions_digest, store
@@ -64,10 +65,7 @@ def _resolve_sizes(
     geometry: _Geometry,
     is_histology: bool,
 ) -> tuple[list[float], list[float]]:
-    if patch_unit not in ("spot", "um", "px"):
-        raise ValueError(
-            f"Expected `patch_unit` to be one of ['spot', 'um', 'px'], found `{patch_unit}`."
-        )
+    assert_one_of("patch_unit", patch_unit, ["spot", "um", "px"])
     diameter = float(geometry.diameter_px)
     um_per_px = float(geometry.um_per_px)
     if not (np.isfinite(diameter) and diameter > 0 and np.isfinite(um_per_px) and um_per_px > 0):
@@ -160,17 +158,13 @@ def iter_extract_features(
     >>> fs.features.shape
     (49, 66)
     """
-    if image_key not in sdata.images:
-        raise KeyError(
-            f"Expected `image_key` to be one of {list(sdata.images)}, found `{image_key}`."
-        )
+    assert_one_of("image_key", image_key, sdata.images, error=KeyError)
     xy = np.asarray(positions_px, dtype=np.float64)
     if xy.ndim != 2 or xy.shape[1] != 2 or len(xy) == 0 or not np.isfinite(xy).all():
         raise ValueError(
             f"Expected finite positions of shape (n, 2) with n >= 1, found shape {xy.shape}."
         )
-    if int(batch_size) < 1:
-        raise ValueError(f"Expected `batch_size` >= 1, found `{batch_size}`.")
+    assert_at_least("batch_size", int(batch_size), 1)
     if not cache_name or any(ch in cache_name for ch in "/\\ "):
         raise ValueError(f"Expected a cache name without spaces or slashes, found `{cache_name}`.")
     batch_size = int(batch_size)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_histosge._validation import assert_positive
 from napari_histosge.images import image_levels, level_scales
 
 from .base import patches_extent
@@ -344,8 +345,7 @@ class HistologyEncoder:
         -------
         The maps; cached on the encoder, so a later call whose extent lies inside reuses them.
         """
-        if not (np.isfinite(um_per_px) and um_per_px > 0):
-            raise ValueError(f"Expected a positive `um_per_px`, found `{um_per_px}`.")
+        assert_positive("um_per_px", um_per_px)
         cached = self._cache
         if (
             cached is not None

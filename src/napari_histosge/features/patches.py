@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from napari_histosge._validation import assert_at_least, assert_one_of
 from napari_histosge.images import choose_level, image_levels, level_xy_scales
 
 __all__ = [
@@ -152,8 +153,7 @@ def read_patches(
     """
     if not np.isfinite(size_px) or size_px <= 0:
         raise ValueError(f"Expected a positive patch size in pixels, found `{size_px}`.")
-    if int(out_px) < 1:
-        raise ValueError(f"Expected `out_px` >= 1, found `{out_px}`.")
+    assert_at_least("out_px", int(out_px), 1)
     out_px = int(out_px)
     centers = np.asarray(centers_px, dtype=float).reshape(-1, 2)
     if not np.isfinite(centers).all():
@@ -219,9 +219,7 @@ def patch_sizes_px(
     elif unit == "px":
         out = [float(s) for s in sizes]
     else:
-        raise ValueError(
-            f"Expected `patch_unit` to be one of ['spot', 'um', 'px'], found `{unit}`."
-        )
+        assert_one_of("patch_unit", unit, ["spot", "um", "px"])
     if not out or any(not np.isfinite(s) or s <= 0 for s in out):
         raise ValueError(f"Expected positive patch sizes, found `{list(sizes)}` ({unit}).")
     return out

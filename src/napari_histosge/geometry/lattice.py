@@ -6,6 +6,8 @@ from typing import Literal
 
 import numpy as np
 
+from napari_histosge._validation import assert_one_of
+
 __all__ = [
     "detect_lattice",
     "Lattice",
@@ -172,10 +174,7 @@ def subspot_positions(centers_px: np.ndarray, *, lattice: Lattice | None = None)
     if len(xy) < 2:
         return np.zeros((0, 2))
     kind = lattice or detect_lattice(xy)
-    if kind not in ("hexagonal", "square"):
-        raise ValueError(
-            f"Expected `lattice` to be one of ['hexagonal', 'square'], found `{kind}`."
-        )
+    assert_one_of("lattice", kind, ["hexagonal", "square"])
     pairs, pitch = neighbour_pairs(xy)
     new = [(xy[pairs[:, 0]] + xy[pairs[:, 1]]) / 2.0]
     if kind == "square" and len(pairs):

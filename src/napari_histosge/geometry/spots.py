@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from napari_histosge._validation import assert_one_of, assert_positive
 from napari_histosge.store import SLIDE_META_KEY
 
 from .lattice import (
@@ -144,8 +145,7 @@ def spot_geometry(
         (spots_key, sdata.shapes, "spots_key"),
         (table_key, sdata.tables, "table_key"),
     ):
-        if key not in container:
-            raise KeyError(f"Expected `{what}` to be one of {list(container)}, found `{key}`.")
+        assert_one_of(what, key, container, error=KeyError)
     shapes = sdata.shapes[spots_key]
     table = sdata.tables[table_key]
     if "radius" not in shapes.columns:
@@ -240,8 +240,7 @@ def grid_positions(
 
     if not np.isfinite(pitch_um) or pitch_um <= 0:
         raise ValueError(f"Expected a positive grid pitch in µm, found `{pitch_um}`.")
-    if not np.isfinite(mask_scale) or mask_scale <= 0:
-        raise ValueError(f"Expected a positive `mask_scale`, found `{mask_scale}`.")
+    assert_positive("mask_scale", mask_scale)
     step = pitch_um / geom.um_per_px
     xy = geom.centers_px
     spacing = lattice_pitch(xy)

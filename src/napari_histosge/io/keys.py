@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from napari_histosge._validation import assert_one_of
 from napari_histosge.images import image_levels
 
 from ._elements import SlideKeys
@@ -82,10 +83,7 @@ def resolve_keys(
         raise ValueError("Expected a table annotating the spots, found no table.")
 
     if table_key is not None:
-        if table_key not in sdata.tables:
-            raise KeyError(
-                f"Expected `table_key` to be one of {list(sdata.tables)}, found `{table_key}`."
-            )
+        assert_one_of("table_key", table_key, sdata.tables, error=KeyError)
         tables = [table_key]
     else:
         tables = [k for k in sdata.tables if not own(k)]
@@ -93,10 +91,7 @@ def resolve_keys(
         (t, r) for t in tables for r in table_regions(sdata.tables[t]) if is_circles(sdata, r)
     ]
     if spots_key is not None:
-        if spots_key not in sdata.shapes:
-            raise KeyError(
-                f"Expected `spots_key` to be one of {list(sdata.shapes)}, found `{spots_key}`."
-            )
+        assert_one_of("spots_key", spots_key, sdata.shapes, error=KeyError)
         if not is_circles(sdata, spots_key):
             raise ValueError(
                 f"Expected `{spots_key}` to be circles (a `radius` column), found other shapes."
@@ -112,10 +107,7 @@ def resolve_keys(
 
     spot_cs = _coordinate_systems(sdata.shapes[s_key])
     if image_key is not None:
-        if image_key not in sdata.images:
-            raise KeyError(
-                f"Expected `image_key` to be one of {list(sdata.images)}, found `{image_key}`."
-            )
+        assert_one_of("image_key", image_key, sdata.images, error=KeyError)
         if not (_coordinate_systems(sdata.images[image_key]) & spot_cs):
             raise ValueError(
                 f"Expected image `{image_key}` to share a coordinate system with `{s_key}` "

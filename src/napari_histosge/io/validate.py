@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from napari_histosge._validation import assert_one_of
 from napari_histosge.expression import count_matrix
 from napari_histosge.geometry.spots import spot_geometry
 from napari_histosge.images import image_levels
@@ -44,8 +45,7 @@ def validate_slide(sdata: SpatialData, keys: SlideKeys) -> None:
         (keys.spots_key, sdata.shapes, "spots_key"),
         (keys.table_key, sdata.tables, "table_key"),
     ):
-        if key not in container:
-            raise KeyError(f"Expected `{what}` to be one of {list(container)}, found `{key}`.")
+        assert_one_of(what, key, container, error=KeyError)
     first = image_levels(sdata.images[keys.image_key])[0]
     if first.sizes.get("c") != 3 or first.dtype != np.uint8:
         raise ValueError(

@@ -7,7 +7,12 @@ from typing import Literal
 
 import numpy as np
 
-from napari_histosge._validation import assert_one_of
+from napari_histosge._validation import (
+    assert_at_least,
+    assert_in_range,
+    assert_one_of,
+    assert_positive,
+)
 
 __all__ = ["MODES", "Reference", "TrainConfig"]
 
@@ -77,14 +82,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         assert_one_of("mode", self.mode, MODES)
-        if self.epochs < 1:
-            raise ValueError(f"Expected `epochs` >= 1, found `{self.epochs}`.")
-        if not 0.0 <= self.val_fraction < 0.9:
-            raise ValueError(f"Expected `val_fraction` in [0, 0.9), found `{self.val_fraction}`.")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"Expected a positive `lr`, found `{self.lr}`.")
-        if self.ensemble < 1 or self.n_neighbors < 1 or self.heads < 1:
-            raise ValueError("Expected `ensemble`, `n_neighbors` and `heads` to be >= 1.")
+        for name in ("epochs", "ensemble", "n_neighbors", "heads", "patience", "group_size"):
+            assert_at_least(name, getattr(self, name), 1)
+        assert_in_range("val_fraction", self.val_fraction, 0.0, 0.9, include_max=False)
+        if self.lr is not None:
+            assert_positive("lr", self.lr)
 
     @property
     def learning_rate(self) -> float:
