@@ -15,7 +15,14 @@ from napari_histosge._validation import assert_at_least, assert_one_of
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["counts_or_lognorm", "is_log_normalized", "prepare_targets", "select_genes", "Targets"]
+__all__ = [
+    "count_matrix",
+    "counts_or_lognorm",
+    "is_log_normalized",
+    "prepare_targets",
+    "select_genes",
+    "Targets",
+]
 
 
 def is_log_normalized(adata: AnnData) -> bool:
@@ -55,6 +62,7 @@ def is_log_normalized(adata: AnnData) -> bool:
 
 
 def count_matrix(adata: AnnData) -> tuple[Any, str]:
+    """Return the count matrix (``layers['counts']`` when present, else ``X``) and where it was."""
     if "counts" in adata.layers:
         return adata.layers["counts"], "layers['counts']"
     return adata.X, "X"

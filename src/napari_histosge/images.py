@@ -9,9 +9,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    pass
+    from xarray import DataArray, DataTree
 
-__all__ = ["choose_level", "image_levels", "level_scales"]
+    #: An image element: a ``(c, y, x)`` DataArray or a multiscale DataTree.
+    ImageElement = DataArray | DataTree
+
+__all__ = [
+    "choose_level",
+    "cyx_view",
+    "image_levels",
+    "level_scales",
+    "level_xy_scales",
+    "parse_image",
+    "read_image_file",
+    "rgb_uint8",
+    "rgb_uint8_lazy",
+]
 
 
 _PYRAMID_MIN = 4096
@@ -141,7 +154,7 @@ def parse_image(data: Any, transformations: dict[str, Any] | None = None) -> Any
     )
 
 
-def image_levels(image: Any) -> list[Any]:
+def image_levels(image: ImageElement) -> list[DataArray]:
     """Return the levels of an image element, finest first, as ``(c, y, x)`` DataArrays.
 
     Parameters
@@ -177,7 +190,7 @@ def image_levels(image: Any) -> list[Any]:
     return [image]
 
 
-def level_scales(image: Any) -> list[float]:
+def level_scales(image: ImageElement) -> list[float]:
     """Downsampling factor of each pyramid level relative to scale 0 (along x).
 
     Examples
@@ -191,13 +204,14 @@ def level_scales(image: Any) -> list[float]:
     return [w0 / lv.sizes["x"] for lv in levels]
 
 
-def level_xy_scales(image: Any) -> list[tuple[float, float]]:
+def level_xy_scales(image: ImageElement) -> list[tuple[float, float]]:
+    """Downsampling factors ``(x, y)`` of each level relative to scale 0."""
     levels = image_levels(image)
     w0, h0 = levels[0].sizes["x"], levels[0].sizes["y"]
     return [(w0 / lv.sizes["x"], h0 / lv.sizes["y"]) for lv in levels]
 
 
-def choose_level(image: Any, downsample: float) -> int:
+def choose_level(image: ImageElement, downsample: float) -> int:
     """Index of the coarsest level whose downsampling does not exceed ``downsample``.
 
     Examples

@@ -19,7 +19,10 @@ from .maps import GeneMaps, rasterize
 from .predict import Predictions
 
 if TYPE_CHECKING:
+    from anndata import AnnData
     from spatialdata import SpatialData
+
+    from napari_histosge.expression import Targets
 
     from .features import FeatureSet
     from .geometry import SpotGeometry
@@ -89,7 +92,7 @@ class Slide:
         return cls(sdata=sdata, keys=keys, geometry=geom, source=source)
 
     @property
-    def table(self) -> Any:
+    def table(self) -> AnnData:
         """The AnnData table annotating the spots."""
         return self.sdata.tables[self.keys.table_key]
 
@@ -104,7 +107,7 @@ class Slide:
         n_top_genes: int = 1000,
         fit_mask: np.ndarray | None = None,
         flavor: str = "seurat_v3",
-    ) -> Any:
+    ) -> Targets:
         """Expression targets (log1p of counts normalised to 1e4) of the spots."""
         from .expression import prepare_targets
 

@@ -96,9 +96,6 @@ def evaluate_holdout(
     cfg = config or TrainConfig()
     targets = slide.targets(genes=genes, n_top_genes=n_top_genes, fit_mask=train)
     geom = slide.geometry
-    kwargs: dict[str, Any] = {}
-    if opts.patch_sizes is not None:
-        kwargs["patch_sizes"] = opts.patch_sizes
     feats = yield from iter_extract_features(
         slide.sdata,
         geom.centers_px,
@@ -108,9 +105,9 @@ def evaluate_holdout(
         weights=opts.weights,
         device=opts.device,
         bf16=opts.bf16,
+        patch_sizes=opts.patch_sizes,
         batch_size=opts.batch_size,
         cache_name="spots",
-        **kwargs,
     )
     xy_um = geom.centers_um
     y = targets.values

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,7 +15,18 @@ from napari_histosge.train import TrainConfig, fit
 
 from .baselines import knn_interpolate, spatial_shuffle
 
-__all__ = ["checkerboard_mask", "pool_pseudospots", "random_mask", "recovery", "superresolution"]
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+    from anndata import AnnData
+
+__all__ = [
+    "checkerboard_mask",
+    "pool_pseudospots",
+    "random_mask",
+    "recovery",
+    "score_all",
+    "superresolution",
+]
 
 
 def checkerboard_mask(xy: np.ndarray) -> np.ndarray:
@@ -59,7 +70,7 @@ def random_mask(n: int, fraction: float = 0.5, seed: int = 0) -> np.ndarray:
 
 
 def pool_pseudospots(
-    xy: np.ndarray, counts: Any, factor: int = 2
+    xy: np.ndarray, counts: np.ndarray | sp.spmatrix, factor: int = 2
 ) -> tuple[np.ndarray, Any, np.ndarray]:
     """Sum the counts of ``factor`` x ``factor`` lattice blocks into coarser pseudo-spots.
 
@@ -99,6 +110,7 @@ def score_all(
     genes: Sequence[str],
     seed: int,
 ) -> dict[str, Any]:
+    """Score the model and the no-image baselines on the same held-out spots."""
     return {
         "model": metrics(model_pred, truth, genes),
         "knn": metrics(knn_interpolate(train_xy, train_values, query_xy, k=4), truth, genes),
@@ -110,7 +122,7 @@ def score_all(
 
 
 def recovery(
-    adata: Any,
+    adata: AnnData,
     features: np.ndarray,
     xy_um: np.ndarray,
     train_mask: np.ndarray,
@@ -203,11 +215,11 @@ def recovery(
 
 
 def superresolution(
-    adata: Any,
+    adata: AnnData,
     features: np.ndarray,
     xy_um: np.ndarray,
     *,
-    featurize: Any = None,
+    featurize: Callable[[np.ndarray], np.ndarray] | None = None,
     factor: int = 2,
     genes: Sequence[str] | None = None,
     n_top_genes: int = 250,

@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["HUB_WEIGHTS", "RANDOM_WEIGHTS", "Encoder", "file_sha256", "patches_extent"]
+__all__ = ["Encoder", "file_sha256", "HUB_WEIGHTS", "patches_extent", "RANDOM_WEIGHTS"]
 
 
 @runtime_checkable

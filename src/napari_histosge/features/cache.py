@@ -12,7 +12,7 @@ import numpy as np
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-__all__ = ["cache_element_name", "cache_key"]
+__all__ = ["cache_element_name", "cache_key", "lookup", "positions_digest", "store"]
 
 
 _UNS_KEY = "histosge_features"
@@ -47,12 +47,14 @@ def cache_key(encoder_id: str, sizes_spot: Sequence[float]) -> str:
 
 
 def positions_digest(xy: np.ndarray) -> str:
+    """Checksum of positions rounded to 0.01 px: the cache is valid for these positions only."""
     return hashlib.sha256(np.round(np.asarray(xy, dtype=np.float64), 2).tobytes()).hexdigest()[:16]
 
 
 def lookup(
     sdata: SpatialData, name: str, key: str, digest: str, sizes_px: Sequence[float]
 ) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """Return cached features and provenance for ``key`` at these positions, or ``None``."""
     if name not in sdata.tables:
         return None
     table = sdata.tables[name]
@@ -75,6 +77,7 @@ def lookup(
 def store(
     sdata: SpatialData, name: str, key: str, xy: np.ndarray, feats: np.ndarray, meta: dict[str, Any]
 ) -> None:
+    """Write features into the cache table ``name`` (in memory, and on disk when backed)."""
     import anndata as ad
     import pandas as pd
 

@@ -124,7 +124,7 @@ def iter_extract_features(
         ``diameter_px`` and ``um_per_px``; a ``centers_px`` attribute widens the map region to
         all spots so that later position sets reuse the maps).
     encoder
-        Encoder name (see :func:`napari_histosge.encoders.get_encoder`) or instance.
+        Encoder name (see :func:`napari_histosge.features.get_encoder`) or instance.
     weights
         Weights for a named ViT encoder (file, ``"random"`` or ``"hub"``).
     patch_sizes
@@ -244,8 +244,23 @@ def iter_extract_features(
     return FeatureSet(feats, key, meta, from_cache=False)
 
 
-def extract_features(sdata: SpatialData, positions_px: np.ndarray, **kwargs: Any) -> FeatureSet:
-    """Run :func:`iter_extract_features` to the end (same keyword arguments).
+def extract_features(
+    sdata: SpatialData,
+    positions_px: np.ndarray,
+    *,
+    image_key: str,
+    geometry: _Geometry,
+    encoder: str | Encoder = "histology",
+    weights: str | None = None,
+    patch_sizes: Sequence[float] | None = None,
+    patch_unit: Literal["spot", "um", "px"] = "spot",
+    batch_size: int = 32,
+    device: str | None = None,
+    bf16: bool = False,
+    cache_name: str = "spots",
+    cache: bool = True,
+) -> FeatureSet:
+    """Run :func:`iter_extract_features` to the end (same arguments).
 
     Examples
     --------
@@ -257,4 +272,20 @@ def extract_features(sdata: SpatialData, positions_px: np.ndarray, **kwargs: Any
     >>> extract_features(sdata, geom.centers_px, image_key=keys.image_key, geometry=geom).key
     'X_histology_v2_p1-2-4'
     """
-    return run_generator(iter_extract_features(sdata, positions_px, **kwargs))
+    return run_generator(
+        iter_extract_features(
+            sdata,
+            positions_px,
+            image_key=image_key,
+            geometry=geometry,
+            encoder=encoder,
+            weights=weights,
+            patch_sizes=patch_sizes,
+            patch_unit=patch_unit,
+            batch_size=batch_size,
+            device=device,
+            bf16=bf16,
+            cache_name=cache_name,
+            cache=cache,
+        )
+    )

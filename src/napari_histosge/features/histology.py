@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +13,9 @@ from napari_histosge.images import image_levels, level_scales
 
 from .base import patches_extent
 from .patches import read_regions
+
+if TYPE_CHECKING:
+    from napari_histosge.images import ImageElement
 
 __all__ = ["DenseMaps", "HistologyEncoder"]
 
@@ -39,7 +42,7 @@ class DenseMaps:
     cells: np.ndarray
     cell_px: float
     origin_px: tuple[float, float]
-    image: Any
+    image: ImageElement
     um_per_px: float
     _sat: np.ndarray | None = None
 
@@ -311,7 +314,7 @@ class HistologyEncoder:
 
     # -- dense maps ----------------------------------------------------------------------------
 
-    def _plan(self, image: Any, um_per_px: float) -> tuple[int, int, int, float, float]:
+    def _plan(self, image: ImageElement, um_per_px: float) -> tuple[int, int, int, float, float]:
         """Pyramid level, block factor ``f``, cell factor ``b``, level scale and working µm/px."""
         scales = level_scales(image)
         limit = 1.25 * self.work_um_per_px
@@ -325,7 +328,7 @@ class HistologyEncoder:
 
     def iter_dense_maps(
         self,
-        image: Any,
+        image: ImageElement,
         um_per_px: float,
         extent: tuple[float, float, float, float],
     ) -> Generator[tuple[int, int], None, DenseMaps]:
@@ -339,7 +342,7 @@ class HistologyEncoder:
             Scale-0 resolution.
         extent
             ``(x0, y0, x1, y1)`` box in scale-0 pixels (it may reach past the image; the outside
-            counts as white glass, as in :func:`napari_histosge.patches.read_patches`).
+            counts as white glass, as in :func:`napari_histosge.features.patches.read_patches`).
 
         Returns
         -------
@@ -421,7 +424,7 @@ class HistologyEncoder:
 
     def dense_features(
         self,
-        image: Any,
+        image: ImageElement,
         centers_px: np.ndarray,
         sizes_px: Sequence[float],
         um_per_px: float,

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from napari_histosge._validation import assert_at_least, assert_one_of
 from napari_histosge.images import choose_level, image_levels, level_xy_scales
+
+if TYPE_CHECKING:
+    from xarray import DataArray
+
+    from napari_histosge.images import ImageElement
 
 __all__ = [
     "PAD_VALUE",
@@ -34,7 +39,7 @@ def _to_rgb_uint8(block: np.ndarray) -> np.ndarray:
     return np.moveaxis(block, 0, 2)
 
 
-def read_regions(level: Any, boxes: Sequence[tuple[int, int, int, int]]) -> list[np.ndarray]:
+def read_regions(level: DataArray, boxes: Sequence[tuple[int, int, int, int]]) -> list[np.ndarray]:
     """Read several ``(x0, y0, x1, y1)`` boxes of a ``(c, y, x)`` level, padding outside.
 
     All boxes are computed in one dask call, so chunks shared by several boxes are read once,
@@ -83,7 +88,7 @@ def read_regions(level: Any, boxes: Sequence[tuple[int, int, int, int]]) -> list
     return outs
 
 
-def read_region(level: Any, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+def read_region(level: DataArray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
     """Read ``[y0:y1, x0:x1]`` of a ``(c, y, x)`` level as ``(y, x, 3)`` uint8, padding outside.
 
     Only the chunks under the region are computed.
@@ -115,7 +120,7 @@ def _resize(region: np.ndarray, box: tuple[float, float, float, float], out_px: 
 
 
 def read_patches(
-    image: Any,
+    image: ImageElement,
     centers_px: np.ndarray,
     size_px: float,
     *,
@@ -180,7 +185,7 @@ def read_patches(
 
 
 def read_patches_multi(
-    image: Any,
+    image: ImageElement,
     centers_px: np.ndarray,
     sizes_px: Sequence[float],
     *,

@@ -14,7 +14,7 @@ from .base import HUB_WEIGHTS, RANDOM_WEIGHTS, file_sha256
 #: The names the registry builds (kept in step with ``registry.ENCODERS``).
 ENCODERS = ("histology", "uni", "uni2-h", "timm:<name>")
 
-__all__ = ["load_state_dict", "TimmEncoder"]
+__all__ = ["ENCODERS", "load_state_dict", "TimmEncoder"]
 
 
 #: timm settings of UNI (Chen et al., Nature Medicine 2024; MahmoodLab/UNI model card).

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from napari_histosge.images import image_levels
+
+if TYPE_CHECKING:
+    from napari_histosge.images import ImageElement
 
 __all__ = ["tissue_mask"]
 
@@ -24,7 +27,7 @@ def _otsu(values: np.ndarray, bins: int = 256) -> float:
 
 
 def tissue_mask(
-    image: Any, *, level: int | None = None, max_side: int = 2048
+    image: ImageElement, *, level: int | None = None, max_side: int = 2048
 ) -> tuple[np.ndarray, float]:
     """Compute a boolean tissue mask of an H&E image: Otsu threshold on colour saturation.
 

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from napari_histosge.store import SLIDE_META_KEY
 
-if TYPE_CHECKING:
-    pass
-
-__all__ = ["MIN_SPOTS", "SlideKeys", "SPACERANGER_SPOT_UM"]
+__all__ = [
+    "check_counts",
+    "find_one",
+    "make_circles",
+    "make_table",
+    "MIN_SPOTS",
+    "SlideKeys",
+    "SPACERANGER_SPOT_UM",
+]
 
 
 MIN_SPOTS = 10

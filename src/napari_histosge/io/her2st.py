@@ -15,10 +15,11 @@ from ._elements import MIN_SPOTS, check_counts, find_one, make_circles, make_tab
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-__all__ = ["read_her2st"]
+__all__ = ["is_her2st_folder", "read_her2st"]
 
 
 def is_her2st_folder(path: Path) -> bool:
+    """Whether ``path`` looks like an ST section folder (counts, spot file)."""
     return path.is_dir() and any(path.glob("*_selection.tsv")) and any(path.glob("*.tsv.gz"))
 
 

@@ -13,14 +13,18 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from spatialdata import SpatialData
 
-__all__ = ["resolve_keys"]
+    from napari_histosge.images import ImageElement
+
+__all__ = ["is_circles", "resolve_keys", "table_regions"]
 
 
 def is_circles(sdata: SpatialData, key: str) -> bool:
+    """Whether shapes element ``key`` holds circles (a ``radius`` column)."""
     return key in sdata.shapes and "radius" in sdata.shapes[key].columns
 
 
 def table_regions(table: AnnData) -> list[str]:
+    """Elements a table annotates (its ``spatialdata_attrs`` region)."""
     attrs = table.uns.get("spatialdata_attrs", {})
     region = attrs.get("region", [])
     return [region] if isinstance(region, str) else list(region)
@@ -32,7 +36,7 @@ def _coordinate_systems(element: Any) -> set[str]:
     return set(get_transformation(element, get_all=True))
 
 
-def _image_size(image: Any) -> int:
+def _image_size(image: ImageElement) -> int:
     first = image_levels(image)[0]
     return int(first.sizes["y"] * first.sizes["x"])
 

@@ -15,10 +15,11 @@ from ._elements import SPACERANGER_SPOT_UM, find_one
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-__all__ = ["read_visium"]
+__all__ = ["is_visium_folder", "read_visium"]
 
 
 def is_visium_folder(path: Path) -> bool:
+    """Whether ``path`` looks like a Space Ranger output folder."""
     return (
         path.is_dir()
         and (path / "spatial").is_dir()
