@@ -155,3 +155,23 @@ def test_training_never_attends_to_the_spot_itself():
     pred = model.predict(feats, xy)
     r = [np.corrcoef(pred[:, j], noise[:, j])[0, 1] for j in range(noise.shape[1])]
     assert np.nanmean(r) < 0.6  # a copy of the training values would give r = 1
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    feats, xy, values, genes = _data()
+    model = fit(feats, xy, values, genes=genes, config=TrainConfig(epochs=2, ensemble=1))
+    path = save_checkpoint(model, tmp_path / "ckpt")
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(model, path)
+    # The old checkpoint is whole, and no temporary sibling is left behind.
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    load_checkpoint(path)
