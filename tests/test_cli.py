@@ -115,7 +115,7 @@ def test_evaluate_on_her2st(tmp_path, her2st_c2_copy):
 
 
 def test_errors_exit_with_one_line(tmp_path, sample_store, capsys):
-    (tmp_path / "genes.txt").write_text("NotAGene\n")
+    (tmp_path / "genes.txt").write_text("NotAGene\nAlsoNotAGene\n")
     code = main(
         [
             "run",

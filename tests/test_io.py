@@ -218,20 +218,26 @@ def test_convert_refuses_existing_output_and_overwrites_atomically(tmp_path):
     out = tmp_path / "x.zarr"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
+    # A folder this package did not write is never replaced, not even with overwrite=True.
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match="did not write") as err:
+            convert(folder, out, overwrite=overwrite)
+        assert "--overwrite" not in str(err.value).split(";")[1]
+    assert (out / "keep.txt").read_text() == "precious"
+    (out / "keep.txt").unlink()
+    convert(folder, out, overwrite=True)  # an empty folder may be replaced
     with pytest.raises(FileExistsError, match="overwrite"):
         convert(folder, out)
-    assert (out / "keep.txt").read_text() == "precious"
     # A failing conversion with overwrite=True leaves the existing output as it was.
     (folder / "S1.jpg").write_bytes(b"not an image")
     with pytest.raises(ValueError, match="unreadable"):
         convert(folder, out, overwrite=True)
-    assert (out / "keep.txt").read_text() == "precious"
+    assert sd.read_zarr(out).tables["table"].n_obs == 16
     Image.fromarray(np.zeros((400, 400, 3), np.uint8)).save(folder / "S1.jpg")
     convert(folder, out, overwrite=True)
-    assert not (out / "keep.txt").exists()
     assert sd.read_zarr(out).tables["table"].n_obs == 16
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sec", "x.zarr"]
-    with pytest.raises(ValueError, match="outside the input"):
+    with pytest.raises(ValueError, match="apart from the input"):
         convert(folder, folder / "inside.zarr")
 
 

@@ -91,6 +91,7 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
     )
     path = save_checkpoint(model, tmp_path / "ckpt")
     assert sorted(p.name for p in path.iterdir()) == [
+        ".histosge-output.json",
         "config.yaml",
         "model.json",
         "weights.safetensors",

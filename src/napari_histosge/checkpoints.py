@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from ._checkpoint_schema import check_checkpoint_doc
 from ._json import json_default
 from .models import TrainConfig
 from .models.trained import TrainedModel
-from .store import write_folder_atomic
+from .store import check_target, write_folder_atomic
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -77,10 +78,12 @@ def check_features(model: TrainedModel, feature_meta: dict[str, Any]) -> None:
                 )
 
 
-def save_checkpoint(model: TrainedModel, path: str | Path) -> Path:
+def save_checkpoint(model: TrainedModel, path: str | Path, *, overwrite: bool = False) -> Path:
     """Save a model as a folder: ``weights.safetensors``, ``model.json`` and ``config.yaml``.
 
-    Written to a temporary sibling and moved into place. No pickle is involved.
+    Written to a temporary sibling and moved into place. No pickle is involved. An existing
+    ``path`` is replaced only with ``overwrite`` and only when it is an earlier checkpoint (see
+    :func:`~napari_histosge.store.check_target`).
 
     Examples
     --------
@@ -90,7 +93,7 @@ def save_checkpoint(model: TrainedModel, path: str | Path) -> Path:
     import yaml
     from safetensors.torch import save_file
 
-    out = Path(path)
+    out = check_target(path, overwrite=overwrite, kind="folder", option="--checkpoint-out")
     tensors: dict[str, Any] = {}
     for i, state in enumerate(model.states):
         for k, v in state.items():
@@ -113,7 +116,7 @@ def save_checkpoint(model: TrainedModel, path: str | Path) -> Path:
         (tmp / "model.json").write_text(json.dumps(doc, indent=1, default=json_default))
         (tmp / "config.yaml").write_text(yaml.safe_dump(asdict(model.config), sort_keys=False))
 
-    return write_folder_atomic(out, write)
+    return write_folder_atomic(out, write, kind="checkpoint")
 
 
 def load_checkpoint(path: str | Path) -> TrainedModel:
@@ -139,18 +142,28 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
         raise ValueError(
             f"Expected a readable checkpoint at `{p}`, found a damaged one: {err}"
         ) from err
-    if doc.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"Expected checkpoint format `{CHECKPOINT_FORMAT}`, found `{doc.get('format')}`."
-        )
+    check_checkpoint_doc(doc, meta, CHECKPOINT_FORMAT)
     known = {f.name for f in fields(TrainConfig)}
-    config = replace(TrainConfig(), **{k: v for k, v in doc["config"].items() if k in known})
+    try:
+        config = replace(TrainConfig(), **{k: v for k, v in doc["config"].items() if k in known})
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"Expected a valid `config` in `{meta}`, found one that fails: {err}; save the "
+            "checkpoint again with `histosge run --checkpoint-out`."
+        ) from err
     arrays = {k[6:]: v.numpy() for k, v in tensors.items() if k.startswith("array.")}
-    states: list[dict[str, Any]] = [{} for _ in range(int(doc["n_members"]))]
+    n_members = int(doc["n_members"])
+    states: list[dict[str, Any]] = [{} for _ in range(n_members)]
     for k, v in tensors.items():
         if k.startswith("member"):
             head, name = k.split(".", 1)
-            states[int(head[6:])][name] = v
+            idx = int(head[6:]) if head[6:].isdigit() else -1
+            if not 0 <= idx < n_members:
+                raise ValueError(
+                    f"Expected weights of {n_members} members in `{weights}`, found `{k}`; the "
+                    "weights and model.json come from different checkpoints."
+                )
+            states[idx][name] = v
     model = TrainedModel(
         config,
         list(doc["genes"]),
@@ -160,5 +173,14 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
         list(doc.get("history", [])),
         dict(doc["info"]),
     )
+    try:
+        model.modules()
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"Expected weights matching `{meta}` in `{weights}`, found others ({first}); use "
+            "the weights saved together with that model.json."
+        ) from err
+    return model
     model.modules()
     return model

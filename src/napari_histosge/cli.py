@@ -90,6 +90,15 @@ def _feature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
     p.add_argument("--batch-size", type=int, default=32, help="patches per batch (default 32)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the encoder")
+    _cache_arg(p)
+
+
+def _cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="neither read nor write the feature cache in the input store",
+    )
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -135,6 +144,7 @@ def _extract_options(args: argparse.Namespace, positions: str = "4x") -> Extract
         batch_size=args.batch_size,
         bf16=args.bf16,
         positions=positions,
+        cache=not args.no_cache,
     )
 
 
@@ -155,23 +165,64 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_out(out: str, overwrite: bool, source: Path | None) -> None:
-    p = Path(out).resolve()
-    if p.exists() and not overwrite and (source is None or p != source.resolve()):
+def _check_out(out: str, overwrite: bool, source: Path | None) -> Path:
+    from .store import check_target
+
+    return check_target(out, overwrite=overwrite, kind="store", inputs=[source], allow_input=True)
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Check the options that need no data: device and gene counts."""
+    from ._device import check_device
+    from .expression import MIN_GENES
+
+    check_device(getattr(args, "device", None))
+    n_top = getattr(args, "n_top_genes", None)
+    if n_top is not None and getattr(args, "genes", None) is None and n_top < MIN_GENES:
         raise CliError(
-            f"Expected --out `{p}` not to exist, found it; pass --overwrite to replace it."
+            f"Expected --n-top-genes >= {MIN_GENES}, found {n_top}; the model predicts several "
+            "genes at once."
         )
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    import os
+    import uuid
+
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``histosge run STORE --out OUT.zarr``: features, training, prediction and export."""
     from .checkpoints import save_checkpoint
+    from .expression import MIN_GENES
     from .pipeline import export_slide, iter_extract, iter_train, predict_slide, render_maps
+    from .store import check_target
 
     t0 = time.perf_counter()
     src_path = Path(args.store)
-    _check_out(args.out, args.overwrite, src_path)
+    out_path = _check_out(args.out, args.overwrite, src_path)
+    if args.checkpoint_out:
+        check_target(
+            args.checkpoint_out,
+            overwrite=args.overwrite,
+            kind="folder",
+            inputs=[src_path, out_path],
+            option="--checkpoint-out",
+        )
+    _check_inputs(args)
     genes = _read_lines(args.genes, "gene")
+    if genes is not None and len(genes) < MIN_GENES:
+        raise CliError(
+            f"Expected at least {MIN_GENES} genes in `{args.genes}`, found {len(genes)}; the "
+            "model predicts several genes at once, so add genes to the file."
+        )
     slide = _open(args, args.store)
     opts = _extract_options(args, args.positions)
     feats = _drive(iter_extract(slide, options=opts), quiet=args.quiet)
@@ -191,8 +242,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = export_slide(
         slide, predictions=preds, maps=maps, out=args.out, meta=meta, overwrite=args.overwrite
     )
+    args.written.append(str(out))
     if args.checkpoint_out:
-        save_checkpoint(model, args.checkpoint_out)
+        args.written.append(
+            str(save_checkpoint(model, args.checkpoint_out, overwrite=args.overwrite))
+        )
     n_new = int((preds.kind != "spot").sum())
     print(  # noqa: T201
         f"wrote {out}: {len(preds.genes)} genes at {len(slide.geometry.spot_ids)} spots + "
@@ -208,6 +262,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .pipeline import ExtractOptions, export_slide, iter_extract, predict_slide, render_maps
 
     _check_out(args.out, args.overwrite, Path(args.store))
+    _check_inputs(args)
     model = load_checkpoint(args.checkpoint)
     meta = model.feature_meta
     slide = _open(args, args.store)
@@ -219,11 +274,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         positions=args.positions,
         patch_sizes=tuple(sizes) if sizes else None,
+        cache=not args.no_cache,
     )
     feats = _drive(iter_extract(slide, options=opts), quiet=args.quiet)
     preds = predict_slide(slide, features=feats, model=model, use_measured=False)
     maps = render_maps(slide, predictions=preds)
     out = export_slide(slide, predictions=preds, maps=maps, out=args.out, overwrite=args.overwrite)
+    args.written.append(str(out))
     print(f"wrote {out}")  # noqa: T201
     return 0
 
@@ -231,11 +288,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``histosge evaluate STORE --holdout-spots FILE``: held-out accuracy with baselines."""
     from .evaluate import evaluate_holdout
+    from .store import check_target
 
+    targets = [
+        check_target(path, overwrite=True, kind="file", inputs=[args.store], option=option)
+        for path, option in (
+            (args.predictions_out, "--predictions-out"),
+            (args.metrics_out, "--metrics-out"),
+        )
+    ]
+    if targets[0] == targets[1]:
+        raise CliError("Expected --predictions-out and --metrics-out to differ, found one path.")
+    _check_inputs(args)
     holdout = _read_lines(args.holdout_spots, "held-out spot id")
     genes = _read_lines(args.genes, "gene")
     slide = _open(args, args.store)
-    _check_out(args.predictions_out, True, None)
     result = _drive(
         evaluate_holdout(
             slide,
@@ -247,8 +314,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ),
         quiet=args.quiet,
     )
-    result.predictions.to_csv(args.predictions_out)
-    Path(args.metrics_out).write_text(json.dumps(result.metrics, indent=2, default=float))
+    _write_text_atomic(targets[0], result.predictions.to_csv())
+    args.written.append(str(targets[0]))
+    _write_text_atomic(targets[1], json.dumps(result.metrics, indent=2, default=float))
+    args.written.append(str(targets[1]))
     summary = ", ".join(
         f"{name} {m['mean_r']:.3f}" for name, m in result.metrics["methods"].items()
     )
@@ -305,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="encoder weights file, when the model's encoder needs one")
     p.add_argument("--device", help="cpu, cuda or mps")
     p.add_argument("--batch-size", type=int, default=32)
+    _cache_arg(p)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     _slide_args(p)
@@ -343,14 +413,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _one_line
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.written = []
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except KeyboardInterrupt:
-        print("histosge: cancelled; nothing was written.", file=sys.stderr)  # noqa: T201
+        done = f"kept the finished {', '.join(args.written)}" if args.written else "wrote no output"
+        print(  # noqa: T201
+            f"histosge: cancelled; {done}; unfinished writes were discarded and existing files "
+            "left as they were.",
+            file=sys.stderr,
+        )
         return 130
-    except (CliError, ValueError, KeyError, FileExistsError, FileNotFoundError) as err:
+    except (CliError, ValueError, KeyError, OSError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        if isinstance(err, OSError) and not isinstance(err, FileExistsError | FileNotFoundError):
+            msg = f"could not write or read `{err.filename}`: {err.strerror or err}"
+        msg = " ".join(str(msg).split())
         print(f"histosge: error: {msg}", file=sys.stderr)  # noqa: T201
         return 2
 

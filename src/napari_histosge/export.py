@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._json import json_default
-from .store import EXPRESSION_KEY, OUTPUT_KEYS, POSITIONS_KEY, PREDICTIONS_KEY, write_atomic
+from .store import (
+    EXPRESSION_KEY,
+    OUTPUT_KEYS,
+    POSITIONS_KEY,
+    PREDICTIONS_KEY,
+    check_target,
+    write_atomic,
+)
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -154,8 +161,10 @@ def write_predictions(
     meta
         Extra provenance for ``uns``.
     overwrite
-        Replace an existing store (another one than ``sdata``'s) or earlier ``histosge_*``
-        outputs. Without it such a write is refused.
+        Replace an earlier output or another SpatialData store (never a folder this package
+        did not write, nor one holding the input; see
+        :func:`~napari_histosge.store.check_target`), or earlier ``histosge_*`` outputs in the
+        input store. Without it such a write is refused.
 
     Returns
     -------
@@ -167,14 +176,11 @@ def write_predictions(
     """
     from spatialdata import SpatialData
 
-    out_path = Path(out).resolve()
     source = Path(sdata.path).resolve() if getattr(sdata, "path", None) else None
+    out_path = check_target(
+        out, overwrite=overwrite, kind="store", inputs=[source], allow_input=True
+    )
     existing_outputs = [k for k in OUTPUT_KEYS if k in sdata]
-    if out_path.exists() and out_path != source and not overwrite:
-        raise FileExistsError(
-            f"Expected `out` to be a new path or the input store, found an existing `{out_path}`; "
-            "pass overwrite=True (--overwrite) to replace it."
-        )
     if existing_outputs and not overwrite:
         raise FileExistsError(
             f"Expected no earlier outputs in the store, found `{existing_outputs}`; "

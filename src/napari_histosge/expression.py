@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from napari_histosge._validation import assert_at_least, assert_one_of
+from napari_histosge._validation import assert_one_of
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -117,6 +117,35 @@ def counts_or_lognorm(adata: AnnData) -> tuple[Any, bool]:
     return x, lognorm
 
 
+#: The fewest genes a model can be trained on.
+MIN_GENES = 2
+
+
+def check_fit_counts(x: Any) -> None:
+    """Raise ``ValueError`` unless ``x`` is finite and not all zero.
+
+    scanpy's ``seurat_v3`` ranking crashes the process (in its loess fit) on all-zero counts,
+    so this runs before it.
+
+    Examples
+    --------
+    >>> check_fit_counts(np.ones((3, 2)))
+    """
+    import scipy.sparse as sp
+
+    data = x.data if sp.issparse(x) else np.asarray(x)
+    if data.size and np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        raise ValueError(
+            "Expected finite counts in the spots used for gene selection, found NaN or "
+            "infinite values; fix those entries of the table."
+        )
+    if data.size == 0 or not np.any(data):
+        raise ValueError(
+            "Expected some non-zero counts in the spots used for gene selection, found only "
+            "zeros; check the table's counts."
+        )
+
+
 @dataclass(frozen=True)
 class Targets:
     """What the model learns and predicts.
@@ -174,10 +203,22 @@ def select_genes(
             )
         if len(set(genes)) != len(genes):
             raise ValueError("Expected each gene once in the gene list, found duplicates.")
-        if not genes:
-            raise ValueError("Expected at least one gene in the gene list, found none.")
+        if len(genes) < MIN_GENES:
+            raise ValueError(
+                f"Expected at least {MIN_GENES} genes in the gene list, found {len(genes)}; the "
+                "model predicts several genes at once, so add genes to the list."
+            )
         return genes
-    assert_at_least("n_top_genes", n_top_genes, 1)
+    if n_top_genes < MIN_GENES:
+        raise ValueError(
+            f"Expected `n_top_genes` (--n-top-genes) >= {MIN_GENES}, found `{n_top_genes}`; the "
+            "model predicts several genes at once."
+        )
+    if len(names) < MIN_GENES:
+        raise ValueError(
+            f"Expected a table with at least {MIN_GENES} genes, found {len(names)}; the model "
+            "predicts several genes at once."
+        )
     assert_one_of("flavor", flavor, ["seurat_v3", "variance"])
     if n_top_genes >= len(names):
         return names
@@ -185,6 +226,7 @@ def select_genes(
     sub = sub.copy()
     if "counts" in sub.layers:
         sub.X = sub.layers["counts"]
+    check_fit_counts(sub.X)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if flavor == "variance":

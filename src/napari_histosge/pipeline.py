@@ -155,6 +155,8 @@ class ExtractOptions:
         bf16 autocast on CPUs that support it.
     positions
         ``"4x"`` (HisToSGE's positions half-way between neighbouring spots) or ``"grid:<µm>"``.
+    cache
+        Read and write the feature cache in the store.
     """
 
     encoder: str = "histology"
@@ -164,6 +166,7 @@ class ExtractOptions:
     patch_sizes: tuple[float, ...] | None = None
     bf16: bool = False
     positions: str = "4x"
+    cache: bool = True
 
 
 @dataclass
@@ -247,6 +250,7 @@ def iter_extract(
             patch_unit="spot",
             batch_size=opts.batch_size,
             cache_name=cache_name,
+            cache=opts.cache,
         )
 
     spots = yield from extract(slide.geometry.centers_px, "spots")

@@ -1,30 +1,43 @@
-"""Names of the elements this package writes, and atomic writes of stores and folders.
+"""Names of the elements this package writes, the overwrite rules, and atomic writes.
 
 Every folder this package writes (exported stores, converted stores, checkpoints) goes through
-:func:`write_folder_atomic`: it is written to a hidden temporary sibling and moved into place
-only when complete, so a failure or an interrupt leaves whatever was at the target untouched.
+:func:`write_folder_atomic`: it is written to a hidden temporary sibling, marked as a histosge
+output and moved into place only when complete, so a failure or an interrupt leaves whatever
+was at the target untouched. :func:`check_target` is the one rule deciding whether a path may
+be written or replaced; elements written into an existing store (the feature cache) go through
+:func:`write_element_atomic` (see :mod:`napari_histosge._store_elements`).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import uuid
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
+
+from ._interrupt import deferred_interrupt, fault_point
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 __all__ = [
     "EXPRESSION_KEY",
+    "MARKER_NAME",
     "OUTPUT_KEYS",
     "POSITIONS_KEY",
     "PREDICTIONS_KEY",
     "SLIDE_META_KEY",
+    "check_target",
+    "clean_store_leftovers",
+    "is_histosge_output",
     "write_atomic",
     "write_folder_atomic",
+    "write_table_atomic",
 ]
 
 #: ``uns`` key of the table holding the slide's provenance (technology, µm per pixel, ...).
@@ -37,15 +50,220 @@ POSITIONS_KEY = "histosge_positions"
 PREDICTIONS_KEY = "histosge_predictions"
 #: Every element an export writes.
 OUTPUT_KEYS = (EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY)
+#: The file marking a folder written by this package (stores and checkpoints).
+MARKER_NAME = ".histosge-output.json"
+
+_CHECKPOINT_FILES = {"weights.safetensors", "model.json", "config.yaml", MARKER_NAME}
 
 
-def write_folder_atomic(out: str | Path, write: Callable[[Path], None]) -> Path:
+def _sibling_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"^\.{re.escape(name)}\.(tmp|old)-[0-9a-f]{{8}}$")
+
+
+def _notice(message: str) -> None:
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def recover_siblings(out: Path) -> None:
+    """Clean the hidden ``.NAME.tmp-*``/``.NAME.old-*`` siblings an interrupted write left.
+
+    An ``.old-*`` sibling with nothing at ``out`` is the previous output, caught between the two
+    renames of a swap: it is moved back. Only names of this package's own pattern are touched.
+    """
+    parent = out.parent
+    if not parent.is_dir():
+        return
+    pattern = _sibling_pattern(out.name)
+    stale = sorted(p for p in parent.iterdir() if pattern.match(p.name))
+    if not stale:
+        return
+    olds = [p for p in stale if p.name.split(".")[-1].startswith("old-")]
+    try:
+        if not out.exists() and len(olds) == 1:
+            os.replace(olds[0], out)
+            stale.remove(olds[0])
+            _notice(f"restored `{out}` from a write that was interrupted before it finished.")
+        for p in stale:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        if stale:
+            _notice(
+                f"removed {len(stale)} leftover temporary copies of `{out.name}` in `{parent}`."
+            )
+    except OSError:
+        return
+
+
+def is_histosge_output(path: str | Path) -> bool:
+    """Whether ``path`` is a folder this package wrote (it holds the marker file).
+
+    Checkpoint folders saved before the marker existed (only weights, ``model.json`` and
+    ``config.yaml``) count as well.
+
+    Examples
+    --------
+    >>> is_histosge_output("/nonexistent")
+    False
+    """
+    p = Path(path)
+    if not p.is_dir() or p.is_symlink():
+        return False
+    if (p / MARKER_NAME).is_file():
+        return True
+    names = {c.name for c in p.iterdir()}
+    if names and names <= _CHECKPOINT_FILES and "model.json" in names:
+        try:
+            return str(json.loads((p / "model.json").read_text()).get("format", "")).startswith(
+                "napari-histosge-checkpoint/"
+            )
+        except (OSError, ValueError, AttributeError):
+            return False
+    return False
+
+
+def is_spatialdata_store(path: str | Path) -> bool:
+    """Whether ``path`` is a SpatialData zarr store (root group with ``spatialdata_attrs``)."""
+    p = Path(path)
+    for meta, key in (("zarr.json", "attributes"), (".zattrs", None)):
+        f = p / meta
+        if f.is_file():
+            try:
+                doc = json.loads(f.read_text())
+            except (OSError, ValueError):
+                return False
+            attrs = doc.get(key, {}) if key else doc
+            return isinstance(attrs, dict) and "spatialdata_attrs" in attrs
+    return False
+
+
+def _writable_parent(p: Path) -> Path | None:
+    """Return the nearest existing ancestor of ``p`` unless it is a writable folder."""
+    anc = p.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir() or not os.access(anc, os.W_OK | os.X_OK):
+        return anc
+    return None
+
+
+def _related(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_target(
+    out: str | Path,
+    *,
+    overwrite: bool,
+    kind: Literal["store", "folder", "file"] = "store",
+    inputs: Iterable[str | Path | None] = (),
+    allow_input: bool = False,
+    option: str = "--out",
+) -> Path:
+    """Decide whether ``out`` may be written; raise a one-line error when not.
+
+    The one overwrite rule of every writer (export, convert, checkpoints, batch): a new path is
+    written when its folder is writable; an existing path is replaced only with ``overwrite``
+    and only when it is an empty folder, a histosge output (it holds the marker file) or, for
+    ``kind="store"``, a SpatialData store. Paths that are, hold or lie inside an input are
+    refused (``allow_input`` lets an export rewrite the input store itself, whole). Leftover
+    temporary siblings of ``out`` from an interrupted write are cleaned first.
+
+    Parameters
+    ----------
+    out
+        The path to write.
+    overwrite
+        Whether the user asked to replace an existing output.
+    kind
+        ``"store"`` (zarr store), ``"folder"`` (checkpoint) or ``"file"`` (a plain file).
+    inputs
+        Paths the command reads; ``None`` entries are ignored.
+    allow_input
+        Allow ``out`` to be exactly the first input (an export into the input store).
+    option
+        The command-line option naming ``out``, for the message.
+
+    Returns
+    -------
+    The resolved path.
+
+    Examples
+    --------
+    >>> check_target("/tmp/new-output.zarr", overwrite=False)  # doctest: +SKIP
+    PosixPath('/tmp/new-output.zarr')
+    """
+    p = Path(out).expanduser().resolve()
+    ins = [Path(i).expanduser().resolve() for i in inputs if i is not None]
+    for i, src in enumerate(ins):
+        if allow_input and i == 0 and p == src:
+            continue
+        if _related(p, src):
+            where = "is" if p == src else ("holds" if src in p.parents else "lies inside")
+            raise ValueError(
+                f"Expected {option} `{p}` apart from the input, found it {where} `{src}`; "
+                "choose another path (inputs are never replaced)."
+            )
+    blocked = _writable_parent(p)
+    if blocked is not None:
+        raise ValueError(
+            f"Expected {option} `{p}` in a writable folder, found `{blocked}` "
+            f"{'read-only' if blocked.is_dir() else 'is not a folder'}; choose another path."
+        )
+    if kind != "file":
+        recover_siblings(p)
+    if not p.exists() and not p.is_symlink():
+        return p
+    if allow_input and ins and p == ins[0]:
+        return p
+    if kind == "file":
+        if p.is_dir():
+            raise ValueError(
+                f"Expected {option} `{p}` to be a file, found a folder; choose another path."
+            )
+        return p
+    if p.is_symlink() or not p.is_dir():
+        raise ValueError(
+            f"Expected {option} `{p}` to be a new path, found an existing file; choose another "
+            "path (--overwrite replaces only earlier histosge outputs)."
+        )
+    ours = not any(p.iterdir()) or is_histosge_output(p)
+    if kind == "store" and not ours:
+        ours = is_spatialdata_store(p)
+    if not ours:
+        raise ValueError(
+            f"Expected {option} `{p}` to be a new path or an earlier histosge output, found a "
+            "folder this tool did not write; choose another path or move that folder yourself."
+        )
+    if not overwrite:
+        raise FileExistsError(
+            f"Expected {option} `{p}` not to exist, found an earlier output there; pass "
+            "--overwrite (overwrite=True) to replace it."
+        )
+    return p
+
+
+def write_marker(folder: Path, kind: str) -> None:
+    """Mark ``folder`` as written by this package (see :func:`is_histosge_output`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version("napari-histosge")
+    except PackageNotFoundError:
+        ver = "unknown"
+    (folder / MARKER_NAME).write_text(
+        json.dumps({"written_by": "napari-histosge", "version": ver, "kind": kind}) + "\n"
+    )
+
+
+def write_folder_atomic(
+    out: str | Path, write: Callable[[Path], None], *, kind: str = "folder"
+) -> Path:
     """Call ``write(tmp)`` on a temporary sibling of ``out``, then move it into place.
 
-    ``write`` must create ``tmp`` (a folder). A failure while writing removes the partial copy
-    and leaves whatever was at ``out`` untouched; an existing ``out`` is swapped out by renames
-    and removed only once the new folder is in place. The caller decides whether replacing
-    ``out`` is allowed.
+    ``write`` must create ``tmp`` (a folder); the marker file is added to it. A failure or an
+    interrupt while writing removes the partial copy and leaves whatever was at ``out``
+    untouched; an existing ``out`` is swapped out by renames (with Ctrl-C deferred) and
+    removed only once the new folder is in place. The caller checks with :func:`check_target`
+    that replacing ``out`` is allowed.
 
     Examples
     --------
@@ -54,25 +272,31 @@ def write_folder_atomic(out: str | Path, write: Callable[[Path], None]) -> Path:
     """
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
+    recover_siblings(out)
     token = uuid.uuid4().hex[:8]
     tmp = out.parent / f".{out.name}.tmp-{token}"
     try:
         write(tmp)
+        write_marker(tmp, kind)
+        fault_point("folder-written")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        backup = out.parent / f".{out.name}.old-{token}"
-        os.replace(out, backup)
-        try:
+    with deferred_interrupt():
+        if out.exists():
+            backup = out.parent / f".{out.name}.old-{token}"
+            os.replace(out, backup)
+            fault_point("folder-swap")
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(backup, out)
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            fault_point("folder-swapped")
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
             os.replace(tmp, out)
-        except BaseException:
-            os.replace(backup, out)
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
     return out
 
 
@@ -84,5 +308,127 @@ def write_atomic(sdata: SpatialData, out: str | Path) -> Path:
     >>> write_atomic(sdata, "slide.zarr")  # doctest: +SKIP
     """
     return write_folder_atomic(
-        out, lambda tmp: sdata.write(tmp, overwrite=False, update_sdata_path=False)
+        out, lambda tmp: sdata.write(tmp, overwrite=False, update_sdata_path=False), kind="store"
     )
+
+
+_STORE_LEFTOVER = re.compile(r"^\.histosge-(tmp|old)-[0-9a-f]{8}$")
+
+
+def _root_meta(root: Path) -> dict | None:
+    f = root / "zarr.json"
+    if not f.is_file():
+        return None
+    doc = json.loads(f.read_text())
+    return doc if isinstance(doc, dict) else None
+
+
+def _write_json_atomic(path: Path, doc: dict) -> None:
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, path)
+
+
+def _listed(doc: dict) -> dict | None:
+    cm = doc.get("consolidated_metadata")
+    return cm.get("metadata") if isinstance(cm, dict) else None
+
+
+def _relist(root: Path, prefix: str, entries: dict | None) -> None:
+    """Drop the consolidated entries under ``prefix`` and add ``entries`` (atomic rewrite)."""
+    doc = _root_meta(root)
+    listed = _listed(doc) if doc is not None else None
+    if doc is None or listed is None:
+        return
+    kept = {k: v for k, v in listed.items() if k != prefix and not k.startswith(prefix + "/")}
+    for k, v in (entries or {}).items():
+        kept.setdefault(k, v)
+    doc["consolidated_metadata"]["metadata"] = kept
+    _write_json_atomic(root / "zarr.json", doc)
+
+
+def clean_store_leftovers(root: str | Path, *, element_prefix: str = "histosge_features_") -> int:
+    """Remove what an interrupted :func:`write_table_atomic` left in the store ``root``.
+
+    That is hidden ``.histosge-tmp-*``/``.histosge-old-*`` folders at the store's root and
+    ``tables/<element_prefix>*`` folders the store's metadata does not list (an element caught
+    half-written). Prints one notice; returns how many were removed. Only this package's own
+    names are touched.
+
+    Examples
+    --------
+    >>> clean_store_leftovers("slide.zarr")  # doctest: +SKIP
+    0
+    """
+    root = Path(root)
+    victims = [p for p in root.iterdir() if _STORE_LEFTOVER.match(p.name)] if root.is_dir() else []
+    doc = _root_meta(root)
+    listed = _listed(doc) if doc is not None else None
+    tables = root / "tables"
+    if listed is not None and tables.is_dir():
+        victims += [
+            p
+            for p in tables.iterdir()
+            if p.is_dir() and p.name.startswith(element_prefix) and f"tables/{p.name}" not in listed
+        ]
+    removed = 0
+    for p in victims:
+        try:
+            shutil.rmtree(p)
+            removed += 1
+        except OSError:
+            continue
+    if removed:
+        _notice(f"removed {removed} partial cache copies left in `{root}` by an interrupted run.")
+    return removed
+
+
+def write_table_atomic(root: str | Path, name: str, table: object) -> None:
+    """Write the table ``name`` into the existing zarr store ``root`` so that a kill is harmless.
+
+    The table is written in full under a hidden temporary name inside the store, then swapped
+    in: the store's metadata first stops listing ``name``, the old folder is moved aside, the
+    new one moved in, and the metadata lists it again. A kill at any point leaves the store
+    readable with either the old table or none; :func:`clean_store_leftovers` tidies up on the
+    next write. Raises ``OSError`` (nothing changed) when the store cannot be written and
+    ``ValueError`` for a store format this function does not handle (zarr v2).
+
+    Examples
+    --------
+    >>> write_table_atomic("slide.zarr", "histosge_features_spots", adata)  # doctest: +SKIP
+    """
+    from spatialdata import SpatialData
+
+    root = Path(root)
+    if _root_meta(root) is None:
+        raise ValueError(f"Expected a zarr v3 store at `{root}`, found another format.")
+    clean_store_leftovers(root)
+    token = uuid.uuid4().hex[:8]
+    stage = root / f".histosge-tmp-{token}"
+    try:
+        SpatialData(tables={name: table}).write(stage, overwrite=False)  # type: ignore[dict-item]
+        fault_point("element-staged")
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    staged = _listed(_root_meta(stage) or {}) or {}
+    prefix = f"tables/{name}"
+    entries = {k: v for k, v in staged.items() if k == prefix or k.startswith(prefix + "/")}
+    target = root / "tables" / name
+    old = root / f".histosge-old-{token}"
+    with deferred_interrupt():
+        _relist(root, prefix, None)
+        fault_point("element-unlisted")
+        if not (root / "tables" / "zarr.json").is_file():
+            (root / "tables").mkdir(exist_ok=True)
+            shutil.copyfile(stage / "tables" / "zarr.json", root / "tables" / "zarr.json")
+            entries.setdefault("tables", staged.get("tables"))
+        if target.exists():
+            os.replace(target, old)
+        fault_point("element-moved-aside")
+        os.replace(stage / "tables" / name, target)
+        fault_point("element-moved-in")
+        _relist(root, prefix, entries)
+        fault_point("element-listed")
+    shutil.rmtree(stage, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)

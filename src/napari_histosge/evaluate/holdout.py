@@ -108,6 +108,7 @@ def evaluate_holdout(
         patch_sizes=opts.patch_sizes,
         batch_size=opts.batch_size,
         cache_name="spots",
+        cache=opts.cache,
     )
     xy_um = geom.centers_um
     y = targets.values

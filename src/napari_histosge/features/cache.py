@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -97,8 +99,32 @@ def store(
     table.uns[_UNS_KEY] = entries
     sdata.tables[name] = table
     if sdata.is_backed() and sdata.path is not None and sdata.path.exists():
-        # spatialdata refuses to overwrite an element inside the object's own store; the cache
-        # can always be recomputed, so the old copy is deleted first (spatialdata's advice).
-        if f"tables/{name}" in sdata.elements_paths_on_disk():
-            sdata.delete_element_from_disk(name)
-        sdata.write_element(name, overwrite=True)
+        write_cache_table(Path(sdata.path), name, table)
+
+
+def write_cache_table(root: Path, name: str, table: Any) -> bool:
+    """Write a cache table into the store ``root`` crash-safely; warn and skip when impossible.
+
+    The cache can always be recomputed, so a read-only store, an unsupported store format or a
+    failed write only costs a warning (the store is left as it was).
+    """
+    import warnings
+
+    from napari_histosge.store import write_table_atomic
+
+    tables = root / "tables"
+    read_only = not os.access(root, os.W_OK) or (tables.exists() and not os.access(tables, os.W_OK))
+    reason = "the store is read-only" if read_only else None
+    if reason is None:
+        try:
+            write_table_atomic(root, name, table)
+            return True
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "strerror", None) or str(err)
+    warnings.warn(
+        f"features not cached in `{root}` ({reason}); they will be computed again next time "
+        "(pass --no-cache to skip the cache).",
+        UserWarning,
+        stacklevel=3,
+    )
+    return False

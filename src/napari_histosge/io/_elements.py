@@ -100,6 +100,16 @@ def check_counts(matrix: Any, what: str) -> None:
     n_nan = int(np.isnan(data).sum()) if np.issubdtype(data.dtype, np.floating) else 0
     if n_nan:
         raise ValueError(f"Expected counts without NaN in {what}, found {n_nan} NaN values.")
+    n_inf = int(np.isinf(data).sum()) if np.issubdtype(data.dtype, np.floating) else 0
+    if n_inf:
+        raise ValueError(
+            f"Expected finite counts in {what}, found {n_inf} infinite values; fix those entries."
+        )
     n_neg = int((data < 0).sum())
     if n_neg:
         raise ValueError(f"Expected non-negative counts in {what}, found {n_neg} negative values.")
+    if data.size == 0 or not np.any(data):
+        raise ValueError(
+            f"Expected some non-zero counts in {what}, found only zeros; check that the right "
+            "table (or layer) holds the counts."
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from napari_histosge.store import write_atomic
+from napari_histosge.store import check_target, write_atomic
 
 from .keys import resolve_keys
 from .read import read_slide
@@ -27,7 +27,8 @@ def convert(src: str | Path, out: str | Path, *, overwrite: bool = False) -> Pat
     out
         The ``.zarr`` to write.
     overwrite
-        Replace ``out`` when it exists; otherwise an existing ``out`` is refused.
+        Replace ``out`` when it is an earlier output or a SpatialData store (see
+        :func:`~napari_histosge.store.check_target`); otherwise an existing ``out`` is refused.
 
     Returns
     -------
@@ -38,17 +39,10 @@ def convert(src: str | Path, out: str | Path, *, overwrite: bool = False) -> Pat
     >>> convert("her2st/C2/", "C2.zarr")  # doctest: +SKIP
     PosixPath('/data/C2.zarr')
     """
-    out_path = Path(out).resolve()
     src_path = Path(src).resolve()
-    if src_path == out_path or src_path in out_path.parents:
-        raise ValueError(
-            f"Expected an output outside the input, found `{out_path}` for input `{src_path}`."
-        )
-    if out_path.exists() and not overwrite:
-        raise FileExistsError(
-            f"Expected output `{out_path}` not to exist, found it; pass overwrite=True "
-            "(--overwrite) to replace it."
-        )
+    out_path = check_target(
+        out, overwrite=overwrite, kind="store", inputs=[src_path], option="output"
+    )
     sdata = read_slide(src_path)
     keys = resolve_keys(sdata)
     validate_slide(sdata, keys)

@@ -35,6 +35,44 @@ def _st_px_per_pitch(spots: Any) -> float | None:
     return float(np.mean(slopes)) if slopes else None
 
 
+def _check_spot_rows(spots: Any, filename: str) -> Any:
+    """Numeric spot rows indexed ``"{x}x{y}"``; repeated rows must agree (one is kept).
+
+    Raises ``ValueError`` naming the file and the line (the header is line 1) of the first
+    garbage value, or of a repeated spot whose position differs.
+    """
+    import pandas as pd
+
+    cols = [c for c in ("x", "y", "new_x", "new_y", "pixel_x", "pixel_y") if c in spots.columns]
+    out = spots.copy()
+    for col in cols:
+        num = pd.to_numeric(spots[col], errors="coerce")
+        bad = ~np.isfinite(num.to_numpy(dtype=float))
+        if col in ("x", "y"):
+            bad |= ~bad & (num.fillna(0) % 1 != 0).to_numpy()
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"Expected a number in column `{col}` of `{filename}` line {i + 2}, found "
+                f"`{spots[col].iloc[i]}`; fix or delete that line."
+            )
+        out[col] = num
+    ids = [f"{int(x)}x{int(y)}" for x, y in zip(out["x"], out["y"], strict=True)]
+    out.index = pd.Index(ids)
+    dup = out.index.duplicated(keep=False)
+    if dup.any():
+        pix = out.loc[dup, ["pixel_x", "pixel_y"]]
+        spread = pix.groupby(level=0).agg(lambda v: float(np.ptp(v.to_numpy(dtype=float))))
+        conflict = spread.index[(spread > 0.5).any(axis=1).to_numpy()]
+        if len(conflict):
+            lines = [i + 2 for i in np.flatnonzero(out.index == conflict[0])]
+            raise ValueError(
+                f"Expected one position per spot in `{filename}`, found spot `{conflict[0]}` on "
+                f"lines {lines} at different pixel positions; delete the wrong line."
+            )
+    return out
+
+
 def read_her2st(folder: str | Path) -> SpatialData:
     """Read one legacy Spatial Transcriptomics section laid out as in the her2st repository.
 
@@ -86,9 +124,7 @@ def read_her2st(folder: str | Path) -> SpatialData:
         raise ValueError(
             f"Expected columns {sorted(need)} in `{spots_path.name}`, found {list(spots.columns)}."
         )
-    spots.index = pd.Index(
-        [f"{int(x)}x{int(y)}" for x, y in zip(spots["x"], spots["y"], strict=True)]
-    )
+    spots = _check_spot_rows(spots, spots_path.name)
     counts.index = counts.index.astype(str)
     if not counts.index.is_unique:
         dup = counts.index[counts.index.duplicated()].unique().tolist()
