@@ -177,12 +177,28 @@ def _check_inputs(args: argparse.Namespace) -> None:
     from .expression import MIN_GENES
 
     check_device(getattr(args, "device", None))
+    if getattr(args, "positions", None) is not None:
+        from .pipeline import parse_positions
+
+        parse_positions(args.positions)
     n_top = getattr(args, "n_top_genes", None)
     if n_top is not None and getattr(args, "genes", None) is None and n_top < MIN_GENES:
         raise CliError(
             f"Expected --n-top-genes >= {MIN_GENES}, found {n_top}; the model predicts several "
             "genes at once."
         )
+
+
+def _read_genes(args: argparse.Namespace) -> list[str] | None:
+    from .expression import MIN_GENES
+
+    genes = _read_lines(args.genes, "gene")
+    if genes is not None and len(genes) < MIN_GENES:
+        raise CliError(
+            f"Expected at least {MIN_GENES} genes in `{args.genes}`, found {len(genes)}; the "
+            "model predicts several genes at once, so add genes to the file."
+        )
+    return genes
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -201,7 +217,6 @@ def _write_text_atomic(path: Path, text: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """``histosge run STORE --out OUT.zarr``: features, training, prediction and export."""
     from .checkpoints import save_checkpoint
-    from .expression import MIN_GENES
     from .pipeline import export_slide, iter_extract, iter_train, predict_slide, render_maps
     from .store import check_target
 
@@ -217,12 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             option="--checkpoint-out",
         )
     _check_inputs(args)
-    genes = _read_lines(args.genes, "gene")
-    if genes is not None and len(genes) < MIN_GENES:
-        raise CliError(
-            f"Expected at least {MIN_GENES} genes in `{args.genes}`, found {len(genes)}; the "
-            "model predicts several genes at once, so add genes to the file."
-        )
+    genes = _read_genes(args)
     slide = _open(args, args.store)
     opts = _extract_options(args, args.positions)
     feats = _drive(iter_extract(slide, options=opts), quiet=args.quiet)
@@ -301,7 +311,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CliError("Expected --predictions-out and --metrics-out to differ, found one path.")
     _check_inputs(args)
     holdout = _read_lines(args.holdout_spots, "held-out spot id")
-    genes = _read_lines(args.genes, "gene")
+    genes = _read_genes(args)
     slide = _open(args, args.store)
     result = _drive(
         evaluate_holdout(

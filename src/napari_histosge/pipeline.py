@@ -253,8 +253,8 @@ def iter_extract(
             cache=opts.cache,
         )
 
+    name, xy = new_positions(slide, opts.positions)  # a bad spec fails before any work
     spots = yield from extract(slide.geometry.centers_px, "spots")
-    name, xy = new_positions(slide, opts.positions)
     pos = yield from extract(xy, name)
     return SlideFeatures(
         spots=spots,

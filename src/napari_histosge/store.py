@@ -202,6 +202,11 @@ def check_target(
                 f"Expected {option} `{p}` apart from the input, found it {where} `{src}`; "
                 "choose another path (inputs are never replaced)."
             )
+    if kind == "file" and not p.parent.is_dir():
+        raise ValueError(
+            f"Expected the folder of {option} `{p}` to exist, found none; create it first or "
+            "choose another path."
+        )
     blocked = _writable_parent(p)
     if blocked is not None:
         raise ValueError(
@@ -223,7 +228,7 @@ def check_target(
     if p.is_symlink() or not p.is_dir():
         raise ValueError(
             f"Expected {option} `{p}` to be a new path, found an existing file; choose another "
-            "path (--overwrite replaces only earlier histosge outputs)."
+            "path (only earlier outputs of this tool are ever replaced)."
         )
     ours = not any(p.iterdir()) or is_histosge_output(p)
     if kind == "store" and not ours:
