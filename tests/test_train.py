@@ -171,7 +171,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(safetensors.torch, "save_file", broken)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(model, path)
+        save_checkpoint(model, path, overwrite=True)
     # The old checkpoint is whole, and no temporary sibling is left behind.
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]

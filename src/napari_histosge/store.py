@@ -246,6 +246,25 @@ def check_target(
     return p
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2``); ``False`` where unsupported."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    res = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return res == 0
+
+
 def write_marker(folder: Path, kind: str) -> None:
     """Mark ``folder`` as written by this package (see :func:`is_histosge_output`)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -288,7 +307,10 @@ def write_folder_atomic(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     with deferred_interrupt():
-        if out.exists():
+        if out.exists() and _exchange(tmp, out):
+            fault_point("folder-swapped")
+            shutil.rmtree(tmp, ignore_errors=True)  # now the previous output
+        elif out.exists():
             backup = out.parent / f".{out.name}.old-{token}"
             os.replace(out, backup)
             fault_point("folder-swap")
