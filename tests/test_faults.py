@@ -310,3 +310,47 @@ def test_convert_killed_when_its_temporary_store_appears(tmp_path, base):
     sd.read_zarr(out)
     assert run_cli(["convert", src, out, "--overwrite"]).returncode == 0
     assert not _leftovers(tmp_path)
+
+
+def test_listed_but_damaged_cache_is_skipped_and_rewritten(tmp_path, cached_store):
+    """A cache element left half-written by an older version no longer blocks the store."""
+    from napari_histosge.io import read_slide
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(cached_store, store)
+    shutil.rmtree(store / "tables" / CACHE / "obs")
+    (store / "tables" / CACHE / "zarr.json").unlink()
+    with pytest.warns(UserWarning, match="damaged feature cache"):
+        sdata = read_slide(store)
+    assert CACHE not in sdata.tables
+    assert "table" in sdata.tables
+    from napari_histosge.features.cache import store as write_cache
+
+    n = sdata.tables["table"].n_obs
+    write_cache(
+        sdata, CACHE, "X_again", np.zeros((n, 2)), np.ones((n, 3), np.float32),
+        {"positions_digest": "again", "dim": 3},
+    )  # fmt: skip
+    assert "X_again" in sd.read_zarr(store).tables[CACHE].obsm
+    assert not _leftovers(store)
+
+
+def test_stale_siblings_only_of_our_pattern_are_cleaned(tmp_path):
+    from napari_histosge.store import check_target, write_folder_atomic
+
+    out = tmp_path / "o.zarr"
+    ours = [tmp_path / ".o.zarr.tmp-0123abcd", tmp_path / ".o.zarr.old-89abcdef"]
+    theirs = [tmp_path / ".o.zarr.tmp-mine", tmp_path / ".o.zarr.backup", tmp_path / ".x.tmp-0"]
+    for p in ours + theirs:
+        p.mkdir()
+        (p / "f").write_text("x")
+    (ours[1] / MARKER_NAME).write_text("{}")  # an earlier output caught mid-swap
+    # The `.old-*` with nothing at `out` is the previous output caught mid-swap: put back.
+    with pytest.warns(UserWarning, match="restored"):
+        check_target(out, overwrite=True)
+    assert (out / "f").read_text() == "x"
+    write_folder_atomic(out, lambda tmp: tmp.mkdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["o.zarr"] + [p.name for p in theirs]
+    )
+    assert (out / MARKER_NAME).is_file()

@@ -362,3 +362,30 @@ def test_counts_cases_named_in_table():
         "spots-garbage-line",
     ):
         assert needed in ids
+
+
+@pytest.mark.slow
+def test_no_cache_and_read_only_input_leave_the_input_untouched(
+    tmp_path, base_store, monkeypatch, capsys
+):
+    import spatialdata as sd
+
+    from napari_histosge.features import cache as cache_mod
+
+    src = tmp_path / "in" / "s.zarr"
+    shutil.copytree(base_store, src)
+    before = tree_digest(src)
+    out = tmp_path / "o.zarr"
+    assert main(["run", str(src), "--out", str(out), "--no-cache", *FAST]) == 0
+    assert tree_digest(src) == before
+    assert "histosge_predictions" in sd.read_zarr(out).tables
+    capsys.readouterr()
+    real = cache_mod.os.access
+    monkeypatch.setattr(
+        cache_mod.os, "access", lambda p, m: False if Path(p) == src else real(p, m)
+    )
+    assert main(["run", str(src), "--out", str(out), "--overwrite", *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "features not cached" in err
+    assert "read-only" in err
+    assert tree_digest(src) == before

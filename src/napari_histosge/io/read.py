@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -60,9 +60,11 @@ def read_slide(
         try:
             sdata = sd.read_zarr(p)
         except Exception as err:  # noqa: BLE001 - re-raised with the path and the cause
-            raise ValueError(
-                f"Expected a SpatialData store at `{p}`, could not read it: {err}"
-            ) from err
+            sdata = _read_without_damaged_cache(p, err)
+            if sdata is None:
+                raise ValueError(
+                    f"Expected a SpatialData store at `{p}`, could not read it: {err}"
+                ) from err
     elif is_her2st_folder(p):
         sdata = read_her2st(p)
     elif is_visium_folder(p):
@@ -95,3 +97,30 @@ def _ensure_rgb_element(sdata: SpatialData, image_key: str) -> None:
     tf = get_transformation(element, get_all=True)
     del sdata.images[image_key]
     sdata.images[image_key] = parse_image(data, dict(tf))  # type: ignore[arg-type]
+
+
+def _read_without_damaged_cache(p: Path, err: Exception) -> Any:
+    """Read a store whose only damage is a feature cache left half-written by an older version.
+
+    The cache can be recomputed: it is skipped with one notice and rewritten by the next
+    extraction. Returns ``None`` when the damage is elsewhere.
+    """
+    import warnings
+
+    import spatialdata as sd
+
+    if "histosge_features_" not in str(err):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            sdata = sd.read_zarr(p, on_bad_files="warn")
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            return None
+    warnings.warn(
+        f"skipped a damaged feature cache in `{p}` (left by an interrupted run); it will be "
+        "computed and written again.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return sdata
