@@ -429,9 +429,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except KeyboardInterrupt:
         done = f"kept the finished {', '.join(args.written)}" if args.written else "wrote no output"
+        cache = (
+            " (feature caches finished in the input store are kept)"
+            if getattr(args, "no_cache", True) is False
+            else ""
+        )
         print(  # noqa: T201
-            f"histosge: cancelled; {done}; unfinished writes were discarded and existing files "
-            "left as they were.",
+            f"histosge: cancelled; {done}{cache}; unfinished writes were discarded and earlier "
+            "files left as they were.",
             file=sys.stderr,
         )
         return 130

@@ -15,8 +15,11 @@ from .store import (
     POSITIONS_KEY,
     PREDICTIONS_KEY,
     check_target,
+    foreign_entries,
     write_atomic,
 )
+
+_GROUPS = ("images", "shapes", "tables")
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -180,6 +183,16 @@ def write_predictions(
     out_path = check_target(
         out, overwrite=overwrite, kind="store", inputs=[source], allow_input=True
     )
+    if source is not None and out_path == source:
+        loaded = [f"{kind}/{name}" for kind, name, _ in sdata.gen_elements()]
+        lost = foreign_entries(
+            source, [*loaded, *(f"{k}/{n}" for k in _GROUPS for n in OUTPUT_KEYS)]
+        )
+        if lost:
+            raise ValueError(
+                f"Expected every element of the input `{source}` to be loaded before it is "
+                f"rewritten with the outputs, found `{lost[0]}` not loaded; choose another --out."
+            )
     existing_outputs = [k for k in OUTPUT_KEYS if k in sdata]
     if existing_outputs and not overwrite:
         raise FileExistsError(

@@ -145,6 +145,42 @@ def _writable_parent(p: Path) -> Path | None:
     return None
 
 
+_STORE_ROOT = {"zarr.json", ".zattrs", ".zgroup", ".zmetadata", MARKER_NAME}
+_ELEMENT_GROUPS = ("images", "labels", "points", "shapes", "tables")
+
+
+def foreign_entries(root: str | Path, loaded: Iterable[str] | None = None) -> list[str]:
+    """Entries of the store ``root`` that a rewrite from its elements would lose.
+
+    Files or folders besides the store's metadata and element groups, and, when ``loaded``
+    (``"tables/table"``-style paths) is given, elements on disk that were not loaded. Caches of
+    this package (``tables/histosge_features_*``) and hidden names do not count.
+
+    Examples
+    --------
+    >>> foreign_entries("slide.zarr")  # doctest: +SKIP
+    []
+    """
+    root = Path(root)
+    out = []
+    for child in sorted(root.iterdir()):
+        if child.name in _STORE_ROOT or _STORE_LEFTOVER.match(child.name):
+            continue
+        if child.name not in _ELEMENT_GROUPS or not child.is_dir():
+            out.append(child.name)
+            continue
+        if loaded is None:
+            continue
+        keep = set(loaded)
+        for elem in sorted(child.iterdir()):
+            rel = f"{child.name}/{elem.name}"
+            if elem.name.startswith(".") or elem.name in ("zarr.json", ".zgroup", ".zattrs"):
+                continue
+            if rel not in keep and not elem.name.startswith("histosge_features_"):
+                out.append(rel)
+    return out
+
+
 def _related(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
@@ -218,6 +254,12 @@ def check_target(
     if not p.exists() and not p.is_symlink():
         return p
     if allow_input and ins and p == ins[0]:
+        foreign = foreign_entries(p) if is_spatialdata_store(p) else ["(not a SpatialData store)"]
+        if foreign:
+            raise ValueError(
+                f"Expected the input `{p}` to hold only SpatialData elements before it is "
+                f"rewritten with the outputs, found `{foreign[0]}`; choose another {option}."
+            )
         return p
     if kind == "file":
         if p.is_dir():
