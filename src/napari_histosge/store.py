@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from ._interrupt import deferred_interrupt, fault_point
+from ._store_elements import STORE_LEFTOVER, clean_store_leftovers, write_table_atomic
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -152,9 +153,8 @@ _ELEMENT_GROUPS = ("images", "labels", "points", "shapes", "tables")
 def foreign_entries(root: str | Path, loaded: Iterable[str] | None = None) -> list[str]:
     """Entries of the store ``root`` that a rewrite from its elements would lose.
 
-    Files or folders besides the store's metadata and element groups, and, when ``loaded``
-    (``"tables/table"``-style paths) is given, elements on disk that were not loaded. Caches of
-    this package (``tables/histosge_features_*``) and hidden names do not count.
+    Files besides the store's metadata and element groups and, given ``loaded`` (paths like
+    ``"tables/table"``), elements on disk not loaded; hidden names and caches do not count.
 
     Examples
     --------
@@ -164,7 +164,7 @@ def foreign_entries(root: str | Path, loaded: Iterable[str] | None = None) -> li
     root = Path(root)
     out = []
     for child in sorted(root.iterdir()):
-        if child.name in _STORE_ROOT or _STORE_LEFTOVER.match(child.name):
+        if child.name in _STORE_ROOT or STORE_LEFTOVER.match(child.name):
             continue
         if child.name not in _ELEMENT_GROUPS or not child.is_dir():
             out.append(child.name)
@@ -179,10 +179,6 @@ def foreign_entries(root: str | Path, loaded: Iterable[str] | None = None) -> li
             if rel not in keep and not elem.name.startswith("histosge_features_"):
                 out.append(rel)
     return out
-
-
-def _related(a: Path, b: Path) -> bool:
-    return a == b or a in b.parents or b in a.parents
 
 
 def check_target(
@@ -232,7 +228,7 @@ def check_target(
     for i, src in enumerate(ins):
         if allow_input and i == 0 and p == src:
             continue
-        if _related(p, src):
+        if p == src or p in src.parents or src in p.parents:
             where = "is" if p == src else ("holds" if src in p.parents else "lies inside")
             raise ValueError(
                 f"Expected {option} `{p}` apart from the input, found it {where} `{src}`; "
@@ -379,125 +375,3 @@ def write_atomic(sdata: SpatialData, out: str | Path) -> Path:
     return write_folder_atomic(
         out, lambda tmp: sdata.write(tmp, overwrite=False, update_sdata_path=False), kind="store"
     )
-
-
-_STORE_LEFTOVER = re.compile(r"^\.histosge-(tmp|old)-[0-9a-f]{8}$")
-
-
-def _root_meta(root: Path) -> dict | None:
-    f = root / "zarr.json"
-    if not f.is_file():
-        return None
-    doc = json.loads(f.read_text())
-    return doc if isinstance(doc, dict) else None
-
-
-def _write_json_atomic(path: Path, doc: dict) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, path)
-
-
-def _listed(doc: dict) -> dict | None:
-    cm = doc.get("consolidated_metadata")
-    return cm.get("metadata") if isinstance(cm, dict) else None
-
-
-def _relist(root: Path, prefix: str, entries: dict | None) -> None:
-    """Drop the consolidated entries under ``prefix`` and add ``entries`` (atomic rewrite)."""
-    doc = _root_meta(root)
-    listed = _listed(doc) if doc is not None else None
-    if doc is None or listed is None:
-        return
-    kept = {k: v for k, v in listed.items() if k != prefix and not k.startswith(prefix + "/")}
-    for k, v in (entries or {}).items():
-        kept.setdefault(k, v)
-    doc["consolidated_metadata"]["metadata"] = kept
-    _write_json_atomic(root / "zarr.json", doc)
-
-
-def clean_store_leftovers(root: str | Path, *, element_prefix: str = "histosge_features_") -> int:
-    """Remove what an interrupted :func:`write_table_atomic` left in the store ``root``.
-
-    That is hidden ``.histosge-tmp-*``/``.histosge-old-*`` folders at the store's root and
-    ``tables/<element_prefix>*`` folders the store's metadata does not list (an element caught
-    half-written). Prints one notice; returns how many were removed. Only this package's own
-    names are touched.
-
-    Examples
-    --------
-    >>> clean_store_leftovers("slide.zarr")  # doctest: +SKIP
-    0
-    """
-    root = Path(root)
-    victims = [p for p in root.iterdir() if _STORE_LEFTOVER.match(p.name)] if root.is_dir() else []
-    doc = _root_meta(root)
-    listed = _listed(doc) if doc is not None else None
-    tables = root / "tables"
-    if listed is not None and tables.is_dir():
-        victims += [
-            p
-            for p in tables.iterdir()
-            if p.is_dir() and p.name.startswith(element_prefix) and f"tables/{p.name}" not in listed
-        ]
-    removed = 0
-    for p in victims:
-        try:
-            shutil.rmtree(p)
-            removed += 1
-        except OSError:
-            continue
-    if removed:
-        _notice(f"removed {removed} partial cache copies left in `{root}` by an interrupted run.")
-    return removed
-
-
-def write_table_atomic(root: str | Path, name: str, table: object) -> None:
-    """Write the table ``name`` into the existing zarr store ``root`` so that a kill is harmless.
-
-    The table is written in full under a hidden temporary name inside the store, then swapped
-    in: the store's metadata first stops listing ``name``, the old folder is moved aside, the
-    new one moved in, and the metadata lists it again. A kill at any point leaves the store
-    readable with either the old table or none; :func:`clean_store_leftovers` tidies up on the
-    next write. Raises ``OSError`` (nothing changed) when the store cannot be written and
-    ``ValueError`` for a store format this function does not handle (zarr v2).
-
-    Examples
-    --------
-    >>> write_table_atomic("slide.zarr", "histosge_features_spots", adata)  # doctest: +SKIP
-    """
-    from spatialdata import SpatialData
-
-    root = Path(root)
-    if _root_meta(root) is None:
-        raise ValueError(f"Expected a zarr v3 store at `{root}`, found another format.")
-    clean_store_leftovers(root)
-    token = uuid.uuid4().hex[:8]
-    stage = root / f".histosge-tmp-{token}"
-    try:
-        SpatialData(tables={name: table}).write(stage, overwrite=False)  # type: ignore[dict-item]
-        fault_point("element-staged")
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    staged = _listed(_root_meta(stage) or {}) or {}
-    prefix = f"tables/{name}"
-    entries = {k: v for k, v in staged.items() if k == prefix or k.startswith(prefix + "/")}
-    target = root / "tables" / name
-    old = root / f".histosge-old-{token}"
-    with deferred_interrupt():
-        _relist(root, prefix, None)
-        fault_point("element-unlisted")
-        if not (root / "tables" / "zarr.json").is_file():
-            (root / "tables").mkdir(exist_ok=True)
-            shutil.copyfile(stage / "tables" / "zarr.json", root / "tables" / "zarr.json")
-            entries.setdefault("tables", staged.get("tables"))
-        if target.exists():
-            os.replace(target, old)
-        fault_point("element-moved-aside")
-        os.replace(stage / "tables" / name, target)
-        fault_point("element-moved-in")
-        _relist(root, prefix, entries)
-        fault_point("element-listed")
-    shutil.rmtree(stage, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
