@@ -237,7 +237,46 @@ CASES: list[tuple[str, Callable[[Ctx], list], str, bool]] = [
         *FAST], "missing.zarr", False),
     ("convert-input-missing", lambda c: ["convert", c.tmp / "missing", c.tmp / "x.zarr"],
         "missing", False),
+    ("epochs-0", lambda c: ["run", c.store(), "--out", c.tmp / "o.zarr", "--quiet",
+        "--epochs", "0"], "epochs", False),
+    ("batch-size-0", lambda c: ["run", c.store(), "--out", c.tmp / "o.zarr", "--quiet",
+        "--batch-size", "0", "--n-top-genes", "5"], "batch", False),
+    ("positions-garbage", lambda c: ["run", c.store(), "--out", c.tmp / "o.zarr",
+        "--positions", "16x", *FAST], "positions", False),
+    ("image-key-unknown", lambda c: ["run", c.store(), "--out", c.tmp / "o.zarr",
+        "--image-key", "nope", *FAST], "nope", False),
+    ("table-key-unknown", lambda c: ["run", c.store(), "--out", c.tmp / "o.zarr",
+        "--table-key", "nope", *FAST], "nope", False),
+    ("input-is-text-file", lambda c: ["run", c.text("s.zarr", "not a store"), "--out",
+        c.tmp / "o.zarr", *FAST], "s.zarr", False),
+    ("input-is-empty-folder", lambda c: ["convert", c.text("e/.keep", "").parent,
+        c.tmp / "o.zarr"], "e", False),
+    ("encoder-unknown", lambda c: ["run", c.store(), "--out", c.tmp / "o.zarr",
+        "--encoder", "nope", *FAST], "nope", False),
+    ("weights-missing-file", lambda c: ["run", c.store(), "--out", c.tmp / "o.zarr",
+        "--encoder", "uni", "--weights", c.tmp / "w.safetensors", *FAST], "w.safetensors",
+        False),
+    ("counts-file-nan", lambda c: ["convert", _counts_edit(c, "nan"), c.tmp / "o.zarr"],
+        "NaN", False),
+    ("counts-file-inf", lambda c: ["convert", _counts_edit(c, "inf"), c.tmp / "o.zarr"],
+        "infinite", False),
+    ("counts-file-all-zero", lambda c: ["convert", _counts_edit(c, "0"), c.tmp / "o.zarr"],
+        "non-zero", False),
 ]  # fmt: skip
+
+
+def _counts_edit(c: Ctx, value: str) -> Path:
+    import pandas as pd
+
+    folder = fake_section(c.tmp / "sec")
+    f = folder / "S1.tsv.gz"
+    df = pd.read_csv(f, sep="\t", index_col=0).astype(float)
+    if value == "0":
+        df[:] = 0
+    else:
+        df.iloc[0, 0] = float(value)
+    df.to_csv(f, sep="\t")
+    return folder
 
 
 def _list_json(c: Ctx) -> Path:

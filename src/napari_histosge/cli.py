@@ -232,6 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             option="--checkpoint-out",
         )
     _check_inputs(args)
+    config = _train_config(args, args.device)  # checked before any work
     genes = _read_genes(args)
     slide = _open(args, args.store)
     opts = _extract_options(args, args.positions)
@@ -240,7 +241,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         iter_train(
             slide,
             features=feats,
-            config=_train_config(args, args.device),
+            config=config,
             genes=genes,
             n_top_genes=args.n_top_genes,
         ),

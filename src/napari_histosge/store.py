@@ -245,8 +245,7 @@ def check_target(
             f"Expected {option} `{p}` in a writable folder, found `{blocked}` "
             f"{'read-only' if blocked.is_dir() else 'is not a folder'}; choose another path."
         )
-    if kind != "file":
-        recover_siblings(p)
+    recover_siblings(p)
     if not p.exists() and not p.is_symlink():
         return p
     if allow_input and ins and p == ins[0]:
