@@ -361,3 +361,37 @@ def test_stale_siblings_only_of_our_pattern_are_cleaned(tmp_path):
         ["o.zarr"] + [p.name for p in theirs]
     )
     assert (out / MARKER_NAME).is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("point", "sig"), [("folder-written", "INT"), ("folder-swapped", "KILL")])
+def test_run_export_killed_at(point, sig, tmp_path, base):
+    from napari_histosge.store import check_target
+
+    src, out = tmp_path / "s.zarr", tmp_path / "o.zarr"
+    shutil.copytree(base["store"], src)
+    shutil.copytree(base["prev"], out)
+    src_before, out_before = _visible(src), tree_digest(out)
+    res = run_cli(
+        ["run", src, "--out", out, "--overwrite", "--no-cache", *FAST],
+        HISTOSGE_FAULT_AT=point,
+        HISTOSGE_FAULT_SIGNAL=sig,
+    )
+    _assert_interrupted(res, sig)
+    assert _visible(src) == src_before
+    sd.read_zarr(src)
+    back = sd.read_zarr(out)
+    if point == "folder-written":
+        assert tree_digest(out) == out_before
+        assert "cancelled; wrote no output;" in res.stderr  # --no-cache: nothing else written
+    else:
+        assert "histosge_predictions" in back.tables  # the new output, complete
+    with pytest.warns(UserWarning, match="leftover") if point != "folder-written" else _nothing():
+        check_target(out, overwrite=True)
+    assert not _leftovers(tmp_path)
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
