@@ -57,6 +57,11 @@ def lookup(
     sdata: SpatialData, name: str, key: str, digest: str, sizes_px: Sequence[float]
 ) -> tuple[np.ndarray, dict[str, Any]] | None:
     """Return cached features and provenance for ``key`` at these positions, or ``None``."""
+    root = Path(sdata.path) if sdata.is_backed() and sdata.path is not None else None
+    if root is not None and root.is_dir() and os.access(root, os.W_OK):
+        from napari_histosge.store import clean_store_leftovers
+
+        clean_store_leftovers(root)  # what an interrupted cache write left, with a notice
     if name not in sdata.tables:
         return None
     table = sdata.tables[name]
