@@ -146,7 +146,7 @@ class SuperResModel:
         return np.array([lookup[g] for g in genes], dtype=np.int64)
 
     def smooth_part(self, cols: np.ndarray) -> np.ndarray:
-        """Evaluate the footprint-consistent field of the residuals, ``(superpixels, len(cols))``."""
+        """Evaluate the footprint-consistent field of the residuals: ``(superpixels, cols)``."""
         return np.asarray(
             self.interp @ (self.kernel @ (self.node_membership.T @ self.coef[:, cols]))
         )
