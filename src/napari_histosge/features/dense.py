@@ -1,7 +1,7 @@
 """Dense image features on a superpixel grid, computed once per tissue area.
 
-Two sources, both returning :class:`napari_histosge.encoders.DenseMaps` (per-cell channel maps
-with summed-area pooling), so that superpixels, spots and 4x positions are all pooled from the
+Two sources, both returning :class:`~napari_histosge.features.histology.DenseMaps`
+(per-cell channel maps with summed-area pooling), so that superpixels, spots and 4x positions are all pooled from the
 same maps and extra positions cost almost nothing:
 
 - the built-in ``histology`` encoder's dense maps (colour, stain and texture statistics);
@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._progress import Progress, run_generator
-from .encoders import DenseMaps, HistologyEncoder, _box_means
+from napari_histosge._progress import Progress, run_generator
+
+from .histology import DenseMaps, HistologyEncoder, _box_means
 
 if TYPE_CHECKING:
-    from .encoders import TimmEncoder
+    from .vit import TimmEncoder
 
 __all__ = [
     "DEFAULT_SCALES_UM",
@@ -145,7 +146,7 @@ def iter_vit_token_maps(
     Parameters
     ----------
     encoder
-        A :class:`napari_histosge.encoders.TimmEncoder` (UNI, UNI2-h, ``timm:<name>``).
+        A :class:`napari_histosge.features.vit.TimmEncoder` (UNI, UNI2-h, ``timm:<name>``).
     image
         ``(c, y, x)`` DataArray or multiscale DataTree.
     um_per_px
@@ -168,7 +169,9 @@ def iter_vit_token_maps(
     -------
     The token maps: ``cells`` is ``(dim, rows, columns)``, one cell per kept token.
     """
-    from .patches import image_levels, level_scales, read_regions
+    from napari_histosge.images import image_levels, level_scales
+
+    from .patches import read_regions
 
     if not (np.isfinite(um_per_px) and um_per_px > 0):
         raise ValueError(f"Expected a positive `um_per_px`, found `{um_per_px}`.")
@@ -229,7 +232,7 @@ def vit_token_maps(
     Examples
     --------
     >>> import xarray as xr
-    >>> from napari_histosge.encoders import get_encoder
+    >>> from napari_histosge.features import get_encoder
     >>> enc = get_encoder("timm:test_vit", weights="random", device="cpu")
     >>> img = xr.DataArray(np.full((3, 200, 200), 200, np.uint8), dims=("c", "y", "x"))
     >>> vit_token_maps(enc, img, 0.5, (0, 0, 200, 200), context=0).cells.shape

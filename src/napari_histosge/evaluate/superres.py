@@ -21,11 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .evaluate import knn_interpolate, pearson_per_gene, pool_pseudospots, smooth_lowrank
-from .footprints import pool_membership
+from napari_histosge.geometry.footprints import pool_membership
+from napari_histosge.metrics import pearson_per_gene
+from napari_histosge.models.smoothing import smooth_lowrank
+
+from .baselines import knn_interpolate
+from .protocols import pool_pseudospots
 
 if TYPE_CHECKING:
-    from .superres import SuperResConfig
+    from napari_histosge.models.superres import SuperResConfig
 
 __all__ = [
     "BASELINES",
@@ -156,7 +160,7 @@ def superres_footprints(
     """
     import time
 
-    from .superres import SuperResConfig, fit_superres
+    from napari_histosge.models.superres import SuperResConfig, fit_superres
 
     centres, pooled, labels, unit_m = pooled_units(unit_xy, spot_membership, counts, factor)
     if len(centres) < 4:

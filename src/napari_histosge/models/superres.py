@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._progress import Progress, run_generator
+from napari_histosge._progress import Progress, run_generator
 
 __all__ = ["SuperResConfig", "SuperResModel", "fit_superres", "iter_fit_superres"]
 
@@ -268,7 +268,7 @@ def iter_fit_superres(
     from scipy.linalg import cho_factor, cho_solve
     from scipy.spatial import cKDTree
 
-    from .geometry import lattice_pitch
+    from napari_histosge.geometry.lattice import lattice_pitch
 
     cfg = config or SuperResConfig()
     pos = np.asarray(positions, dtype=np.float64)
@@ -405,7 +405,7 @@ def fit_superres(
         ``(superpixels, 2)`` superpixel centres (any frame; distances in it).
     membership
         ``(units, superpixels)`` sparse footprint weights, each row summing to 1 (see
-        :mod:`napari_histosge.footprints`).
+        :mod:`napari_histosge.geometry.footprints`).
     values
         ``(units, genes)`` measured values, ``log1p`` of normalised counts.
     genes
@@ -419,7 +419,7 @@ def fit_superres(
 
     Examples
     --------
-    >>> from napari_histosge.footprints import circle_membership, superpixel_grid
+    >>> from napari_histosge.geometry.footprints import circle_membership, superpixel_grid
     >>> grid = superpixel_grid((0, 0, 100, 100), 4.0)
     >>> centres = np.array([[x, y] for x in (20.0, 50, 80) for y in (20.0, 50, 80)])
     >>> a = circle_membership(grid.positions, centres, 12.0)
