@@ -1,8 +1,8 @@
 """Dense image features on a superpixel grid, computed once per tissue area.
 
 Two sources, both returning :class:`~napari_histosge.features.histology.DenseMaps`
-(per-cell channel maps with summed-area pooling), so that superpixels, spots and 4x positions are all pooled from the
-same maps and extra positions cost almost nothing:
+(per-cell channel maps with summed-area pooling), so that superpixels, spots and 4x positions
+are all pooled from the same maps and extra positions cost almost nothing:
 
 - the built-in ``histology`` encoder's dense maps (colour, stain and texture statistics);
 - a ViT's patch-token embeddings: the tissue is cut into tiles of the model's input size,
