@@ -265,7 +265,7 @@ def iter_fit_superres(
 ) -> Generator[Progress, None, SuperResModel]:
     """Fit the super-resolution model, yielding :class:`Progress` (see :func:`fit_superres`)."""
     import scipy.sparse as sp
-    from scipy.linalg import cho_factor, cho_solve
+    from scipy.sparse.linalg import splu
     from scipy.spatial import cKDTree
 
     from napari_histosge.geometry.lattice import lattice_pitch
@@ -324,7 +324,7 @@ def iter_fit_superres(
         (np.exp(-0.5 * (pairs["v"] / h) ** 2), (pairs["i"], pairs["j"])),
         shape=(len(used), len(foot)),
     )
-    gram = np.asarray((a_f @ (kernel[foot] @ a_f.T)).todense())
+    gram = sp.csc_matrix(a_f @ (kernel[foot] @ a_f.T))
 
     yield Progress(_STAGE, 1, 3, "image term")
     mean = y.mean(0)
@@ -358,9 +358,10 @@ def iter_fit_superres(
         resid = resid - cfg.image_weight * (np.asarray(a @ comps) @ weights)
 
     yield Progress(_STAGE, 2, 3, "smooth field")
-    diag = float(np.mean(np.diag(gram)))
-    system = gram + (cfg.nugget * diag + 1e-9 * diag) * np.eye(n_u)
-    coef = cho_solve(cho_factor(system), resid)
+    diag = float(np.mean(gram.diagonal()))
+    # Sparse LU: the truncated kernel is symmetric but not always positive definite.
+    system = gram + (cfg.nugget + 1e-9) * diag * sp.identity(n_u, format="csc")
+    coef = splu(system.tocsc()).solve(np.ascontiguousarray(resid))
     model = SuperResModel(
         config=cfg,
         genes=names,
