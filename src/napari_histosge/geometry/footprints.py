@@ -23,6 +23,8 @@ __all__ = [
     "geometry_membership",
     "pool_membership",
     "superpixel_grid",
+    "unit_footprints",
+    "unit_membership",
 ]
 
 
@@ -281,3 +283,59 @@ def _as_xy(values: np.ndarray, what: str) -> np.ndarray:
     if a.ndim != 2 or a.shape[1] != 2:
         raise ValueError(f"Expected {what} of shape (n, 2), found {a.shape}.")
     return a
+
+
+def unit_footprints(
+    sdata: Any, *, image_key: str, spots_key: str, table_key: str
+) -> tuple[str, Any, np.ndarray]:
+    """Return the measured units' footprints in the image's scale-0 pixels, in the table's order.
+
+    Returns
+    -------
+    ``("circles", (centres (n, 2), radii (n,)), diameters)`` or
+    ``("polygons", geometries (n,), diameters)``; ``diameters`` are those of the disks of the
+    same area as each unit (image pixels).
+
+    Examples
+    --------
+    >>> from napari_histosge.io import load_sample, resolve_keys
+    >>> sdata = load_sample()
+    >>> kind, _, d = unit_footprints(sdata, **resolve_keys(sdata).__dict__)
+    >>> kind, round(float(d[0]), 1)
+    ('circles', 75.7)
+    """
+    import shapely
+
+    from .spots import spots_to_image_affine, table_units
+
+    _, sel = table_units(sdata, spots_key=spots_key, table_key=table_key)
+    to_px = spots_to_image_affine(sdata, image_key=image_key, spots_key=spots_key)
+    scale = float(np.sqrt(abs(np.linalg.det(to_px[:2, :2]))))
+    if "radius" in sel.columns:
+        xy = np.c_[sel.geometry.x.to_numpy(), sel.geometry.y.to_numpy(), np.ones(len(sel))]
+        centres = (xy @ to_px.T)[:, :2]
+        radii = sel["radius"].to_numpy(dtype=float) * scale
+        return "circles", (centres, radii), 2.0 * radii
+    from shapely import affinity
+
+    m = to_px
+    params = [m[0, 0], m[0, 1], m[1, 0], m[1, 1], m[0, 2], m[1, 2]]
+    out = np.asarray([affinity.affine_transform(g, params) for g in sel.geometry], dtype=object)
+    diam = 2.0 * np.sqrt(shapely.area(out).astype(float) / np.pi)
+    return "polygons", out, diam
+
+
+def unit_membership(kind: str, footprints: Any, positions: np.ndarray) -> Any:
+    """Membership matrix of :func:`unit_footprints` on superpixels at ``positions``.
+
+    Examples
+    --------
+    >>> unit_membership("circles", (np.zeros((1, 2)), np.ones(1)), np.zeros((1, 2))).shape
+    (1, 1)
+    """
+    if kind == "circles":
+        centres, radii = footprints
+        return circle_membership(positions, centres, radii)
+    if kind == "polygons":
+        return geometry_membership(positions, footprints)
+    raise ValueError(f"Expected footprints 'circles' or 'polygons', found `{kind}`.")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -107,6 +107,36 @@ def spots_to_image_affine(sdata: SpatialData, *, image_key: str, spots_key: str)
     return np.linalg.inv(image_to_cs) @ _affine_xy(shapes, cs)
 
 
+def table_units(sdata: SpatialData, *, spots_key: str, table_key: str) -> tuple[Any, Any]:
+    """Return the table rows annotating ``spots_key`` and their shapes, in the table's order.
+
+    Returns
+    -------
+    The table's ``obs`` (rows of ``spots_key``) and the matching rows of the shapes element.
+    """
+    shapes = sdata.shapes[spots_key]
+    table = sdata.tables[table_key]
+    attrs = table.uns.get("spatialdata_attrs", {})
+    instance_key = attrs.get("instance_key")
+    if instance_key is None or instance_key not in table.obs:
+        raise ValueError(
+            f"Expected table `{table_key}` to name its instance key in "
+            f"uns['spatialdata_attrs'], found {attrs}."
+        )
+    region_key = attrs.get("region_key")
+    obs = table.obs
+    if region_key in obs and obs[region_key].nunique() > 1:
+        obs = obs[obs[region_key].astype(str) == spots_key]
+    ids = obs[instance_key].to_numpy()
+    missing = ~np.isin(ids, shapes.index.to_numpy())
+    if missing.any():
+        raise ValueError(
+            f"Expected every row of table `{table_key}` to annotate a spot of `{spots_key}`, found "
+            f"{int(missing.sum())} rows naming unknown spots, e.g. {list(ids[missing][:3])}."
+        )
+    return obs, shapes.loc[ids]
+
+
 def spot_geometry(
     sdata: SpatialData, *, image_key: str, spots_key: str, table_key: str
 ) -> SpotGeometry:
@@ -114,12 +144,14 @@ def spot_geometry(
 
     Centres go from the spots' frame to a shared coordinate system and back through the inverse
     of the image's transformation, so a scaled hires image works as well as the full
-    resolution. The diameter is the circles' radius through the same transformation. µm per
+    resolution. The diameter is the circles' radius through the same transformation. For
+    (Multi)Polygon footprints the centres are the centroids and the diameter is that of the disk
+    with the median area of the polygons' parts (a pooled pseudo-spot's member disks). µm per
     pixel comes from the spot diameter in µm recorded by the readers
-    (``table.uns["histosge_slide"]["spot_diameter_um"]``). For stores written elsewhere it comes
-    from the lattice: the 100 µm Visium pitch on a hexagonal array (robust to the 65 µm
-    convention of Space Ranger's ``spot_diameter_fullres``), the 100 µm spot diameter on a
-    square (legacy ST) one.
+    (``table.uns["histosge_slide"]["spot_diameter_um"]``; ``["um_per_px"]`` for polygons).
+    For stores written elsewhere it comes from the lattice: the 100 µm Visium pitch on a
+    hexagonal array (robust to the 65 µm convention of Space Ranger's
+    ``spot_diameter_fullres``), the 100 µm spot diameter on a square (legacy ST) one.
 
     Parameters
     ----------
@@ -148,42 +180,33 @@ def spot_geometry(
         assert_one_of(what, key, container, error=KeyError)
     shapes = sdata.shapes[spots_key]
     table = sdata.tables[table_key]
-    if "radius" not in shapes.columns:
+    circles = "radius" in shapes.columns
+    kinds = set(shapes.geometry.geom_type.unique())
+    if not circles and not (kinds and kinds <= {"Polygon", "MultiPolygon"}):
         raise ValueError(
-            f"Expected `{spots_key}` to be circles (a `radius` column), found columns "
-            f"{list(shapes.columns)}."
+            f"Expected `{spots_key}` to be circles (a `radius` column) or (Multi)Polygons, "
+            f"found columns {list(shapes.columns)} and geometries {sorted(kinds)}."
         )
     to_px = spots_to_image_affine(sdata, image_key=image_key, spots_key=spots_key)
 
-    attrs = table.uns.get("spatialdata_attrs", {})
-    instance_key = attrs.get("instance_key")
-    if instance_key is None or instance_key not in table.obs:
-        raise ValueError(
-            f"Expected table `{table_key}` to name its instance key in "
-            f"uns['spatialdata_attrs'], found {attrs}."
-        )
-    region_key = attrs.get("region_key")
-    obs = table.obs
-    if region_key in obs and obs[region_key].nunique() > 1:
-        obs = obs[obs[region_key].astype(str) == spots_key]
-    ids = obs[instance_key].to_numpy()
-    missing = ~np.isin(ids, shapes.index.to_numpy())
-    if missing.any():
-        raise ValueError(
-            f"Expected every row of table `{table_key}` to annotate a spot of `{spots_key}`, found "
-            f"{int(missing.sum())} rows naming unknown spots, e.g. {list(ids[missing][:3])}."
-        )
-    sel = shapes.loc[ids]
-    xy = np.c_[sel.geometry.x.to_numpy(), sel.geometry.y.to_numpy(), np.ones(len(sel))]
+    obs, sel = table_units(sdata, spots_key=spots_key, table_key=table_key)
+    pts = sel.geometry if circles else sel.geometry.centroid
+    xy = np.c_[pts.x.to_numpy(), pts.y.to_numpy(), np.ones(len(sel))]
     centers = np.ascontiguousarray((xy @ to_px.T)[:, :2], dtype=np.float64)
-    radius = float(np.median(sel["radius"].to_numpy(dtype=float)))
+    if circles:
+        radius = float(np.median(sel["radius"].to_numpy(dtype=float)))
+    else:  # polygons: the radius of the disk of the same area as each part (pooled disks)
+        parts = sel.geometry.explode(index_parts=False).area.to_numpy(dtype=float)
+        radius = float(np.median(np.sqrt(parts / np.pi)))
     scale = float(np.sqrt(abs(np.linalg.det(to_px[:2, :2]))))
     diameter_px = 2.0 * radius * scale
     if not np.isfinite(diameter_px) or diameter_px <= 0:
         raise ValueError(f"Expected a positive spot radius in `{spots_key}`, found {radius}.")
     lattice = detect_lattice(centers)
     meta = dict(table.uns.get(SLIDE_META_KEY, {}))
-    if "spot_diameter_um" in meta:
+    if not circles and "um_per_px" in meta:
+        um_per_px = float(meta["um_per_px"])
+    elif "spot_diameter_um" in meta and circles:
         um_per_px = float(meta["spot_diameter_um"]) / diameter_px
     elif lattice == "hexagonal" and len(centers) >= 7:
         um_per_px = VISIUM_PITCH_UM / neighbour_pairs(centers)[1]

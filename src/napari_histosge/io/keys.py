@@ -15,12 +15,25 @@ if TYPE_CHECKING:
 
     from napari_histosge.images import ImageElement
 
-__all__ = ["is_circles", "resolve_keys", "table_regions"]
+__all__ = ["is_circles", "is_polygons", "is_units", "resolve_keys", "table_regions"]
 
 
 def is_circles(sdata: SpatialData, key: str) -> bool:
     """Whether shapes element ``key`` holds circles (a ``radius`` column)."""
     return key in sdata.shapes and "radius" in sdata.shapes[key].columns
+
+
+def is_polygons(sdata: SpatialData, key: str) -> bool:
+    """Whether ``key`` is a shapes element of Polygon / MultiPolygon footprints."""
+    if key not in sdata.shapes or "radius" in sdata.shapes[key].columns:
+        return False
+    kinds = set(sdata.shapes[key].geometry.geom_type.unique())
+    return bool(kinds) and kinds <= {"Polygon", "MultiPolygon"}
+
+
+def is_units(sdata: SpatialData, key: str) -> bool:
+    """Whether ``key`` holds measured-unit footprints: circles or (Multi)Polygons."""
+    return is_circles(sdata, key) or is_polygons(sdata, key)
 
 
 def table_regions(table: AnnData) -> list[str]:
@@ -48,12 +61,14 @@ def resolve_keys(
     spots_key: str | None = None,
     table_key: str | None = None,
 ) -> SlideKeys:
-    """Find the H&E image, the spot circles and the table; explicit keys override.
+    """Find the H&E image, the measured units and the table; explicit keys override.
 
-    The table is one that annotates a circles element; the image is the largest one sharing a
-    coordinate system with the spots. Elements written by this package (``histosge_*``) are
-    never picked automatically. Explicit keys are checked: an unknown key raises ``KeyError``
-    listing the available ones, a wrong kind of element a ``ValueError``.
+    The units are a shapes element of circles (spots) or of Polygon / MultiPolygon footprints
+    (bins, pooled spots, cells). The table is one that annotates such an element; the image is
+    the largest one sharing a coordinate system with the spots. Elements written by this
+    package (``histosge_*``) are never picked automatically. Explicit keys are checked: an
+    unknown key raises ``KeyError`` listing the available ones, a wrong kind of element a
+    ``ValueError``.
 
     Parameters
     ----------
@@ -78,10 +93,11 @@ def resolve_keys(
 
     if len(sdata.images) == 0:
         raise ValueError("Expected an H&E image element in the store, found no image.")
-    circles = [k for k in sdata.shapes if is_circles(sdata, k)]
+    circles = [k for k in sdata.shapes if is_units(sdata, k)]
     if not circles:
         raise ValueError(
-            f"Expected a circles shapes element for the spots, found shapes {list(sdata.shapes)}."
+            "Expected a shapes element of circles or (Multi)Polygons for the measured units, "
+            f"found shapes {list(sdata.shapes)}."
         )
     if len(sdata.tables) == 0:
         raise ValueError("Expected a table annotating the spots, found no table.")
@@ -92,18 +108,19 @@ def resolve_keys(
     else:
         tables = [k for k in sdata.tables if not own(k)]
     candidates = [
-        (t, r) for t in tables for r in table_regions(sdata.tables[t]) if is_circles(sdata, r)
+        (t, r) for t in tables for r in table_regions(sdata.tables[t]) if is_units(sdata, r)
     ]
     if spots_key is not None:
         assert_one_of("spots_key", spots_key, sdata.shapes, error=KeyError)
-        if not is_circles(sdata, spots_key):
+        if not is_units(sdata, spots_key):
             raise ValueError(
-                f"Expected `{spots_key}` to be circles (a `radius` column), found other shapes."
+                f"Expected `{spots_key}` to be circles (a `radius` column) or (Multi)Polygons, "
+                "found other shapes."
             )
         candidates = [(t, r) for t, r in candidates if r == spots_key]
     if not candidates:
         which = f"`{table_key}`" if table_key else f"any of {tables}"
-        target = f"`{spots_key}`" if spots_key else f"circles {circles}"
+        target = f"`{spots_key}`" if spots_key else f"units {circles}"
         found = {t: table_regions(sdata.tables[t]) for t in sdata.tables}
         raise ValueError(f"Expected {which} to annotate {target}, found tables annotating {found}.")
     candidates.sort(key=lambda tr: (tr[0] != "table", own(tr[1])))

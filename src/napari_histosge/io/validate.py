@@ -12,7 +12,7 @@ from napari_histosge.geometry.spots import spot_geometry
 from napari_histosge.images import image_levels
 
 from ._elements import MIN_SPOTS, SlideKeys, check_counts
-from .keys import is_circles, table_regions
+from .keys import is_units, table_regions
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -53,10 +53,12 @@ def validate_slide(sdata: SpatialData, keys: SlideKeys) -> None:
             f"{first.sizes.get('c')} channels of {first.dtype}; open the slide with read_slide to "
             "convert it."
         )
-    if not is_circles(sdata, keys.spots_key):
+    if not is_units(sdata, keys.spots_key):
+        shapes = sdata.shapes[keys.spots_key]
         raise ValueError(
-            f"Expected `{keys.spots_key}` to be circles (a `radius` column), found columns "
-            f"{list(sdata.shapes[keys.spots_key].columns)}."
+            f"Expected `{keys.spots_key}` to be circles (a `radius` column) or (Multi)Polygons, "
+            f"found columns {list(shapes.columns)} and geometries "
+            f"{sorted(set(shapes.geometry.geom_type))}."
         )
     table = sdata.tables[keys.table_key]
     regions = table_regions(table)

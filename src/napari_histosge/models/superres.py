@@ -63,6 +63,8 @@ class SuperResConfig:
         the detail it adds inside footprints; ``"global"``: on the unit values themselves.
     per_gene
         Choose the ridge penalty of each gene by GCV (else one penalty for all genes).
+    gene_shrink
+        Scale each gene's image term by its leave-one-unit-out R² (clipped to [0, 1]).
     n_components
         Principal components of the standardised superpixel features used by the image term.
     alphas
@@ -80,8 +82,9 @@ class SuperResConfig:
     image_weight: float = 1.0
     aggregate: Literal["log", "counts"] = "log"
     exact: bool = True
-    image_fit: Literal["local", "global"] = "local"
+    image_fit: Literal["local", "global"] = "global"
     per_gene: bool = False
+    gene_shrink: bool = False
     n_components: int = 32
     alphas: tuple[float, ...] = tuple(float(a) for a in np.logspace(-2, 5, 15))
     coarse: float = 0.25
@@ -234,11 +237,11 @@ def _neighbour_means(xy: np.ndarray, bandwidth: float) -> np.ndarray:
 
 def _ridge_gcv(
     x: np.ndarray, y: np.ndarray, alphas: Sequence[float], per_gene: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ridge weights ``(k, g)`` of centred ``x`` on centred ``y``, penalties by GCV.
 
-    Returns the weights and the chosen penalty of each gene (one shared penalty when
-    ``per_gene`` is false).
+    Returns the weights, the chosen penalty of each gene (one shared penalty when
+    ``per_gene`` is false) and each gene's leave-one-out R² at that penalty.
     """
     u, s, vt = np.linalg.svd(x, full_matrices=False)
     uty = u.T @ y  # (k, g)
@@ -251,7 +254,13 @@ def _ridge_gcv(
     shared = int(np.argmin(gcv.sum(1)))
     best = np.argmin(gcv, axis=0) if per_gene else np.full(y.shape[1], shared)
     shrink = s[:, None] / (s[:, None] ** 2 + a[best][None, :])  # (k, g)
-    return vt.T @ (shrink * uty), a[best]
+    weights = vt.T @ (shrink * uty)
+    dd = d[best]  # (g, k)
+    fitted = u @ (dd.T * uty)
+    lev = (u**2) @ dd.T  # (n, g) hat-matrix diagonals
+    loo = (y - fitted) / np.maximum(1.0 - lev, 1e-6)
+    r2 = 1.0 - (loo**2).sum(0) / np.maximum((y**2).sum(0), 1e-12)
+    return weights, a[best], r2
 
 
 def iter_fit_superres(
@@ -350,9 +359,13 @@ def iter_fit_superres(
         comps -= xbar
         if cfg.image_fit == "local":
             nb = _neighbour_means(centroids, h)
-            weights, alpha = _ridge_gcv(unit_x - nb @ unit_x, y - nb @ y, cfg.alphas, cfg.per_gene)
+            xs, ys = unit_x - nb @ unit_x, y - nb @ y
         else:
-            weights, alpha = _ridge_gcv(unit_x - xbar, y - mean, cfg.alphas, cfg.per_gene)
+            xs, ys = unit_x - xbar, y - mean
+        weights, alpha, r2 = _ridge_gcv(xs, ys, cfg.alphas, cfg.per_gene)
+        if cfg.gene_shrink:
+            # Each gene's image detail in proportion to how well the image predicts it.
+            weights = weights * np.clip(r2, 0.0, 1.0)[None, :]
     resid = y - mean
     if weights is not None:
         resid = resid - cfg.image_weight * (np.asarray(a @ comps) @ weights)
