@@ -41,7 +41,8 @@ def _square_slide(n_side: int = 8, pitch: float = 100.0, radius: float = 40.0, s
 
 def test_grid_and_circle_membership():
     grid = superpixel_grid((0, 0, 40, 20), 4.0)
-    assert grid.shape == (5, 10) and grid.n == 50
+    assert grid.shape == (5, 10)
+    assert grid.n == 50
     m = circle_membership(grid.positions, np.array([[10.0, 10.0], [30.0, 10.0]]), 6.0)
     assert m.shape == (2, 50)
     np.testing.assert_allclose(np.asarray(m.sum(1)).ravel(), 1.0)
@@ -49,7 +50,8 @@ def test_grid_and_circle_membership():
     tiny = circle_membership(grid.positions, np.array([[1.0, 1.0]]), 0.1)
     assert tiny.nnz == 1
     raster = grid.to_raster(np.arange(50.0))
-    assert raster.shape == (1, 5, 10) and raster[0, 1, 0] == 10.0
+    assert raster.shape == (1, 5, 10)
+    assert raster[0, 1, 0] == 10.0
 
 
 def test_multipolygon_footprints_match_union_of_disks():
@@ -93,7 +95,8 @@ def test_model_matches_every_footprint(aggregate):
     cfg = SuperResConfig(aggregate=aggregate, image_weight=1.0)
     model = fit_superres(feats, pos, a, y, genes=["g0", "g1"], config=cfg)
     pred = model.predict()
-    assert pred.shape == (len(pos), 2) and pred.dtype == np.float32
+    assert pred.shape == (len(pos), 2)
+    assert pred.dtype == np.float32
     if aggregate == "log":
         np.testing.assert_allclose(a @ pred, y, atol=1e-4)
     else:
@@ -151,7 +154,8 @@ def test_protocol_on_a_synthetic_section():
     rate = np.exp(np.asarray(a @ truth))
     counts = sp.csr_matrix(rng.poisson(np.c_[rate * 20, rate * 10, np.full(len(rate), 300.0)]))
     centres_p, pooled, labels, unit_m = pooled_units(centres, a, counts, 2)
-    assert unit_m.shape == (25, len(pos)) and len(np.unique(labels)) == 25
+    assert unit_m.shape == (25, len(pos))
+    assert len(np.unique(labels)) == 25
     res = superres_footprints(
         feats, pos, centres, a, counts, factor=2, n_genes=3,
         configs={"m": SuperResConfig(image_weight=1.0, nugget=1.0)},
@@ -181,19 +185,20 @@ def test_dense_histology_and_vit_token_maps():
     maps = run_generator(histology_dense_maps(img, 1.0, (0, 0, 256, 256)))
     grid = SuperpixelGrid((4.0, 4.0), 8.0, np.ones((32, 32), bool))
     f = superpixel_features(maps, grid.positions, scales_um=(8, 32))
-    assert f.shape == (1024, 44) and np.isfinite(f).all()
+    assert f.shape == (1024, 44)
+    assert np.isfinite(f).all()
     # Spot features pooled from the same maps equal the superpixel features of the same box.
     np.testing.assert_allclose(
         superpixel_features(maps, grid.positions[:1], scales_um=(8,)), f[:1, :22], rtol=1e-5
     )
     enc = get_encoder("timm:test_vit", weights="random", device="cpu")
     tok = vit_token_maps(enc, img, 0.5, (0, 0, 256, 256), context=1)
-    assert tok.cells.shape[0] == 64 and tok.cell_px == pytest.approx(16.0)
+    assert tok.cells.shape[0] == 64
+    assert tok.cell_px == pytest.approx(16.0)
     vals = pool_maps(tok, np.array([[128.0, 128.0], [8.0, 8.0]]), 16.0)
-    assert vals.shape == (2, 64) and not np.allclose(vals[0], vals[1])
-    skipped = vit_token_maps(
-        enc, img, 0.5, (0, 0, 256, 256), keep=lambda c: np.zeros(len(c), bool)
-    )
+    assert vals.shape == (2, 64)
+    assert not np.allclose(vals[0], vals[1])
+    skipped = vit_token_maps(enc, img, 0.5, (0, 0, 256, 256), keep=lambda c: np.zeros(len(c), bool))
     assert not skipped.cells.any()
 
 
@@ -216,7 +221,9 @@ def test_her2st_c2_beats_copying_the_pseudo_unit(her2st_c2_zarr):
     ctx = 150.0 / g.um_per_px
     image = slide.sdata.images[slide.keys.image_key]
     maps = run_generator(
-        histology_dense_maps(image, g.um_per_px, (lo[0] - ctx, lo[1] - ctx, hi[0] + ctx, hi[1] + ctx))
+        histology_dense_maps(
+            image, g.um_per_px, (lo[0] - ctx, lo[1] - ctx, hi[0] + ctx, hi[1] + ctx)
+        )
     )
     feats = superpixel_features(maps, grid.positions)
     spots = circle_membership(grid.positions, g.centers_px, rad)

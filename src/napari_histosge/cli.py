@@ -114,9 +114,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--mode",
-        choices=list(MODES),
-        default=defaults.mode,
-        help=f"model configuration (default {defaults.mode})",
+        choices=[*MODES, "superres"],
+        default=None,
+        help="model: superres (superpixel maps that match every measured unit; the default of "
+        f"`run` without --checkpoint-out) or {', '.join(MODES)} (default {defaults.mode})",
     )
     p.add_argument("--epochs", type=int, default=defaults.epochs, help=f"default {defaults.epochs}")
     p.add_argument("--seed", type=int, default=defaults.seed, help=f"default {defaults.seed}")
@@ -128,7 +129,8 @@ def _train_config(args: argparse.Namespace, device: str | None) -> TrainConfig:
     from .models import TrainConfig
 
     cfg = TrainConfig()
-    changes: dict[str, Any] = {"mode": args.mode, "epochs": args.epochs, "seed": args.seed}
+    mode = cfg.mode if args.mode in (None, "superres") else args.mode
+    changes: dict[str, Any] = {"mode": mode, "epochs": args.epochs, "seed": args.seed}
     if device is not None and hasattr(cfg, "device"):
         changes["device"] = device
     return replace(cfg, **changes)
@@ -214,6 +216,57 @@ def _write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _resolution(args: argparse.Namespace) -> float | None:
+    r = getattr(args, "resolution_um", None)
+    if r is not None and not (r > 0):
+        raise CliError(f"Expected a positive --resolution-um, found `{r}`.")
+    return r
+
+
+def _run_superres(args: argparse.Namespace, slide: Slide, genes: list[str] | None) -> int:
+    from dataclasses import replace
+
+    from .pipeline import export_slide
+    from .superpixels import (
+        SuperResOptions,
+        iter_superres,
+        superres_maps,
+        superres_predictions,
+    )
+
+    t0 = time.perf_counter()
+    opts = SuperResOptions(
+        resolution_um=_resolution(args),
+        encoder=args.encoder,
+        weights=args.weights,
+        device=args.device,
+        bf16=args.bf16,
+    )
+    opts = replace(opts, config=replace(opts.config, seed=args.seed))
+    result = _drive(
+        iter_superres(slide, genes=genes, n_top_genes=args.n_top_genes, options=opts),
+        quiet=args.quiet,
+    )
+    preds = superres_predictions(slide, result)
+    maps = superres_maps(result)
+    meta = {"command": " ".join(sys.argv), "source": str(args.store)}
+    out = export_slide(
+        slide, predictions=preds, maps=maps, out=args.out, meta=meta, overwrite=args.overwrite
+    )
+    args.written.append(str(out))
+    print(  # noqa: T201
+        f"wrote {out}: {len(preds.genes)} genes at {result.grid.n} superpixels of "
+        f"{result.resolution_um:g} µm (maps {maps.data.shape[2]}x{maps.data.shape[1]} px) "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
+def _pitch_px(args: argparse.Namespace, slide: Slide) -> float | None:
+    r = _resolution(args)
+    return None if r is None else r / slide.geometry.um_per_px
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """``histosge run STORE --out OUT.zarr``: features, training, prediction and export."""
     from .checkpoints import save_checkpoint
@@ -223,6 +276,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     src_path = Path(args.store)
     out_path = _check_out(args.out, args.overwrite, src_path)
+    mode = args.mode or ("superres" if not args.checkpoint_out else None)
+    if mode == "superres" and args.checkpoint_out:
+        raise CliError(
+            "Expected --mode improved or faithful with --checkpoint-out, found superres: a "
+            "super-resolution model is fitted to one slide's units and is not saved."
+        )
     if args.checkpoint_out:
         check_target(
             args.checkpoint_out,
@@ -235,6 +294,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _train_config(args, args.device)  # checked before any work
     genes = _read_genes(args)
     slide = _open(args, args.store)
+    if mode == "superres":
+        return _run_superres(args, slide, genes)
     opts = _extract_options(args, args.positions)
     feats = _drive(iter_extract(slide, options=opts), quiet=args.quiet)
     model = _drive(
@@ -248,7 +309,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
     )
     preds = predict_slide(slide, features=feats, model=model)
-    maps = render_maps(slide, predictions=preds)
+    maps = render_maps(slide, predictions=preds, pitch_px=_pitch_px(args, slide), smooth=True)
     meta = {"command": " ".join(sys.argv), "source": str(src_path)}
     out = export_slide(
         slide, predictions=preds, maps=maps, out=args.out, meta=meta, overwrite=args.overwrite
@@ -289,7 +350,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     feats = _drive(iter_extract(slide, options=opts), quiet=args.quiet)
     preds = predict_slide(slide, features=feats, model=model, use_measured=False)
-    maps = render_maps(slide, predictions=preds)
+    maps = render_maps(slide, predictions=preds, pitch_px=_pitch_px(args, slide), smooth=True)
     out = export_slide(slide, predictions=preds, maps=maps, out=args.out, overwrite=args.overwrite)
     args.written.append(str(out))
     print(f"wrote {out}")  # noqa: T201
@@ -368,6 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--positions", default="4x", help="4x (between neighbouring spots) or grid:MICRONS"
     )
     p.add_argument("--checkpoint-out", help="also save the trained model (safetensors + JSON)")
+    p.add_argument(
+        "--resolution-um",
+        type=float,
+        help="map pixel (superpixel) side in µm (default: 8, or a quarter of the smallest unit)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _slide_args(p)
@@ -382,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="model saved by `run --checkpoint-out`")
     p.add_argument("--out", required=True, help="output .zarr")
     p.add_argument("--positions", default="4x", help="4x or grid:MICRONS")
+    p.add_argument("--resolution-um", type=float, help="map pixel side in µm")
     p.add_argument("--weights", help="encoder weights file, when the model's encoder needs one")
     p.add_argument("--device", help="cpu, cuda or mps")
     p.add_argument("--batch-size", type=int, default=32)

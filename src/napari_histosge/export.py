@@ -86,12 +86,14 @@ def build_output(
             for cs, tf in image_tf.items()
         }
         h, w = maps.data.shape[1:]
+        extra = {"scale_factors": list(maps.scale_factors)} if maps.scale_factors else {}
         elements[EXPRESSION_KEY] = Image2DModel.parse(
             np.ascontiguousarray(maps.data, dtype=np.float32),
             dims=("c", "y", "x"),
             c_coords=list(maps.genes),
             transformations=map_tf,
-            chunks=(1, min(h, 2048), min(w, 2048)),
+            chunks=(1, min(h, 1024), min(w, 1024)),
+            **extra,
         )
 
     m = len(predictions.positions_px)

@@ -37,12 +37,15 @@ class GeneMaps:
         Size of one map pixel in H&E scale-0 pixels.
     origin_px
         ``(x, y)`` of the centre of map pixel ``[0, 0]`` in H&E pixels.
+    scale_factors
+        Pyramid downscaling factors for the export (none: a single scale).
     """
 
     data: np.ndarray
     genes: list[str]
     pitch_px: float
     origin_px: tuple[float, float]
+    scale_factors: tuple[int, ...] = ()
 
     @property
     def scale(self) -> tuple[float, float]:

@@ -376,14 +376,21 @@ def render_maps(
     predictions: Predictions,
     genes: Sequence[str] | None = None,
     pitch_px: float | None = None,
+    smooth: bool = False,
 ) -> GeneMaps:
     """Rasterise predictions into per-gene maps placed on the H&E image.
+
+    ``smooth`` interpolates between positions (Gaussian weights) instead of copying the
+    nearest position into each map pixel.
 
     Examples
     --------
     >>> maps = render_maps(slide, predictions=preds, genes=["Gfap"])  # doctest: +SKIP
     """
-    return rasterize(predictions, genes=genes, pitch_px=pitch_px, geometry=slide.geometry)
+    method = "gaussian" if smooth else "nearest"
+    return rasterize(
+        predictions, genes=genes, pitch_px=pitch_px, geometry=slide.geometry, method=method
+    )
 
 
 def export_slide(

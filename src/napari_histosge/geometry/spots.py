@@ -202,14 +202,20 @@ def spot_geometry(
     diameter_px = 2.0 * radius * scale
     if not np.isfinite(diameter_px) or diameter_px <= 0:
         raise ValueError(f"Expected a positive spot radius in `{spots_key}`, found {radius}.")
-    lattice = detect_lattice(centers)
+    # The array lattice is that of the circles, or of the polygons' parts (pooled spots' disks).
+    lattice_xy = centers
+    if not circles:
+        parts = sel.geometry.explode(index_parts=False).centroid
+        pxy = np.c_[parts.x.to_numpy(), parts.y.to_numpy(), np.ones(len(parts))]
+        lattice_xy = (pxy @ to_px.T)[:, :2]
+    lattice = detect_lattice(lattice_xy)
     meta = dict(table.uns.get(SLIDE_META_KEY, {}))
     if not circles and "um_per_px" in meta:
         um_per_px = float(meta["um_per_px"])
     elif "spot_diameter_um" in meta and circles:
         um_per_px = float(meta["spot_diameter_um"]) / diameter_px
-    elif lattice == "hexagonal" and len(centers) >= 7:
-        um_per_px = VISIUM_PITCH_UM / neighbour_pairs(centers)[1]
+    elif lattice == "hexagonal" and len(lattice_xy) >= 7:
+        um_per_px = VISIUM_PITCH_UM / neighbour_pairs(lattice_xy)[1]
     else:
         diameter_um = VISIUM_DIAMETER_UM if lattice == "hexagonal" else ST_DIAMETER_UM
         um_per_px = diameter_um / diameter_px

@@ -1,0 +1,260 @@
+"""The super-resolution step on a slide: superpixel grid, dense features, fit, maps.
+
+``iter_superres`` lays a grid of superpixels (``resolution_um``; by default 8 µm or a quarter
+of the smallest unit's diameter, whichever is finer) over the measured units, computes the
+dense image features once over that area, fits :mod:`napari_histosge.models.superres` to the
+units' footprints and returns the model with its grid; ``superres_maps`` renders any genes as
+:class:`~napari_histosge.maps.GeneMaps` placed on the H&E (one map pixel per superpixel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._progress import Progress
+from .features.dense import DEFAULT_SCALES_UM
+from .maps import GeneMaps
+from .models.superres import SuperResConfig
+
+if TYPE_CHECKING:
+    from .geometry.footprints import SuperpixelGrid
+    from .models.superres import SuperResModel
+    from .pipeline import Slide
+    from .predict import Predictions
+
+__all__ = [
+    "DEFAULT_RESOLUTION_UM",
+    "SuperResOptions",
+    "SuperResResult",
+    "iter_superres",
+    "superres_maps",
+    "superres_predictions",
+]
+
+#: Superpixel side (µm) unless the units are smaller than four times this.
+DEFAULT_RESOLUTION_UM = 8.0
+
+
+@dataclass(frozen=True)
+class SuperResOptions:
+    """Settings of the super-resolution step.
+
+    Parameters
+    ----------
+    resolution_um
+        Superpixel side in µm; ``None``: 8 µm or a quarter of the smallest unit diameter.
+    encoder
+        ``"histology"`` (dense maps of the built-in encoder) or a ViT (``"uni"``, ``"uni2-h"``,
+        ``"timm:<name>"``: patch tokens of tissue tiles).
+    weights, device, bf16
+        Encoder weights and execution, as for feature extraction.
+    scales_um
+        Box sides pooled around each superpixel for the histology encoder.
+    config
+        Model settings.
+    """
+
+    resolution_um: float | None = None
+    encoder: str = "histology"
+    weights: str | None = None
+    device: str | None = None
+    bf16: bool = False
+    scales_um: tuple[float, ...] = DEFAULT_SCALES_UM
+    config: SuperResConfig = field(default_factory=SuperResConfig)
+
+
+@dataclass
+class SuperResResult:
+    """A fitted super-resolution model on a slide's superpixel grid (image pixels)."""
+
+    model: SuperResModel
+    grid: SuperpixelGrid
+    resolution_um: float
+    meta: dict[str, Any]
+
+    @property
+    def genes(self) -> list[str]:
+        """Genes the model predicts."""
+        return list(self.model.genes)
+
+
+def _unit_pitch(centres: np.ndarray) -> float:
+    from .geometry import lattice_pitch
+
+    return lattice_pitch(centres) if len(centres) >= 2 else 1.0
+
+
+def iter_superres(
+    slide: Slide,
+    *,
+    genes: Sequence[str] | None = None,
+    n_top_genes: int = 1000,
+    options: SuperResOptions | None = None,
+) -> Generator[Progress, None, SuperResResult]:
+    """Fit the super-resolution model to a slide's measured units, yielding progress.
+
+    Parameters
+    ----------
+    slide
+        The slide (units may be circles or (Multi)Polygons).
+    genes
+        Genes to model; highly variable genes when ``None``.
+    n_top_genes
+        Number of highly variable genes.
+    options
+        Resolution, encoder and model settings.
+
+    Returns
+    -------
+    The model and its superpixel grid.
+
+    Examples
+    --------
+    >>> res = run_generator(iter_superres(slide, genes=["Gfap"]))  # doctest: +SKIP
+    """
+    from scipy.spatial import cKDTree
+
+    from .features.dense import histology_dense_maps, superpixel_features
+    from .geometry.footprints import (
+        default_resolution,
+        superpixel_grid,
+        unit_footprints,
+        unit_membership,
+    )
+    from .models.superres import iter_fit_superres
+
+    opts = options or SuperResOptions()
+    keys = slide.keys
+    geom = slide.geometry
+    um = geom.um_per_px
+    kind, footprints, diam_px = unit_footprints(
+        slide.sdata, image_key=keys.image_key, spots_key=keys.spots_key, table_key=keys.table_key
+    )
+    if opts.resolution_um is None:
+        res_um = default_resolution(diam_px * um, DEFAULT_RESOLUTION_UM)
+    else:
+        res_um = float(opts.resolution_um)
+        if not (np.isfinite(res_um) and res_um > 0):
+            raise ValueError(f"Expected a positive resolution in µm, found `{res_um}`.")
+    step = res_um / um
+    centres = geom.centers_px
+    reach = max(0.75 * _unit_pitch(centres), float(diam_px.max()) / 2.0)
+    lo, hi = centres.min(0) - reach - step, centres.max(0) + reach + step
+    tree = cKDTree(centres)
+    grid = superpixel_grid(
+        (lo[0], lo[1], hi[0], hi[1]), step, keep=lambda p: tree.query(p)[0] <= reach
+    )
+    pos = grid.positions
+    yield Progress("superres", 0, 3, f"{grid.n} superpixels of {res_um:g} µm")
+    image = slide.sdata.images[keys.image_key]
+    if opts.encoder == "histology":
+        ctx = max(opts.scales_um) / um
+        extent = (lo[0] - ctx, lo[1] - ctx, hi[0] + ctx, hi[1] + ctx)
+        maps = yield from histology_dense_maps(image, um, extent)
+        feats = superpixel_features(maps, pos, scales_um=opts.scales_um)
+        feature_id = "histology@v2"
+    else:
+        feats, feature_id = yield from _vit_features(slide, opts, pos, step, (lo, hi))
+    member = unit_membership(kind, footprints, pos)
+    targets = slide.targets(genes=genes, n_top_genes=n_top_genes)
+    model = yield from iter_fit_superres(
+        feats,
+        pos * um,
+        member,
+        np.asarray(targets.values, dtype=np.float64),
+        genes=list(targets.genes),
+        config=opts.config,
+    )
+    meta = {
+        "model": model.config_dict(),
+        "resolution_um": res_um,
+        "footprints": kind,
+        "features": {"encoder": feature_id, "scales_um": list(opts.scales_um)},
+        "options": {k: v for k, v in asdict(opts).items() if k != "config"},
+    }
+    return SuperResResult(model=model, grid=grid, resolution_um=res_um, meta=meta)
+
+
+def _vit_features(
+    slide: Slide, opts: SuperResOptions, pos: np.ndarray, step: float, box: tuple[Any, Any]
+) -> Generator[Progress, None, tuple[np.ndarray, str]]:
+    """Patch-token features of a ViT: the token under each superpixel and a 3-token context."""
+    from .features import get_encoder
+    from .features.dense import iter_vit_token_maps, pool_maps
+
+    enc = get_encoder(opts.encoder, weights=opts.weights, device=opts.device, bf16=opts.bf16)
+    um = slide.geometry.um_per_px
+    lo, hi = box
+    maps = yield from iter_vit_token_maps(
+        enc,  # type: ignore[arg-type]
+        slide.sdata.images[slide.keys.image_key],
+        um,
+        (lo[0], lo[1], hi[0], hi[1]),
+    )
+    own = max(step, maps.cell_px)
+    feats = np.concatenate([pool_maps(maps, pos, own), pool_maps(maps, pos, 3 * own)], axis=1)
+    return feats, enc.id
+
+
+def superres_maps(
+    result: SuperResResult, *, genes: Sequence[str] | None = None, chunk: int = 32
+) -> GeneMaps:
+    """Render genes from the superpixel predictions: one map pixel per superpixel.
+
+    Off-grid pixels are NaN. The maps carry pyramid scale factors so that the export writes
+    them multiscale and chunked.
+
+    Examples
+    --------
+    >>> maps = superres_maps(res, genes=["Gfap"])  # doctest: +SKIP
+    """
+    names = list(result.genes) if genes is None else [str(g) for g in genes]
+    if not names:
+        raise ValueError("Expected at least one gene to render, found none.")
+    result.model.gene_index(names)  # unknown genes raise here
+    grid = result.grid
+    h, w = grid.shape
+    rows, cols = grid.rows_cols
+    data = np.full((len(names), h, w), np.nan, dtype=np.float32)
+    for g0 in range(0, len(names), chunk):
+        block = result.model.predict(names[g0 : g0 + chunk])
+        data[g0 : g0 + block.shape[1], rows, cols] = block.T
+    factors = []
+    side = max(h, w)
+    while side >= 512 and len(factors) < 5:
+        factors.append(2)
+        side //= 2
+    return GeneMaps(
+        data=data,
+        genes=names,
+        pitch_px=float(grid.step),
+        origin_px=(float(grid.origin[0]), float(grid.origin[1])),
+        scale_factors=tuple(factors),
+    )
+
+
+def superres_predictions(slide: Slide, result: SuperResResult, *, chunk: int = 64) -> Predictions:
+    """Per-unit predictions: the map's mean over each unit's footprint (table for export)."""
+    from .predict import Predictions
+
+    model = result.model
+    genes = list(model.genes)
+    values = np.empty((model.membership.shape[0], len(genes)), dtype=np.float32)
+    for g0 in range(0, len(genes), chunk):
+        block = model.predict(genes[g0 : g0 + chunk])
+        values[:, g0 : g0 + block.shape[1]] = np.asarray(model.membership @ block)
+    geom = slide.geometry
+    n = len(values)
+    return Predictions(
+        genes=genes,
+        positions_px=np.asarray(geom.centers_px, dtype=float),
+        values=values,
+        kind=np.array(["spot"] * n, dtype=str),
+        ids=np.asarray(geom.spot_ids, dtype=str),
+        spot_diameter_px=float(geom.diameter_px),
+        meta=dict(result.meta),
+    )

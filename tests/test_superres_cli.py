@@ -1,0 +1,116 @@
+"""`histosge run` on units with (Multi)Polygon footprints writes super-resolved maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import spatialdata as sd
+
+from napari_histosge.cli import main
+from napari_histosge.store import EXPRESSION_KEY, PREDICTIONS_KEY
+
+
+def _pooled_store(sample_sdata, path, *, with_meta: bool):
+    """The bundled sample with 2x2 blocks of spots pooled into MultiPolygon pseudo-spots."""
+    import anndata as ad
+    import geopandas as gpd
+    import pandas as pd
+    import scipy.sparse as sp
+    from shapely.geometry import MultiPolygon, Point
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import get_transformation
+
+    from napari_histosge.evaluate import pool_pseudospots
+    from napari_histosge.io import resolve_keys
+
+    keys = resolve_keys(sample_sdata)
+    circles = sample_sdata.shapes[keys.spots_key]
+    table = sample_sdata.tables[keys.table_key]
+    sel = circles.loc[table.obs["instance_id"].to_numpy()]
+    xy = np.c_[sel.geometry.x.to_numpy(), sel.geometry.y.to_numpy()]
+    radius = float(sel["radius"].iloc[0])
+    counts = table.layers.get("counts", table.X)
+    _, pooled, labels = pool_pseudospots(xy, counts, 2)
+    geoms = [
+        MultiPolygon([Point(*xy[i]).buffer(radius, 32) for i in np.flatnonzero(labels == u)])
+        for u in range(labels.max() + 1)
+    ]
+    shapes = ShapesModel.parse(
+        gpd.GeoDataFrame(geometry=geoms, index=pd.RangeIndex(len(geoms), name="instance_id")),
+        transformations=dict(get_transformation(circles, get_all=True)),
+    )
+    obs = pd.DataFrame(
+        {"region": pd.Categorical(["units"] * len(geoms)), "instance_id": np.arange(len(geoms))},
+        index=pd.Index([f"u{i}" for i in range(len(geoms))]),
+    )
+    adata = ad.AnnData(
+        X=sp.csr_matrix(np.rint(np.asarray(pooled.todense())).astype(np.int32)),
+        obs=obs,
+        var=pd.DataFrame(index=table.var_names.copy()),
+    )
+    if with_meta:
+        adata.uns["histosge_slide"] = dict(table.uns["histosge_slide"])
+    out = sd.SpatialData(
+        images={keys.image_key: sample_sdata.images[keys.image_key]},
+        shapes={"units": shapes},
+        tables={
+            "table": TableModel.parse(
+                adata, region="units", region_key="region", instance_key="instance_id"
+            )
+        },
+    )
+    out.write(path)
+    return path, keys.image_key, 2 * radius
+
+
+@pytest.mark.parametrize("with_meta", [False, True])
+def test_run_on_multipolygon_units_writes_superpixel_maps(tmp_path, sample_sdata, with_meta):
+    store, image_key, spot_diam = _pooled_store(
+        sample_sdata, tmp_path / "pooled.zarr", with_meta=with_meta
+    )
+    genes = ["Gfap", "Nrgn", "Camk2n1"]
+    gene_file = tmp_path / "genes.txt"
+    gene_file.write_text("\n".join(genes) + "\n")
+    out = tmp_path / "out.zarr"
+    args = ["run", str(store), "--out", str(out), "--genes", str(gene_file), "--seed", "0"]
+    code = main([*args, "--quiet"])
+    assert code == 0
+    back = sd.read_zarr(out)
+    img = back.images[EXPRESSION_KEY]
+    levels = list(img.keys()) if hasattr(img, "keys") else [None]
+    scale0 = img["scale0"]["image"] if levels[0] is not None else img
+    assert list(scale0.coords["c"].values) == genes
+    # Default resolution: 8 µm, finer than a quarter of the smallest unit.
+    from spatialdata.transformations import get_transformation
+
+    tf = get_transformation(scale0, to_coordinate_system="global")
+    he_tf = get_transformation(back.images[image_key], to_coordinate_system="global")
+    px = tf.to_affine_matrix(("x", "y"), ("x", "y"))[0, 0]
+    he = he_tf.to_affine_matrix(("x", "y"), ("x", "y"))[0, 0]
+    map_px = px / he  # map pixel in H&E pixels
+    um_per_px = 0.727  # the sample's resolution (see the geometry docs)
+    assert map_px * um_per_px == pytest.approx(8.0, rel=0.05)
+    assert map_px <= spot_diam / 4
+    data = np.asarray(scale0.data)
+    assert np.isfinite(data).any()
+    assert np.nanstd(data[0]) > 0
+    table = back.tables[PREDICTIONS_KEY]
+    assert list(table.var_names) == genes
+    assert table.n_obs == back.tables["table"].n_obs
+
+    # --resolution-um overrides the default.
+    out2 = tmp_path / "out2.zarr"
+    args2 = ["run", str(store), "--out", str(out2), "--genes", str(gene_file), "--quiet"]
+    assert main([*args2, "--resolution-um", "16"]) == 0
+    img2 = sd.read_zarr(out2).images[EXPRESSION_KEY]
+    s0 = img2["scale0"]["image"] if hasattr(img2, "keys") else img2
+    assert s0.sizes["x"] < scale0.sizes["x"] * 0.6
+
+
+def test_superres_refuses_a_checkpoint(tmp_path, sample_sdata, capsys):
+    store = tmp_path / "s.zarr"
+    sample_sdata.write(store)
+    code = main(["run", str(store), "--out", str(tmp_path / "o.zarr"), "--mode", "superres",
+                 "--checkpoint-out", str(tmp_path / "ck"), "--quiet"])  # fmt: skip
+    assert code != 0
+    assert "not saved" in capsys.readouterr().err
