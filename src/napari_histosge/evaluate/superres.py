@@ -195,24 +195,34 @@ def superres_footprints(
     return out
 
 
-def loso_choice(scores: Mapping[str, Mapping[str, float]], held_out: str) -> str:
-    """Pick the config with the best mean score over every section except ``held_out``.
+def loso_choice(
+    scores: Mapping[str, Mapping[str, float]], held_out: str, how: str = "mean"
+) -> str:
+    """Pick the config with the best score over every section except ``held_out``.
 
     Parameters
     ----------
     scores
-        ``{section: {config: score}}`` (for example the mean r over pooling factors).
+        ``{section: {config: score}}`` (for example the ratio to the best baseline).
     held_out
         The section whose own scores must not influence the choice.
+    how
+        ``"mean"`` over the other sections, or ``"min"`` (the worst of them: a config that
+        must hold on every section).
 
     Examples
     --------
     >>> loso_choice({"a": {"x": 1.0, "y": 0.0}, "b": {"x": 0.0, "y": 2.0}}, "b")
     'x'
+    >>> loso_choice({"a": {"x": 1.0, "y": 0.9}, "b": {"x": 0.5, "y": 0.8}, "c": {}}, "c", "min")
+    'y'
     """
+    if how not in ("mean", "min"):
+        raise ValueError(f"Expected `how` 'mean' or 'min', found `{how}`.")
     others = [s for s in scores if s != held_out]
     if not others:
         raise ValueError("Expected scores of at least two sections, found one.")
     names: Sequence[str] = list(scores[others[0]])
-    mean = {n: float(np.mean([scores[s][n] for s in others])) for n in names}
-    return max(names, key=lambda n: (mean[n], -names.index(n)))
+    agg = np.mean if how == "mean" else np.min
+    value = {n: float(agg([scores[s][n] for s in others])) for n in names}
+    return max(names, key=lambda n: (value[n], -names.index(n)))

@@ -78,13 +78,13 @@ class SuperResConfig:
     """
 
     bandwidth: float = 1.0
-    nugget: float = 0.01
-    image_weight: float = 1.0
+    nugget: float = 3.0
+    image_weight: float = 0.5
     aggregate: Literal["log", "counts"] = "log"
     exact: bool = True
     image_fit: Literal["local", "global"] = "global"
     per_gene: bool = False
-    gene_shrink: bool = False
+    gene_shrink: bool = True
     n_components: int = 32
     alphas: tuple[float, ...] = tuple(float(a) for a in np.logspace(-2, 5, 15))
     coarse: float = 0.25
@@ -131,6 +131,7 @@ class SuperResModel:
     weights: np.ndarray | None  # (k, genes) ridge weights
     pitch: float
     info: dict[str, Any] = field(default_factory=dict)
+    outside: Any = None  # (superpixels, units) CSR: blends corrections off the footprints
     _gram: Any = None  # factorised membership @ membership.T for the exact projection
 
     @property
@@ -179,7 +180,12 @@ class SuperResModel:
         cols = self.gene_index(genes)
         p = self.mean[cols] + self.image_part(cols) + self.smooth_part(cols)
         if self.config.exact if exact is None else exact:
-            p = p + self._projection(self.values[:, cols] - np.asarray(self.membership @ p))
+            mismatch = self.values[:, cols] - np.asarray(self.membership @ p)
+            p = p + self._projection(mismatch)
+            if self.outside is not None:
+                # Superpixels under no footprint take a smooth blend of the nearby corrections,
+                # so that the map does not step at the footprints' edges.
+                p = p + np.asarray(self.outside @ mismatch)
         if self.config.aggregate == "counts":
             p = np.log1p(np.maximum(p, 0.0))
         return p.astype(np.float32)
@@ -224,6 +230,25 @@ def _bilinear(positions: np.ndarray, lo: np.ndarray, step: float, shape: tuple[i
         vals.append(wx * wy)
     return sp.csr_matrix(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, h * w)
+    )
+
+
+def _outside_blend(pos: np.ndarray, a: Any, centroids: np.ndarray, pitch: float) -> Any:
+    """Gaussian weights (sigma half a pitch, 6 nearest units) for superpixels off footprints."""
+    import scipy.sparse as sp
+    from scipy.spatial import cKDTree
+
+    off = np.flatnonzero(np.diff(a.tocsc().indptr) == 0)
+    if not len(off):
+        return None
+    k = min(6, len(centroids))
+    dist, idx = cKDTree(centroids).query(pos[off], k=k)
+    dist = dist.reshape(len(off), k)
+    idx = idx.reshape(len(off), k)
+    w = np.exp(-0.5 * ((dist - dist[:, :1]) / (0.5 * pitch)) ** 2)
+    w /= w.sum(1, keepdims=True)
+    return sp.csr_matrix(
+        (w.ravel(), (np.repeat(off, k), idx.ravel())), shape=(len(pos), len(centroids))
     )
 
 
@@ -375,8 +400,10 @@ def iter_fit_superres(
     # Sparse LU: the truncated kernel is symmetric but not always positive definite.
     system = gram + (cfg.nugget + 1e-9) * diag * sp.identity(n_u, format="csc")
     coef = splu(system.tocsc()).solve(np.ascontiguousarray(resid))
+    outside = _outside_blend(pos, a, centroids, pitch)
     model = SuperResModel(
         config=cfg,
+        outside=outside,
         genes=names,
         membership=a,
         values=y,
