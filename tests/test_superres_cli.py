@@ -114,3 +114,22 @@ def test_superres_refuses_a_checkpoint(tmp_path, sample_sdata, capsys):
                  "--checkpoint-out", str(tmp_path / "ck"), "--quiet"])  # fmt: skip
     assert code != 0
     assert "not saved" in capsys.readouterr().err
+
+
+def test_superres_step_with_vit_tokens(sample_sdata):
+    from napari_histosge._progress import run_generator
+    from napari_histosge.pipeline import Slide
+    from napari_histosge.superpixels import SuperResOptions, iter_superres, superres_maps
+
+    slide = Slide.open(sample_sdata)
+    opts = SuperResOptions(
+        resolution_um=16.0, encoder="timm:test_vit", weights="random", device="cpu"
+    )
+    res = run_generator(iter_superres(slide, genes=["Gfap", "Nrgn"], options=opts))
+    assert res.meta["features"]["encoder"].startswith("timm:test_vit")
+    maps = superres_maps(res)
+    assert maps.data.shape[0] == 2
+    assert maps.pitch_px * slide.geometry.um_per_px == pytest.approx(16.0)
+    inside = np.asarray(res.model.membership @ res.model.predict())
+    truth = np.asarray(slide.targets(genes=["Gfap", "Nrgn"]).values)
+    np.testing.assert_allclose(inside, truth, atol=1e-4)
