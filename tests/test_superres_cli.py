@@ -133,3 +133,29 @@ def test_superres_step_with_vit_tokens(sample_sdata):
     inside = np.asarray(res.model.membership @ res.model.predict())
     truth = np.asarray(slide.targets(genes=["Gfap", "Nrgn"]).values)
     np.testing.assert_allclose(inside, truth, atol=1e-4)
+
+
+def test_superres_maps_lazy_equal_eager_and_export(tmp_path, sample_sdata):
+    from napari_histosge._progress import run_generator
+    from napari_histosge.pipeline import Slide, export_slide
+    from napari_histosge.superpixels import (
+        SuperResOptions,
+        iter_superres,
+        superres_maps,
+        superres_predictions,
+    )
+
+    slide = Slide.open(sample_sdata)
+    opts = SuperResOptions(resolution_um=4.0)
+    res = run_generator(iter_superres(slide, genes=["Gfap", "Nrgn", "Camk2n1"], options=opts))
+    eager = superres_maps(res, chunk=2)
+    lazy = superres_maps(res, chunk=2, max_bytes=0)
+    assert hasattr(lazy.data, "dask") and not hasattr(eager.data, "dask")
+    np.testing.assert_array_equal(np.asarray(lazy.data), eager.data)
+    assert lazy.scale_factors  # 4 µm over the crop: more than 256 px on the long side
+    out = export_slide(
+        slide, predictions=superres_predictions(slide, res), maps=lazy, out=tmp_path / "o.zarr"
+    )
+    img = sd.read_zarr(out).images[EXPRESSION_KEY]
+    assert len(img.keys()) == len(lazy.scale_factors) + 1
+    np.testing.assert_array_equal(np.asarray(img["scale0"]["image"].data), eager.data)

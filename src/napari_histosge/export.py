@@ -87,8 +87,9 @@ def build_output(
         }
         h, w = maps.data.shape[1:]
         extra = {"scale_factors": list(maps.scale_factors)} if maps.scale_factors else {}
+        lazy = hasattr(maps.data, "dask")
         elements[EXPRESSION_KEY] = Image2DModel.parse(
-            np.ascontiguousarray(maps.data, dtype=np.float32),
+            maps.data if lazy else np.ascontiguousarray(maps.data, dtype=np.float32),
             dims=("c", "y", "x"),
             c_coords=list(maps.genes),
             transformations=map_tf,

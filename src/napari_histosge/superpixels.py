@@ -201,12 +201,17 @@ def _vit_features(
 
 
 def superres_maps(
-    result: SuperResResult, *, genes: Sequence[str] | None = None, chunk: int = 32
+    result: SuperResResult,
+    *,
+    genes: Sequence[str] | None = None,
+    chunk: int = 32,
+    max_bytes: int = 1 << 30,
 ) -> GeneMaps:
     """Render genes from the superpixel predictions: one map pixel per superpixel.
 
     Off-grid pixels are NaN. The maps carry pyramid scale factors so that the export writes
-    them multiscale and chunked.
+    them multiscale and chunked. Maps larger than ``max_bytes`` are a lazy dask array computed
+    ``chunk`` genes at a time, so that whole slides with 1,000 genes never sit in memory.
 
     Examples
     --------
@@ -219,13 +224,28 @@ def superres_maps(
     grid = result.grid
     h, w = grid.shape
     rows, cols = grid.rows_cols
-    data = np.full((len(names), h, w), np.nan, dtype=np.float32)
-    for g0 in range(0, len(names), chunk):
-        block = result.model.predict(names[g0 : g0 + chunk])
-        data[g0 : g0 + block.shape[1], rows, cols] = block.T
+
+    def block(sub: list[str]) -> np.ndarray:
+        out = np.full((len(sub), h, w), np.nan, dtype=np.float32)
+        out[:, rows, cols] = result.model.predict(sub).T
+        return out
+
+    chunks = [names[g0 : g0 + chunk] for g0 in range(0, len(names), chunk)]
+    if len(names) * h * w * 4 <= max_bytes:
+        data: Any = np.concatenate([block(c) for c in chunks])
+    else:
+        import dask
+        import dask.array as da
+
+        data = da.concatenate(
+            [
+                da.from_delayed(dask.delayed(block)(c), (len(c), h, w), dtype=np.float32)
+                for c in chunks
+            ]
+        )
     factors = []
     side = max(h, w)
-    while side >= 512 and len(factors) < 5:
+    while side >= 256 and len(factors) < 5:
         factors.append(2)
         side //= 2
     return GeneMaps(
