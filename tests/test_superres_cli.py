@@ -150,7 +150,8 @@ def test_superres_maps_lazy_equal_eager_and_export(tmp_path, sample_sdata):
     res = run_generator(iter_superres(slide, genes=["Gfap", "Nrgn", "Camk2n1"], options=opts))
     eager = superres_maps(res, chunk=2)
     lazy = superres_maps(res, chunk=2, max_bytes=0)
-    assert hasattr(lazy.data, "dask") and not hasattr(eager.data, "dask")
+    assert hasattr(lazy.data, "dask")
+    assert not hasattr(eager.data, "dask")
     np.testing.assert_array_equal(np.asarray(lazy.data), eager.data)
     assert lazy.scale_factors  # 4 µm over the crop: more than 256 px on the long side
     out = export_slide(

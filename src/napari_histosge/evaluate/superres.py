@@ -195,9 +195,7 @@ def superres_footprints(
     return out
 
 
-def loso_choice(
-    scores: Mapping[str, Mapping[str, float]], held_out: str, how: str = "mean"
-) -> str:
+def loso_choice(scores: Mapping[str, Mapping[str, float]], held_out: str, how: str = "mean") -> str:
     """Pick the config with the best score over every section except ``held_out``.
 
     Parameters
