@@ -116,10 +116,12 @@ def iter_superres(
     --------
     >>> res = run_generator(iter_superres(slide, genes=["Gfap"]))  # doctest: +SKIP
     """
+    from scipy import ndimage
     from scipy.spatial import cKDTree
 
     from .features.dense import histology_dense_maps, superpixel_features
     from .geometry.footprints import (
+        SuperpixelGrid,
         default_resolution,
         superpixel_grid,
         unit_footprints,
@@ -148,6 +150,9 @@ def iter_superres(
     grid = superpixel_grid(
         (lo[0], lo[1], hi[0], hi[1]), step, keep=lambda p: tree.query(p)[0] <= reach
     )
+    # Close pinholes in the mask (lattice points a little farther than `reach` from a unit).
+    closed = ndimage.binary_closing(grid.mask, np.ones((3, 3), bool), border_value=0)
+    grid = SuperpixelGrid(grid.origin, grid.step, grid.mask | closed)
     pos = grid.positions
     yield Progress("superres", 0, 3, f"{grid.n} superpixels of {res_um:g} µm")
     image = slide.sdata.images[keys.image_key]

@@ -33,6 +33,8 @@ import numpy as np
 
 from napari_histosge._progress import Progress, run_generator
 
+from ._superres_fill import OutsideFill, outside_fill
+
 __all__ = ["SuperResConfig", "SuperResModel", "fit_superres", "iter_fit_superres"]
 
 _STAGE = "superres"
@@ -131,7 +133,7 @@ class SuperResModel:
     weights: np.ndarray | None  # (k, genes) ridge weights
     pitch: float
     info: dict[str, Any] = field(default_factory=dict)
-    outside: Any = None  # (superpixels, units) CSR: blends corrections off the footprints
+    outside: OutsideFill | None = None  # corrections for superpixels under no footprint
     _gram: Any = None  # factorised membership @ membership.T for the exact projection
 
     @property
@@ -181,11 +183,12 @@ class SuperResModel:
         p = self.mean[cols] + self.image_part(cols) + self.smooth_part(cols)
         if self.config.exact if exact is None else exact:
             mismatch = self.values[:, cols] - np.asarray(self.membership @ p)
-            p = p + self._projection(mismatch)
+            inside = self._projection(mismatch)
+            p = p + inside
             if self.outside is not None:
                 # Superpixels under no footprint take a smooth blend of the nearby corrections,
                 # so that the map does not step at the footprints' edges.
-                p = p + np.asarray(self.outside @ mismatch)
+                p[self.outside.off] += self.outside.apply(mismatch, inside)
         if self.config.aggregate == "counts":
             p = np.log1p(np.maximum(p, 0.0))
         return p.astype(np.float32)
@@ -230,25 +233,6 @@ def _bilinear(positions: np.ndarray, lo: np.ndarray, step: float, shape: tuple[i
         vals.append(wx * wy)
     return sp.csr_matrix(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, h * w)
-    )
-
-
-def _outside_blend(pos: np.ndarray, a: Any, centroids: np.ndarray, pitch: float) -> Any:
-    """Gaussian weights (sigma half a pitch, 6 nearest units) for superpixels off footprints."""
-    import scipy.sparse as sp
-    from scipy.spatial import cKDTree
-
-    off = np.flatnonzero(np.diff(a.tocsc().indptr) == 0)
-    if not len(off):
-        return None
-    k = min(6, len(centroids))
-    dist, idx = cKDTree(centroids).query(pos[off], k=k)
-    dist = dist.reshape(len(off), k)
-    idx = idx.reshape(len(off), k)
-    w = np.exp(-0.5 * ((dist - dist[:, :1]) / (0.5 * pitch)) ** 2)
-    w /= w.sum(1, keepdims=True)
-    return sp.csr_matrix(
-        (w.ravel(), (np.repeat(off, k), idx.ravel())), shape=(len(pos), len(centroids))
     )
 
 
@@ -400,7 +384,7 @@ def iter_fit_superres(
     # Sparse LU: the truncated kernel is symmetric but not always positive definite.
     system = gram + (cfg.nugget + 1e-9) * diag * sp.identity(n_u, format="csc")
     coef = splu(system.tocsc()).solve(np.ascontiguousarray(resid))
-    outside = _outside_blend(pos, a, centroids, pitch)
+    outside = outside_fill(pos, a, centroids, pitch)
     model = SuperResModel(
         config=cfg,
         outside=outside,
