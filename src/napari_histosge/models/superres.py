@@ -188,7 +188,7 @@ class SuperResModel:
             if self.outside is not None:
                 # Superpixels under no footprint take a smooth blend of the nearby corrections,
                 # so that the map does not step at the footprints' edges.
-                p[self.outside.off] += self.outside.apply(mismatch, inside)
+                p[self.outside.off] += self.outside.apply(mismatch)
         if self.config.aggregate == "counts":
             p = np.log1p(np.maximum(p, 0.0))
         return p.astype(np.float32)
