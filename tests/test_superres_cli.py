@@ -184,3 +184,14 @@ def test_improved_run_and_predict_render_smooth_maps_at_resolution(tmp_path, sam
         vals = plane[np.isfinite(plane)]
         # Smooth interpolation: many distinct values, not one per position.
         assert len(np.unique(vals)) > 0.5 * vals.size
+
+
+def test_evaluate_refuses_superres_mode(tmp_path, sample_sdata, capsys):
+    store = tmp_path / "s.zarr"
+    sample_sdata.write(store)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("x\n")
+    args = ["evaluate", str(store), "--holdout-spots", str(ids), "--mode", "superres"]
+    out = ["--predictions-out", str(tmp_path / "p.csv"), "--metrics-out", str(tmp_path / "m.json")]
+    assert main([*args, *out, "--quiet"]) != 0
+    assert "bench/superres.py" in capsys.readouterr().err

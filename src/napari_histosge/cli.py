@@ -362,6 +362,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_holdout
     from .store import check_target
 
+    if args.mode == "superres":
+        raise CliError(
+            "Expected --mode improved or faithful for `evaluate`, found superres; the "
+            "super-resolution model is evaluated by bench/superres.py (pooled footprints)."
+        )
     targets = [
         check_target(path, overwrite=True, kind="file", inputs=[args.store], option=option)
         for path, option in (
