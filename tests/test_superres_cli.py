@@ -195,3 +195,21 @@ def test_evaluate_refuses_superres_mode(tmp_path, sample_sdata, capsys):
     out = ["--predictions-out", str(tmp_path / "p.csv"), "--metrics-out", str(tmp_path / "m.json")]
     assert main([*args, *out, "--quiet"]) != 0
     assert "bench/superres.py" in capsys.readouterr().err
+
+
+def test_superpixel_features_are_cached_in_the_store(tmp_path, sample_sdata):
+    from napari_histosge._progress import run_generator
+    from napari_histosge.pipeline import Slide
+    from napari_histosge.superpixels import SuperResOptions, iter_superres
+
+    store = tmp_path / "s.zarr"
+    sample_sdata.write(store)
+    opts = SuperResOptions(resolution_um=12.0)
+    first = run_generator(iter_superres(Slide.open(store), genes=["Gfap"], options=opts))
+    assert first.meta["features"]["from_cache"] is False
+    back = sd.read_zarr(store)
+    assert "histosge_features_superpixels_12um" in back.tables
+    second = run_generator(iter_superres(Slide.open(back), genes=["Gfap"], options=opts))
+    assert second.meta["features"]["from_cache"] is True
+    assert second.meta["features"]["encoder_id"] == "histology@v2"
+    np.testing.assert_array_equal(first.model.predict(), second.model.predict())

@@ -119,7 +119,6 @@ def iter_superres(
     from scipy import ndimage
     from scipy.spatial import cKDTree
 
-    from .features.dense import histology_dense_maps, superpixel_features
     from .geometry.footprints import (
         SuperpixelGrid,
         default_resolution,
@@ -155,15 +154,7 @@ def iter_superres(
     grid = SuperpixelGrid(grid.origin, grid.step, grid.mask | closed)
     pos = grid.positions
     yield Progress("superres", 0, 3, f"{grid.n} superpixels of {res_um:g} µm")
-    image = slide.sdata.images[keys.image_key]
-    if opts.encoder == "histology":
-        ctx = max(opts.scales_um) / um
-        extent = (lo[0] - ctx, lo[1] - ctx, hi[0] + ctx, hi[1] + ctx)
-        maps = yield from histology_dense_maps(image, um, extent)
-        feats = superpixel_features(maps, pos, scales_um=opts.scales_um)
-        feature_id = "histology@v2"
-    else:
-        feats, feature_id = yield from _vit_features(slide, opts, pos, step, (lo, hi))
+    feats, fmeta = yield from _cached_features(slide, opts, pos, step, (lo, hi), res_um)
     member = unit_membership(kind, footprints, pos)
     targets = slide.targets(genes=genes, n_top_genes=n_top_genes)
     model = yield from iter_fit_superres(
@@ -178,31 +169,79 @@ def iter_superres(
         "model": model.config_dict(),
         "resolution_um": res_um,
         "footprints": kind,
-        "features": {"encoder": feature_id, "scales_um": list(opts.scales_um)},
+        "features": fmeta,
         "options": {k: v for k, v in asdict(opts).items() if k != "config"},
     }
     return SuperResResult(model=model, grid=grid, resolution_um=res_um, meta=meta)
 
 
-def _vit_features(
-    slide: Slide, opts: SuperResOptions, pos: np.ndarray, step: float, box: tuple[Any, Any]
-) -> Generator[Progress, None, tuple[np.ndarray, str]]:
-    """Patch-token features of a ViT: the token under each superpixel and a 3-token context."""
+def _cached_features(
+    slide: Slide,
+    opts: SuperResOptions,
+    pos: np.ndarray,
+    step: float,
+    box: tuple[Any, Any],
+    res_um: float,
+) -> Generator[Progress, None, tuple[np.ndarray, dict[str, Any]]]:
+    """Superpixel features from the store's cache, or computed once and cached there."""
     from .features import get_encoder
-    from .features.dense import iter_vit_token_maps, pool_maps
+    from .features.cache import cache_element_name, cache_key, lookup, positions_digest, store
+    from .features.dense import histology_dense_maps, superpixel_features
+    from .features.histology import HistologyEncoder
 
-    enc = get_encoder(opts.encoder, weights=opts.weights, device=opts.device, bf16=opts.bf16)
     um = slide.geometry.um_per_px
     lo, hi = box
+    enc: Any = None
+    if opts.encoder == "histology":
+        encoder_id = HistologyEncoder().id
+        sizes_um = [float(v) for v in opts.scales_um]
+    else:
+        enc = get_encoder(opts.encoder, weights=opts.weights, device=opts.device, bf16=opts.bf16)
+        encoder_id = enc.id
+        own = max(step * um, 0.5 * int(enc.model.patch_embed.patch_size[0]))
+        sizes_um = [own, 3 * own]
+    sizes_px = [v / um for v in sizes_um]
+    name = cache_element_name(f"superpixels_{res_um:g}um".replace(".", "p"))
+    key = cache_key(encoder_id, sizes_um)
+    digest = positions_digest(pos)
+    hit = lookup(slide.sdata, name, key, digest, sizes_px)
+    if hit is not None:
+        return hit[0], {**hit[1], "from_cache": True}
+    if enc is None:
+        ctx = max(sizes_um) / um
+        extent = (lo[0] - ctx, lo[1] - ctx, hi[0] + ctx, hi[1] + ctx)
+        maps = yield from histology_dense_maps(slide.sdata.images[slide.keys.image_key], um, extent)
+        feats = superpixel_features(maps, pos, scales_um=sizes_um)
+    else:
+        feats = yield from _vit_features(slide, enc, pos, sizes_px, box)
+    meta = {
+        "encoder": opts.encoder,
+        "encoder_id": encoder_id,
+        "dim": int(feats.shape[1]),
+        "positions_digest": digest,
+        "patch_sizes_px": sizes_px,
+        "patch_sizes_um": sizes_um,
+        "resolution_um": res_um,
+        "positions": "superpixels",
+    }
+    store(slide.sdata, name, key, pos, feats, meta)
+    return feats, {**meta, "from_cache": False}
+
+
+def _vit_features(
+    slide: Slide, enc: Any, pos: np.ndarray, sizes_px: Sequence[float], box: tuple[Any, Any]
+) -> Generator[Progress, None, np.ndarray]:
+    """Patch-token features of a ViT: means over boxes of ``sizes_px`` around each superpixel."""
+    from .features.dense import iter_vit_token_maps, pool_maps
+
+    lo, hi = box
     maps = yield from iter_vit_token_maps(
-        enc,  # type: ignore[arg-type]
+        enc,
         slide.sdata.images[slide.keys.image_key],
-        um,
+        slide.geometry.um_per_px,
         (lo[0], lo[1], hi[0], hi[1]),
     )
-    own = max(step, maps.cell_px)
-    feats = np.concatenate([pool_maps(maps, pos, own), pool_maps(maps, pos, 3 * own)], axis=1)
-    return feats, enc.id
+    return np.concatenate([pool_maps(maps, pos, s) for s in sizes_px], axis=1)
 
 
 def superres_maps(
