@@ -205,11 +205,12 @@ def test_superpixel_features_are_cached_in_the_store(tmp_path, sample_sdata):
     store = tmp_path / "s.zarr"
     sample_sdata.write(store)
     opts = SuperResOptions(resolution_um=12.0)
-    first = run_generator(iter_superres(Slide.open(store), genes=["Gfap"], options=opts))
+    genes = ["Gfap", "Nrgn"]
+    first = run_generator(iter_superres(Slide.open(store), genes=genes, options=opts))
     assert first.meta["features"]["from_cache"] is False
     back = sd.read_zarr(store)
     assert "histosge_features_superpixels_12um" in back.tables
-    second = run_generator(iter_superres(Slide.open(back), genes=["Gfap"], options=opts))
+    second = run_generator(iter_superres(Slide.open(back), genes=genes, options=opts))
     assert second.meta["features"]["from_cache"] is True
     assert second.meta["features"]["encoder_id"] == "histology@v2"
     np.testing.assert_array_equal(first.model.predict(), second.model.predict())

@@ -223,45 +223,6 @@ def _resolution(args: argparse.Namespace) -> float | None:
     return r
 
 
-def _run_superres(args: argparse.Namespace, slide: Slide, genes: list[str] | None) -> int:
-    from dataclasses import replace
-
-    from .pipeline import export_slide
-    from .superpixels import (
-        SuperResOptions,
-        iter_superres,
-        superres_maps,
-        superres_predictions,
-    )
-
-    t0 = time.perf_counter()
-    opts = SuperResOptions(
-        resolution_um=_resolution(args),
-        encoder=args.encoder,
-        weights=args.weights,
-        device=args.device,
-        bf16=args.bf16,
-    )
-    opts = replace(opts, config=replace(opts.config, seed=args.seed))
-    result = _drive(
-        iter_superres(slide, genes=genes, n_top_genes=args.n_top_genes, options=opts),
-        quiet=args.quiet,
-    )
-    preds = superres_predictions(slide, result)
-    maps = superres_maps(result)
-    meta = {"command": " ".join(sys.argv), "source": str(args.store)}
-    out = export_slide(
-        slide, predictions=preds, maps=maps, out=args.out, meta=meta, overwrite=args.overwrite
-    )
-    args.written.append(str(out))
-    print(  # noqa: T201
-        f"wrote {out}: {len(preds.genes)} genes at {result.grid.n} superpixels of "
-        f"{result.resolution_um:g} µm (maps {maps.data.shape[2]}x{maps.data.shape[1]} px) "
-        f"in {time.perf_counter() - t0:.1f} s"
-    )
-    return 0
-
-
 def _pitch_px(args: argparse.Namespace, slide: Slide) -> float | None:
     r = _resolution(args)
     return None if r is None else r / slide.geometry.um_per_px
@@ -295,7 +256,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     genes = _read_genes(args)
     slide = _open(args, args.store)
     if mode == "superres":
-        return _run_superres(args, slide, genes)
+        from ._cli_superres import run_superres
+
+        return run_superres(args, slide, genes, _drive, _resolution(args))
     opts = _extract_options(args, args.positions)
     feats = _drive(iter_extract(slide, options=opts), quiet=args.quiet)
     model = _drive(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,6 +32,7 @@ __all__ = [
     "SuperResOptions",
     "SuperResResult",
     "iter_superres",
+    "export_superres",
     "superres_maps",
     "superres_predictions",
 ]
@@ -54,6 +56,11 @@ class SuperResOptions:
         Encoder weights and execution, as for feature extraction.
     scales_um
         Box sides pooled around each superpixel for the histology encoder.
+    batch_size
+        Tiles per forward pass of a ViT encoder.
+    cache
+        Reuse and keep the superpixel features in the store (``False``: the store is not
+        touched).
     config
         Model settings.
     """
@@ -64,7 +71,25 @@ class SuperResOptions:
     device: str | None = None
     bf16: bool = False
     scales_um: tuple[float, ...] = DEFAULT_SCALES_UM
+    batch_size: int = 8
+    cache: bool = True
     config: SuperResConfig = field(default_factory=SuperResConfig)
+
+    def __post_init__(self) -> None:
+        from ._validation import assert_at_least
+
+        assert_at_least("batch_size", int(self.batch_size), 1)
+        if self.resolution_um is not None and not (
+            np.isfinite(self.resolution_um) and self.resolution_um > 0
+        ):
+            raise ValueError(f"Expected a positive resolution in µm, found `{self.resolution_um}`.")
+        if not self.scales_um or min(self.scales_um) <= 0:
+            raise ValueError(f"Expected positive box sides in µm, found {list(self.scales_um)}.")
+
+    @classmethod
+    def from_seed(cls, seed: int, **kwargs: Any) -> SuperResOptions:
+        """Build options whose model config carries ``seed`` (the other settings as given)."""
+        return cls(config=SuperResConfig(seed=int(seed)), **kwargs)
 
 
 @dataclass
@@ -204,7 +229,7 @@ def _cached_features(
     name = cache_element_name(f"superpixels_{res_um:g}um".replace(".", "p"))
     key = cache_key(encoder_id, sizes_um)
     digest = positions_digest(pos)
-    hit = lookup(slide.sdata, name, key, digest, sizes_px)
+    hit = lookup(slide.sdata, name, key, digest, sizes_px) if opts.cache else None
     if hit is not None:
         return hit[0], {**hit[1], "from_cache": True}
     if enc is None:
@@ -213,7 +238,7 @@ def _cached_features(
         maps = yield from histology_dense_maps(slide.sdata.images[slide.keys.image_key], um, extent)
         feats = superpixel_features(maps, pos, scales_um=sizes_um)
     else:
-        feats = yield from _vit_features(slide, enc, pos, sizes_px, box)
+        feats = yield from _vit_features(slide, enc, pos, sizes_px, box, opts.batch_size)
     meta = {
         "encoder": opts.encoder,
         "encoder_id": encoder_id,
@@ -224,12 +249,18 @@ def _cached_features(
         "resolution_um": res_um,
         "positions": "superpixels",
     }
-    store(slide.sdata, name, key, pos, feats, meta)
+    if opts.cache:
+        store(slide.sdata, name, key, pos, feats, meta)
     return feats, {**meta, "from_cache": False}
 
 
 def _vit_features(
-    slide: Slide, enc: Any, pos: np.ndarray, sizes_px: Sequence[float], box: tuple[Any, Any]
+    slide: Slide,
+    enc: Any,
+    pos: np.ndarray,
+    sizes_px: Sequence[float],
+    box: tuple[Any, Any],
+    batch_size: int,
 ) -> Generator[Progress, None, np.ndarray]:
     """Patch-token features of a ViT: means over boxes of ``sizes_px`` around each superpixel."""
     from .features.dense import iter_vit_token_maps, pool_maps
@@ -240,6 +271,7 @@ def _vit_features(
         slide.sdata.images[slide.keys.image_key],
         slide.geometry.um_per_px,
         (lo[0], lo[1], hi[0], hi[1]),
+        batch_size=batch_size,
     )
     return np.concatenate([pool_maps(maps, pos, s) for s in sizes_px], axis=1)
 
@@ -322,3 +354,27 @@ def superres_predictions(slide: Slide, result: SuperResResult, *, chunk: int = 6
         spot_diameter_px=float(geom.diameter_px),
         meta=dict(result.meta),
     )
+
+
+def export_superres(
+    slide: Slide,
+    result: SuperResResult,
+    *,
+    out: str | Path,
+    meta: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> tuple[Path, GeneMaps]:
+    """Write the per-unit predictions and the superpixel maps of every gene into ``out``.
+
+    Examples
+    --------
+    >>> path, maps = export_superres(slide, res, out="out.zarr")  # doctest: +SKIP
+    """
+    from .pipeline import export_slide
+
+    preds = superres_predictions(slide, result)
+    maps = superres_maps(result)
+    path = export_slide(
+        slide, predictions=preds, maps=maps, out=out, meta=meta, overwrite=overwrite
+    )
+    return path, maps
