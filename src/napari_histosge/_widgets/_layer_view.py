@@ -1,0 +1,192 @@
+"""Layers for the session's results: the H&E and spots, the gene maps, measured values.
+
+Layers are added on the main thread, one per turn of the event loop, from data that is read
+lazily: the H&E as dask arrays over the store's zarr arrays (all its levels), maps and values as
+memory-mapped ``.npy`` files written by the worker. Nothing here computes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtCore import QObject, QTimer
+
+from ._session import MapsInfo, MeasuredInfo, Session, SlideInfo
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["LayerView", "prefetch_readers"]
+
+#: Colormaps for several genes shown together with additive blending (one hue per gene).
+MULTI_GENE_COLORMAPS = ("magenta", "green", "cyan", "yellow", "red", "blue")
+
+
+def _import_readers() -> None:
+    import dask.array  # noqa: F401
+    import zarr  # noqa: F401
+
+
+def prefetch_readers() -> threading.Thread:
+    """Import the lazy readers (dask, zarr) in a thread, before the first layer needs them."""
+    thread = threading.Thread(target=_import_readers, name="histosge-prefetch", daemon=True)
+    thread.start()
+    return thread
+
+
+class LayerView(QObject):
+    """Keeps the viewer's layers in step with the session.
+
+    Parameters
+    ----------
+    viewer
+        The viewer the layers go to.
+    session
+        The session whose results are shown.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, session: Session) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self.session = session
+        self.gene_layers: dict[str, Any] = {}
+        self.measured_layer: Any = None
+        self._queue: deque[Callable[[], None]] = deque()
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(0)
+        self._timer.timeout.connect(self._next)
+        session.changed.connect(self._on_changed)
+
+    @property
+    def pending(self) -> int:
+        """Layer changes still queued."""
+        return len(self._queue)
+
+    def _later(self, *steps: Callable[[], None]) -> None:
+        self._queue.extend(steps)
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def _next(self) -> None:
+        if self._queue:
+            self._queue.popleft()()
+        if self._queue:
+            self._timer.start()
+
+    def _on_changed(self, name: str) -> None:
+        if name == "slide" and self.session.slide is not None:
+            self._later(*self._slide_steps(self.session.slide))
+        elif name == "maps":
+            self._later(*self._map_steps(self.session.maps))
+        elif name == "measured":
+            self._later(lambda m=self.session.measured: self._show_measured(m))
+
+    # The slide --------------------------------------------------------------------------------
+
+    def _slide_steps(self, slide: SlideInfo) -> list[Callable[[], None]]:
+        steps: list[Callable[[], None]] = []
+        image_key, spots_key = slide.keys["image_key"], slide.keys["spots_key"]
+        if slide.image_levels and image_key not in self.viewer.layers:
+            steps.append(lambda: self._add_image(slide))
+        if spots_key not in self.viewer.layers:
+            steps.append(lambda: self._add_spots(slide))
+        return steps
+
+    def _add_image(self, slide: SlideInfo) -> None:
+        import dask.array as da
+
+        levels = [da.from_zarr(path).transpose(1, 2, 0) for path in slide.image_levels]
+        name = slide.keys["image_key"]
+        self.viewer.add_image(
+            levels if len(levels) > 1 else levels[0],
+            name=name,
+            rgb=True,
+            multiscale=len(levels) > 1,
+            contrast_limits=(0, 255),
+            metadata={"name": name, "store": slide.source},
+        )
+        self.viewer.reset_view()
+
+    def _add_spots(self, slide: SlideInfo) -> None:
+        import numpy as np
+
+        centers = np.load(slide.centers)
+        name = slide.keys["spots_key"]
+        self.viewer.add_points(
+            centers[:, ::-1],
+            name=name,
+            size=float(slide.diameter_px),
+            face_color="transparent",
+            border_color="white",
+            border_width=0.05,
+            opacity=0.8,
+            metadata={"name": name, "store": slide.source},
+        )
+
+    # Gene maps --------------------------------------------------------------------------------
+
+    def _map_steps(self, maps: MapsInfo | None) -> list[Callable[[], None]]:
+        steps: list[Callable[[], None]] = [
+            lambda layer=layer: self._remove(layer) for layer in self.gene_layers.values()
+        ]
+        steps.append(self.gene_layers.clear)
+        if maps is None:
+            return steps
+        cmaps = ("inferno",) if len(maps.genes) == 1 else MULTI_GENE_COLORMAPS
+        for i, gene in enumerate(maps.genes):
+            steps.append(lambda i=i, gene=gene: self._add_map(maps, i, gene, cmaps[i % len(cmaps)]))
+        return steps
+
+    def _remove(self, layer: Any) -> None:
+        if layer in self.viewer.layers:
+            self.viewer.layers.remove(layer)
+
+    def _add_map(self, maps: MapsInfo, index: int, gene: str, colormap: str) -> None:
+        import numpy as np
+
+        if self.session.maps is not maps:
+            return  # newer maps are on their way
+        stack = np.load(maps.path, mmap_mode="r")
+        name = f"{gene} (HisToSGE)"
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        self.gene_layers[gene] = self.viewer.add_image(
+            stack[index],
+            name=name,
+            scale=maps.scale,
+            translate=maps.translate,
+            colormap=colormap,
+            blending="additive",
+            opacity=0.7,
+            contrast_limits=maps.limits[index],
+            metadata={"name": "histosge_expression", "gene": gene, "file": maps.path},
+        )
+
+    # Measured values --------------------------------------------------------------------------
+
+    def _show_measured(self, measured: MeasuredInfo | None) -> None:
+        import numpy as np
+
+        if self.measured_layer is not None:
+            self._remove(self.measured_layer)
+        self.measured_layer = None
+        slide = self.session.slide
+        if measured is None or slide is None or self.session.measured is not measured:
+            return
+        centers = np.load(slide.centers)
+        values = np.load(measured.path)
+        self.measured_layer = self.viewer.add_points(
+            centers[:, ::-1],
+            name=f"{measured.gene} (measured)",
+            size=float(slide.diameter_px),
+            features={"value": values},
+            face_color="value",
+            face_colormap="inferno",
+            face_contrast_limits=measured.limits,
+            border_color="transparent",
+            metadata={"name": slide.keys["spots_key"], "gene": measured.gene},
+        )
