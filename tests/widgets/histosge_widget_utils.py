@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-TIMEOUT_MS = 120_000
+TIMEOUT_MS = 300_000
 
 
 def wait_idle(qtbot, widget, timeout: int = TIMEOUT_MS) -> None:
-    """Wait until the dock has no running step."""
-    qtbot.waitUntil(lambda: widget.running is None and widget.worker is None, timeout=timeout)
+    """Wait until the dock runs no step and has added its layers."""
+    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)

@@ -81,21 +81,27 @@ class HisToSGEWidget(QWidget):
         outer.addLayout(row)
         outer.addWidget(self.status)
 
-        self.data_section = DataSection(self.controller, napari_viewer)
-        self.features_section = FeaturesSection(self.controller)
-        self.train_section = TrainSection(self.controller)
-        self.predict_section = PredictSection(self.controller)
-        self.export_section = ExportSection(self.controller, lambda: self.predict_section.pitch_um)
-        self.train_section.device = self._device
+        # The sections are built one per turn of the event loop, so that opening the dock never
+        # holds up the viewer; `sections_ready` tells when all of them are there.
         body = QWidget()
-        layout = QVBoxLayout(body)
-        for section in self.sections:
-            layout.addWidget(section)
-        layout.addStretch(1)
+        self._body_layout = QVBoxLayout(body)
+        self._body_layout.addStretch(1)
         self.scroll_area = QScrollArea(self)
         self.scroll_area.setWidgetResizable(True)
         self.scroll_area.setWidget(body)
         outer.addWidget(self.scroll_area)
+        self._builders = [
+            self._build_data,
+            self._build_features,
+            self._build_train,
+            self._build_predict,
+            self._build_export,
+        ]
+        self._build_timer = QTimer(self)
+        self._build_timer.setSingleShot(True)
+        self._build_timer.setInterval(0)
+        self._build_timer.timeout.connect(self._build_next)
+        self._build_timer.start()
 
         self.session.status_changed.connect(self.status.setText)
         self.session.progress_changed.connect(self._on_progress)
@@ -110,9 +116,50 @@ class HisToSGEWidget(QWidget):
         controller = self.controller
         self.destroyed.connect(lambda *_: controller.close())
 
+    def _add_section(self, section: QWidget) -> None:
+        self._body_layout.insertWidget(self._body_layout.count() - 1, section)
+
+    def _build_next(self) -> None:
+        if self._builders:
+            self._add_section(self._builders.pop(0)())
+        if self._builders:
+            self._build_timer.start()
+
+    def _build_data(self) -> QWidget:
+        self.data_section = DataSection(self.controller, self.viewer)
+        return self.data_section
+
+    def _build_features(self) -> QWidget:
+        self.features_section = FeaturesSection(self.controller)
+        return self.features_section
+
+    def _build_train(self) -> QWidget:
+        self.train_section = TrainSection(self.controller)
+        self.train_section.device = self._device
+        return self.train_section
+
+    def _build_predict(self) -> QWidget:
+        self.predict_section = PredictSection(self.controller)
+        return self.predict_section
+
+    def _build_export(self) -> QWidget:
+        self.export_section = ExportSection(self.controller, lambda: self.predict_section.pitch_um)
+        return self.export_section
+
+    @property
+    def sections_ready(self) -> bool:
+        """All five sections are built."""
+        return not self._builders
+
+    def build_all(self) -> None:
+        """Build the sections not built yet, at once."""
+        while self._builders:
+            self._build_next()
+
     @property
     def sections(self) -> tuple[QWidget, ...]:
         """The five sections, top to bottom."""
+        self.build_all()
         return (
             self.data_section,
             self.features_section,
@@ -132,6 +179,7 @@ class HisToSGEWidget(QWidget):
         return self.session.running is not None or self.layer_view.pending > 0
 
     def _device(self) -> str | None:
+        self.build_all()
         device = self.features_section.device_combo.value
         return None if device == "auto" else device
 
@@ -151,26 +199,32 @@ class HisToSGEWidget(QWidget):
 
     def open_sample(self) -> bool:
         """Read the bundled sample."""
+        self.build_all()
         return self.data_section.open_sample()
 
     def extract(self) -> bool:
         """Extract features with the section's options."""
+        self.build_all()
         return self.features_section.extract()
 
     def train(self) -> bool:
         """Train with the section's options."""
+        self.build_all()
         return self.train_section.train(device=self._device())
 
     def predict(self) -> bool:
         """Predict at the spots and the new positions."""
+        self.build_all()
         return self.predict_section.predict()
 
     def render(self) -> bool:
         """Render the selected genes."""
+        self.build_all()
         return self.predict_section.render()
 
     def export(self) -> bool:
         """Export to the section's store."""
+        self.build_all()
         return self.export_section.export()
 
     def cancel(self) -> None:

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 __all__ = ["LayerView", "prefetch_readers"]
 
+#: Milliseconds between two queued layer changes.
+STEP_MS = 30
+
 #: Colormaps for several genes shown together with additive blending (one hue per gene).
 MULTI_GENE_COLORMAPS = ("magenta", "green", "cyan", "yellow", "red", "blue")
 
@@ -57,7 +60,8 @@ class LayerView(QObject):
         self._queue: deque[Callable[[], None]] = deque()
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
-        self._timer.setInterval(0)
+        # Room for a repaint between two layer changes.
+        self._timer.setInterval(STEP_MS)
         self._timer.timeout.connect(self._next)
         session.changed.connect(self._on_changed)
 
@@ -130,32 +134,61 @@ class LayerView(QObject):
     # Gene maps --------------------------------------------------------------------------------
 
     def _map_steps(self, maps: MapsInfo | None) -> list[Callable[[], None]]:
-        steps: list[Callable[[], None]] = [
-            lambda layer=layer: self._remove(layer) for layer in self.gene_layers.values()
-        ]
-        steps.append(self.gene_layers.clear)
-        if maps is None:
-            return steps
-        cmaps = ("inferno",) if len(maps.genes) == 1 else MULTI_GENE_COLORMAPS
-        for i, gene in enumerate(maps.genes):
-            steps.append(lambda i=i, gene=gene: self._add_map(maps, i, gene, cmaps[i % len(cmaps)]))
+        """Show ``maps``, reusing the layers already shown (cheap) and adding only the missing."""
+        old = dict(self.gene_layers)
+        genes = [] if maps is None else list(maps.genes)
+        kept = {gene: old.pop(gene) for gene in genes if gene in old}
+        free = list(old.values())
+        steps: list[Callable[[], None]] = []
+        if maps is not None:
+            cmaps = ("inferno",) if len(genes) == 1 else MULTI_GENE_COLORMAPS
+            for i, gene in enumerate(genes):
+                layer = kept.get(gene) or (free.pop(0) if free else None)
+                cmap = cmaps[i % len(cmaps)]
+                steps.append(
+                    lambda i=i, gene=gene, layer=layer, cmap=cmap: self._show_map(
+                        maps, i, gene, cmap, layer
+                    )
+                )
+        steps += [lambda layer=layer: self._remove(layer) for layer in free]
         return steps
 
     def _remove(self, layer: Any) -> None:
+        for gene, shown in list(self.gene_layers.items()):
+            if shown is layer:
+                del self.gene_layers[gene]
         if layer in self.viewer.layers:
             self.viewer.layers.remove(layer)
 
-    def _add_map(self, maps: MapsInfo, index: int, gene: str, colormap: str) -> None:
+    def _show_map(self, maps: MapsInfo, index: int, gene: str, colormap: str, layer: Any) -> None:
         import numpy as np
 
         if self.session.maps is not maps:
             return  # newer maps are on their way
-        stack = np.load(maps.path, mmap_mode="r")
+        plane = np.load(maps.path, mmap_mode="r")[index]
         name = f"{gene} (HisToSGE)"
+        meta = {"name": "histosge_expression", "gene": gene, "file": maps.path}
+        for shown_gene, shown in list(self.gene_layers.items()):
+            if shown is layer:
+                del self.gene_layers[shown_gene]
+        if layer is not None and layer in self.viewer.layers:
+            layer.data = plane
+            layer.scale = maps.scale
+            layer.translate = maps.translate
+            layer.colormap = colormap
+            layer.contrast_limits = maps.limits[index]
+            layer.name = name
+            layer.metadata = meta
+            self.gene_layers[gene] = layer
+            return
+        from napari.layers import Image
+
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
-        self.gene_layers[gene] = self.viewer.add_image(
-            stack[index],
+        # Three turns of the event loop: build the layer, insert it hidden, then show it (its
+        # first draw), so no single turn pays for all of it.
+        layer = Image(
+            plane,
             name=name,
             scale=maps.scale,
             translate=maps.translate,
@@ -163,8 +196,31 @@ class LayerView(QObject):
             blending="additive",
             opacity=0.7,
             contrast_limits=maps.limits[index],
-            metadata={"name": "histosge_expression", "gene": gene, "file": maps.path},
+            metadata=meta,
+            visible=False,
         )
+        self.gene_layers[gene] = layer
+        self._queue.appendleft(lambda: self._reveal(layer))
+        self._queue.appendleft(lambda: self._insert(layer))
+
+    def _insert(self, layer: Any) -> None:
+        if layer not in self.gene_layers.values():
+            return
+        # Keep the user's layer selection: selecting each new map would also rebuild the layer
+        # controls panel on the way.
+        layers = self.viewer.layers
+        activate = getattr(layers, "_activate_on_insert", None)
+        if activate is not None:
+            layers._activate_on_insert = False
+        try:
+            layers.append(layer)
+        finally:
+            if activate is not None:
+                layers._activate_on_insert = activate
+
+    def _reveal(self, layer: Any) -> None:
+        if layer in self.viewer.layers:
+            layer.visible = True
 
     # Measured values --------------------------------------------------------------------------
 

@@ -163,8 +163,10 @@ class Session:
         self._set(slide=slide)
 
     def set_features(self, features: FeaturesInfo) -> None:
-        """New features: a model trained on others no longer applies."""
-        self._set(model=None, predictions=None, features=features)
+        """New features: a model trained on other ones no longer applies."""
+        if self.features is None or self.features.options != features.options:
+            self._set(model=None, predictions=None)
+        self._set(features=features)
 
     def set_model(self, model: ModelInfo) -> None:
         """A new model: earlier predictions no longer apply."""
