@@ -98,7 +98,9 @@ class LossPlot(QWidget):
         painter.drawText(
             QRectF(rect.left(), rect.bottom() + 3, rect.width(), 16),
             Qt.AlignmentFlag.AlignCenter,
-            f"epoch (MSE, {len(self._series)} run{'s' if len(self._series) != 1 else ''})",
+            "epoch (MSE)"
+            if len(self._series) < 2
+            else f"epoch (MSE; {len(self._series)} ensemble members, earlier ones faded)",
         )
         last = max(self._series)
         for member, series in sorted(self._series.items()):
