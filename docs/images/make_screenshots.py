@@ -111,7 +111,7 @@ def main() -> None:
 
 
 def distinct_genes(path: str, n: int) -> list[str]:
-    """The most variable predicted genes whose patterns differ (read from the predictions file)."""
+    """Pick the most variable predicted genes whose patterns differ."""
     import numpy as np
 
     from napari_histosge.predict import Predictions

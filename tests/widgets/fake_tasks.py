@@ -19,38 +19,43 @@ def warm_up() -> dict[str, Any]:
     return {"pid": os.getpid(), "nice": os.nice(0)}
 
 
-def echo(state, payload, context, report, stop):
+def echo(state, job):
     state.calls += 1
-    return {"payload": payload, "context": context, "calls": state.calls, "pid": os.getpid()}
+    return {
+        "payload": job.payload,
+        "context": job.context,
+        "calls": state.calls,
+        "pid": os.getpid(),
+    }
 
 
-def count(state, payload, context, report, stop):
-    for i in range(int(payload["n"])):
-        if stop():
+def count(state, job):
+    for i in range(int(job.payload["n"])):
+        if job.stop():
             raise RuntimeError("stopped")
-        report(
+        job.report(
             {
                 "stage": "count",
                 "step": i + 1,
-                "total": payload["n"],
+                "total": job.payload["n"],
                 "message": f"{i}",
                 "info": {"train_loss": 1.0 / (i + 1), "epoch": i + 1},
             }
         )
-        time.sleep(float(payload.get("sleep", 0.01)))
-    return {"n": payload["n"]}
+        time.sleep(float(job.payload.get("sleep", 0.01)))
+    return {"n": job.payload["n"]}
 
 
-def stubborn(state, payload, context, report, stop):
+def stubborn(state, job):
     time.sleep(60)
     return {}
 
 
-def fail(state, payload, context, report, stop):
+def fail(state, job):
     raise ValueError("Expected a good value, found a bad one.")
 
 
-def crash(state, payload, context, report, stop):
+def crash(state, job):
     os.kill(os.getpid(), signal.SIGSEGV)
     time.sleep(10)
     return {}

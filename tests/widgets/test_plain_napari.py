@@ -85,8 +85,6 @@ def store_2000(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_store(tmp_path_factory.mktemp("synthetic") / "slide.zarr", n_spots=2000)
 
 
-def test_plain_napari_2000_spot_store_renders_gene_maps_without_stalls(
-    store_2000, record_property
-):
+def test_plain_napari_2000_spot_store_renders_gene_maps_without_stalls(store_2000, record_property):
     report = run_flow("--store", str(store_2000), "--epochs", "5")
     check_report(report, record_property)

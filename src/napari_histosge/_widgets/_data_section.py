@@ -69,7 +69,7 @@ class DataSection(Section):
         return self.controller.open_sample()
 
     def open_from_layers(self, *_: Any) -> bool:
-        """Use the store behind an open layer (this plugin's, napari-spatialdata's or the sample)."""
+        """Use the store behind an open layer (this plugin's, napari-spatialdata's, the sample)."""
         for layer in list(self.viewer.layers.selection) + list(self.viewer.layers):
             meta = layer.metadata or {}
             sdata = meta.get("sdata")
@@ -82,7 +82,7 @@ class DataSection(Section):
         return False
 
     def chosen_keys(self) -> dict[str, str | None]:
-        """The chosen image, spots and table."""
+        """Return the chosen image, spots and table."""
         return {
             "image_key": self.image_combo.value or None,
             "spots_key": self.spots_combo.value or None,

@@ -103,7 +103,7 @@ class FeaturesSection(Section):
         self.weights_edit.line_edit.value = value or ""
 
     def options(self) -> dict[str, Any]:
-        """Extraction options (the fields of the core's ``ExtractOptions``)."""
+        """Return the extraction options (fields of the core's ``ExtractOptions``)."""
         device = self.device_combo.value
         return {
             "encoder": self.encoder,

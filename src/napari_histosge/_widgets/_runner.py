@@ -28,6 +28,8 @@ from typing import Any
 
 from psygnal import Signal
 
+from ._job import Job
+
 __all__ = ["Runner", "serve"]
 
 #: The module whose ``TASKS``, ``WorkerState`` and ``warm_up`` the worker runs.
@@ -58,7 +60,8 @@ def serve(conn: Any, stop: Any, session_dir: str, tasks_module: str) -> None:
             conn.send(("progress", task_id, item))
 
         try:
-            result = module.TASKS[name](state, payload, context, report, stop.is_set)
+            job = Job(payload, context, report, stop.is_set)
+            result = module.TASKS[name](state, job)
         except Exception as err:  # noqa: BLE001 - every failure goes back to the viewer
             if stop.is_set() or type(err).__name__ == "Cancelled":
                 conn.send(("cancelled", task_id, None))

@@ -150,34 +150,34 @@ class Session:
                 self.changed.emit(name)
 
     def set_elements(self, source: str, elements: dict[str, list[str]]) -> None:
-        """A store was read but its elements are not resolved yet."""
+        """Record a store whose elements are not resolved yet."""
         self._set(slide=None, features=None, model=None, predictions=None)
         self.source = source
         self._set(elements=elements)
 
     def set_slide(self, slide: SlideInfo) -> None:
-        """A new slide: everything computed before is forgotten."""
+        """Use a new slide, forgetting everything computed before."""
         self.source = slide.source
         self._set(features=None, model=None, predictions=None, elements=slide.elements)
         self.clear_losses()
         self._set(slide=slide)
 
     def set_features(self, features: FeaturesInfo) -> None:
-        """New features: a model trained on other ones no longer applies."""
+        """Use new features; a model trained on other ones no longer applies."""
         if self.features is None or self.features.options != features.options:
             self._set(model=None, predictions=None)
         self._set(features=features)
 
     def set_model(self, model: ModelInfo) -> None:
-        """A new model: earlier predictions no longer apply."""
+        """Use a new model; earlier predictions no longer apply."""
         self._set(predictions=None, model=model)
 
     def set_predictions(self, predictions: PredictionsInfo) -> None:
-        """New predictions."""
+        """Use new predictions."""
         self._set(predictions=predictions)
 
     def set_maps(self, maps: MapsInfo | None, measured: MeasuredInfo | None = None) -> None:
-        """Rendered maps (and the first gene's measured values, or none)."""
+        """Show rendered maps (and the first gene's measured values, or none)."""
         self._set(maps=maps)
         self._set(measured=measured)
 
@@ -186,7 +186,7 @@ class Session:
         self._set(measured=measured)
 
     def context(self) -> dict[str, Any]:
-        """What the worker needs to rebuild this session's objects."""
+        """Describe what the worker needs to rebuild this session's objects."""
         return {
             "slide": None
             if self.slide is None
@@ -199,7 +199,7 @@ class Session:
     # Running ---------------------------------------------------------------------------------
 
     def why_not(self, action: str) -> str:
-        """Why ``action`` cannot run now, or ``""`` when it can."""
+        """Say why ``action`` cannot run now, or ``""`` when it can."""
         if self.running is not None:
             return f"Wait: {self.running} is running."
         for name, why in NEEDS.get(action, ()):
@@ -216,7 +216,7 @@ class Session:
             self.busy_changed.emit(name)
 
     def set_status(self, text: str) -> None:
-        """A line for the status label."""
+        """Set the status line."""
         self.status = text
         self.status_changed.emit(text)
 
@@ -225,7 +225,7 @@ class Session:
         self.progress_changed.emit(fraction)
 
     def fail(self, message: str) -> None:
-        """A step failed: nothing changes but the status."""
+        """Report a failed step; nothing changes but the status."""
         self.last_error = message
         self.set_status(f"Error: {message}")
         self.error.emit(message)

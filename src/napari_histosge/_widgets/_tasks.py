@@ -6,10 +6,10 @@ with ``spawn``: the viewer's process never shares an interpreter lock or an Open
 this work. The module itself imports only the standard library at the top, so the viewer can name
 it as the worker's entry point without loading anything.
 
-Each task is ``task(state, payload, context, report, should_stop) -> dict`` and returns small
-values; arrays go into ``.npy`` files in the session folder. ``context`` describes the session's
-current slide, features, model and predictions, so a fresh worker (after a Cancel that had to stop
-the process, or a crash) rebuilds what it needs from the store and the session folder.
+Each task is ``task(state, job) -> dict`` (see :class:`~._job.Job`) and returns small values;
+arrays go into ``.npy`` files in the session folder. The job's context describes the session's
+slide, features, model and predictions, so a fresh worker (after a Cancel that had to stop the
+process, or a crash) rebuilds what it needs from the store and the session folder.
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ._job import Job, plain
+
 __all__ = ["TASKS", "WorkerState", "train_form_defaults", "warm_up"]
 
 #: ``source`` of the bundled sample; the worker copies it into the session folder as a store.
 SAMPLE = "sample"
-
-Report = Callable[[dict[str, Any]], None]
-ShouldStop = Callable[[], bool]
 
 
 class WorkerState:
@@ -44,14 +43,13 @@ class WorkerState:
         self.predictions_path: str | None = None
 
     def new_path(self, stem: str, suffix: str = "") -> Path:
-        """A new file name in the session folder."""
+        """Return a new file name in the session folder."""
         return self.session_dir / f"{stem}-{uuid.uuid4().hex[:8]}{suffix}"
 
 
 def warm_up() -> dict[str, Any]:
-    """Import the core and its heavy libraries; return the training options' defaults."""
+    """Import the core and its heavy libraries, before the first task needs them."""
     import os
-    from dataclasses import asdict
 
     import torch
 
@@ -59,15 +57,15 @@ def warm_up() -> dict[str, Any]:
     import napari_histosge.expression  # noqa: F401
     import napari_histosge.features  # noqa: F401
     import napari_histosge.pipeline  # noqa: F401
-    from napari_histosge.train import TrainConfig
+    import napari_histosge.train  # noqa: F401
 
     # Leave a core to the viewer.
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
-    return {"train_defaults": asdict(TrainConfig())}
+    return {"pid": os.getpid()}
 
 
 def train_form_defaults() -> tuple[dict[str, Any], list[str]]:
-    """The training options' defaults and the model modes (light: no torch import).
+    """Return the training options' defaults and the model modes (light: no torch import).
 
     Examples
     --------
@@ -85,32 +83,10 @@ def train_form_defaults() -> tuple[dict[str, Any], list[str]]:
     return asdict(TrainConfig()), modes
 
 
-def _run(gen: Any, report: Report, should_stop: ShouldStop) -> Any:
+def _run(gen: Any, job: Job) -> Any:
     from napari_histosge import run_generator
 
-    def progress(item: Any) -> None:
-        report(
-            {
-                "stage": item.stage,
-                "step": item.step,
-                "total": item.total,
-                "message": item.message,
-                "info": _plain(item.info),
-            }
-        )
-
-    return run_generator(gen, progress=progress, cancel=should_stop)
-
-
-def _plain(info: dict[str, Any]) -> dict[str, Any]:
-    """Keep the JSON-like values of a progress record (numbers, strings)."""
-    out: dict[str, Any] = {}
-    for k, v in (info or {}).items():
-        if isinstance(v, (int, float, str, bool)) or v is None:
-            out[k] = v
-        elif hasattr(v, "item") and getattr(v, "size", 2) == 1:
-            out[k] = v.item()
-    return out
+    return run_generator(gen, progress=job.progress, cancel=job.stop)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,16 +107,17 @@ def _slide(state: WorkerState, context: dict[str, Any]) -> Any:
     return state.slide
 
 
-def _features(state: WorkerState, context: dict[str, Any], report: Report, stop: ShouldStop) -> Any:
+def _features(state: WorkerState, job: Job, context: dict[str, Any] | None = None) -> Any:
     from napari_histosge.pipeline import ExtractOptions, iter_extract
 
+    context = job.context if context is None else context
     slide = _slide(state, context)
     spec = context.get("features")
     if spec is None:
         raise ValueError("Extract features first.")
     if state.features is None or state.features_spec != spec:
         options = ExtractOptions(**_extract_kwargs(spec))
-        state.features = _run(iter_extract(slide, options), report, stop)
+        state.features = _run(iter_extract(slide, options), job)
         state.features_spec = spec
     return state.features
 
@@ -167,15 +144,11 @@ def _predictions(state: WorkerState, context: dict[str, Any]) -> Any:
         import numpy as np
 
         with np.load(path, allow_pickle=False) as z:
-            state.predictions = Predictions(
-                genes=[str(g) for g in z["genes"]],
-                positions_px=z["positions_px"],
-                values=z["values"],
-                kind=z["kind"],
-                ids=z["ids"],
-                spot_diameter_px=float(z["spot_diameter_px"]),
-                meta=json.loads(str(z["meta"])),
-            )
+            values: dict[str, Any] = {k: z[k] for k in z.files}
+        values["genes"] = [str(g) for g in values["genes"]]
+        values["spot_diameter_px"] = float(values["spot_diameter_px"])
+        values["meta"] = json.loads(str(values["meta"]))
+        state.predictions = Predictions(**values)
         state.predictions_path = path
     return state.predictions
 
@@ -191,18 +164,16 @@ def _extract_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
 # Tasks
 
 
-def open_slide(
-    state: WorkerState, payload: dict[str, Any], context: Any, report: Report, stop: ShouldStop
-) -> dict[str, Any]:
+def open_slide(state: WorkerState, job: Job) -> dict[str, Any]:
     """Read a slide: a store as it is; the sample and folders as a store in the session folder."""
     import numpy as np
 
     from napari_histosge.io import convert, load_sample, read_slide, resolve_keys, validate_slide
     from napari_histosge.pipeline import Slide
 
-    source = str(payload["source"])
-    keys = {k: v or None for k, v in dict(payload.get("keys") or {}).items()}
-    report({"stage": "open", "step": 0, "total": 3, "message": f"Reading {source}…", "info": {}})
+    source = str(job.payload["source"])
+    keys = {k: v or None for k, v in dict(job.payload.get("keys") or {}).items()}
+    job.say("open", 0, 3, f"Reading {source}…")
     if source == SAMPLE:
         store = state.session_dir / "sample.zarr"
         if not store.exists():
@@ -215,12 +186,11 @@ def open_slide(
         if not (path / "zarr.json").exists() and not (path / ".zgroup").exists():
             store = state.new_path(path.name.replace(".", "_"), ".zarr")
             convert(path, store)
-    report({"stage": "open", "step": 1, "total": 3, "message": "Checking the slide…", "info": {}})
+    job.say("open", 1, 3, "Checking the slide…")
     sdata = read_slide(store)
     elements = {
-        "images": [k for k in sdata.images if not k.startswith("histosge_")],
-        "shapes": [k for k in sdata.shapes if not k.startswith("histosge_")],
-        "tables": [k for k in sdata.tables if not k.startswith("histosge_")],
+        kind: [k for k in getattr(sdata, kind) if not k.startswith("histosge_")]
+        for kind in ("images", "shapes", "tables")
     }
     out: dict[str, Any] = {"source": str(store), "label": source, "elements": elements}
     try:
@@ -280,20 +250,13 @@ def _image_levels(store: Path, key: str) -> list[str]:
     return paths
 
 
-def extract(
-    state: WorkerState,
-    payload: dict[str, Any],
-    context: dict[str, Any],
-    report: Report,
-    stop: ShouldStop,
-) -> dict[str, Any]:
+def extract(state: WorkerState, job: Job) -> dict[str, Any]:
     """Embed the spots and the new positions (features are cached in the store)."""
-    context = {**context, "features": payload["options"]}
     state.features = None
-    features = _features(state, context, report, stop)
+    features = _features(state, job, {**job.context, "features": job.payload["options"]})
     spots = features.spots
     return {
-        "options": payload["options"],
+        "options": job.payload["options"],
         "from_cache": bool(features.from_cache),
         "n_spots": len(spots.features),
         "n_positions": len(features.positions_px),
@@ -302,111 +265,75 @@ def extract(
     }
 
 
-def train(
-    state: WorkerState,
-    payload: dict[str, Any],
-    context: dict[str, Any],
-    report: Report,
-    stop: ShouldStop,
-) -> dict[str, Any]:
+def train(state: WorkerState, job: Job) -> dict[str, Any]:
     """Train a model with a live loss curve; Cancel discards the run."""
     from napari_histosge import Cancelled
     from napari_histosge.pipeline import iter_train
     from napari_histosge.train import TrainConfig, save_checkpoint
 
-    slide = _slide(state, context)
-    features = _features(state, context, report, stop)
-    config = TrainConfig(**payload["config"])
-    gen = iter_train(
-        slide, features, config=config, n_top_genes=int(payload["n_top_genes"]), should_stop=stop
-    )
-    model = _run(gen, report, stop)
-    if stop():
+    slide = _slide(state, job.context)
+    features = _features(state, job)
+    config, n_genes = TrainConfig(**job.payload["config"]), int(job.payload["n_top_genes"])
+    gen = iter_train(slide, features, config=config, n_top_genes=n_genes, should_stop=job.stop)
+    model = _run(gen, job)
+    if job.stop():
         raise Cancelled("training was cancelled")
     path = save_checkpoint(model, state.new_path("model"))
     state.model, state.model_path = model, str(path)
-    return {"path": str(path), "n_genes": len(model.genes), "info": _plain(model.info)}
+    return {"path": str(path), "n_genes": len(model.genes), "info": plain(model.info)}
 
 
-def save_model(
-    state: WorkerState, payload: dict[str, Any], context: Any, report: Report, stop: ShouldStop
-) -> dict[str, Any]:
+def save_model(state: WorkerState, job: Job) -> dict[str, Any]:
     """Save the session's model as a checkpoint folder."""
     from napari_histosge.train import save_checkpoint
 
-    return {"path": str(save_checkpoint(_model(state, context), Path(payload["path"])))}
+    return {"path": str(save_checkpoint(_model(state, job.context), Path(job.payload["path"])))}
 
 
-def load_model(
-    state: WorkerState, payload: dict[str, Any], context: Any, report: Report, stop: ShouldStop
-) -> dict[str, Any]:
+def load_model(state: WorkerState, job: Job) -> dict[str, Any]:
     """Load a checkpoint folder."""
-    model = _model(state, {"model": str(Path(payload["path"]).resolve())})
-    return {"path": state.model_path, "n_genes": len(model.genes), "info": _plain(model.info)}
+    model = _model(state, {"model": str(Path(job.payload["path"]).resolve())})
+    return {"path": state.model_path, "n_genes": len(model.genes), "info": plain(model.info)}
 
 
-def predict(
-    state: WorkerState,
-    payload: dict[str, Any],
-    context: dict[str, Any],
-    report: Report,
-    stop: ShouldStop,
-) -> dict[str, Any]:
+def predict(state: WorkerState, job: Job) -> dict[str, Any]:
     """Predict at the spots and the new positions; genes come back ranked by variability."""
+    from dataclasses import fields
+
     import numpy as np
 
     from napari_histosge.pipeline import predict as predict_slide
 
-    slide = _slide(state, context)
-    features = _features(state, context, report, stop)
-    model = _model(state, context)
-    report({"stage": "predict", "step": 0, "total": 1, "message": "Predicting…", "info": {}})
+    slide = _slide(state, job.context)
+    features = _features(state, job)
+    model = _model(state, job.context)
+    job.say("predict", 0, 1, "Predicting…")
     preds = predict_slide(slide, features, model)
     path = state.new_path("predictions", ".npz")
-    np.savez(
-        path,
-        genes=np.asarray(preds.genes, dtype=str),
-        positions_px=preds.positions_px,
-        values=preds.values,
-        kind=np.asarray(preds.kind, dtype=str),
-        ids=np.asarray(preds.ids, dtype=str),
-        spot_diameter_px=np.float64(preds.spot_diameter_px),
-        meta=np.asarray(json.dumps(preds.meta, default=str)),
-    )
+    arrays = {f.name: getattr(preds, f.name) for f in fields(preds)}
+    arrays["meta"] = json.dumps(preds.meta, default=str)
+    np.savez(path, **{k: np.asarray(v) for k, v in arrays.items()})
     state.predictions, state.predictions_path = preds, str(path)
-    return {
-        "path": str(path),
-        "genes": preds.top_genes(len(preds.genes)),
-        "n_positions": len(preds.positions_px),
-    }
+    ranked = preds.top_genes(len(preds.genes))
+    return {"path": str(path), "genes": ranked, "n_positions": len(preds.positions_px)}
 
 
 def _pitch_px(slide: Any, pitch_um: float | None) -> float | None:
-    if not pitch_um:
-        return None
-    return float(pitch_um) / float(slide.geometry.um_per_px)
+    return float(pitch_um) / float(slide.geometry.um_per_px) if pitch_um else None
 
 
-def render(
-    state: WorkerState,
-    payload: dict[str, Any],
-    context: dict[str, Any],
-    report: Report,
-    stop: ShouldStop,
-) -> dict[str, Any]:
+def render(state: WorkerState, job: Job) -> dict[str, Any]:
     """Rasterise the chosen genes at the chosen resolution into a ``.npy`` stack."""
     import numpy as np
 
     from napari_histosge._layers import contrast_limits
     from napari_histosge.pipeline import render as render_maps
 
-    slide = _slide(state, context)
-    preds = _predictions(state, context)
-    genes = list(payload["genes"])
-    report({"stage": "render", "step": 0, "total": 1, "message": "Rendering…", "info": {}})
-    maps = render_maps(
-        slide, preds, genes=genes, pitch_px=_pitch_px(slide, payload.get("pitch_um"))
-    )
+    slide = _slide(state, job.context)
+    preds = _predictions(state, job.context)
+    genes, pitch_px = list(job.payload["genes"]), _pitch_px(slide, job.payload.get("pitch_um"))
+    job.say("render", 0, 1, "Rendering…")
+    maps = render_maps(slide, preds, genes=genes, pitch_px=pitch_px)
     path = state.new_path("maps", ".npy")
     np.save(path, np.ascontiguousarray(maps.data, dtype=np.float32))
     out: dict[str, Any] = {
@@ -418,7 +345,7 @@ def render(
         "pitch_um": float(maps.pitch_px) * float(slide.geometry.um_per_px),
         "measured": None,
     }
-    if payload.get("measured"):
+    if job.payload.get("measured"):
         out["measured"] = _measured_file(state, slide, genes[0])
     return out
 
@@ -434,36 +361,24 @@ def _measured_file(state: WorkerState, slide: Any, gene: str) -> dict[str, Any]:
     return {"gene": gene, "path": str(path), "limits": list(contrast_limits(values))}
 
 
-def measured(
-    state: WorkerState,
-    payload: dict[str, Any],
-    context: dict[str, Any],
-    report: Report,
-    stop: ShouldStop,
-) -> dict[str, Any]:
+def measured(state: WorkerState, job: Job) -> dict[str, Any]:
     """Measured expression of one gene at the spots, as a ``.npy`` file."""
-    return _measured_file(state, _slide(state, context), str(payload["gene"]))
+    return _measured_file(state, _slide(state, job.context), str(job.payload["gene"]))
 
 
-def export(
-    state: WorkerState,
-    payload: dict[str, Any],
-    context: dict[str, Any],
-    report: Report,
-    stop: ShouldStop,
-) -> dict[str, Any]:
+def export(state: WorkerState, job: Job) -> dict[str, Any]:
     """Render every predicted gene and write predictions, maps and features into a store."""
     from napari_histosge.pipeline import export as export_slide
     from napari_histosge.pipeline import render as render_maps
 
-    slide = _slide(state, context)
-    preds = _predictions(state, context)
-    report(
-        {"stage": "export", "step": 0, "total": 2, "message": "Rendering all genes…", "info": {}}
+    slide = _slide(state, job.context)
+    preds = _predictions(state, job.context)
+    job.say("export", 0, 2, "Rendering all genes…")
+    maps = render_maps(slide, preds, pitch_px=_pitch_px(slide, job.payload.get("pitch_um")))
+    job.say("export", 1, 2, "Writing the store…")
+    out = export_slide(
+        slide, preds, maps, job.payload["path"], overwrite=bool(job.payload["overwrite"])
     )
-    maps = render_maps(slide, preds, pitch_px=_pitch_px(slide, payload.get("pitch_um")))
-    report({"stage": "export", "step": 1, "total": 2, "message": "Writing the store…", "info": {}})
-    out = export_slide(slide, preds, maps, payload["path"], overwrite=bool(payload["overwrite"]))
     return {"path": str(Path(out).resolve())}
 
 
