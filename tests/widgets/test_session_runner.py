@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+from histosge_widget_utils import wait_for
 
 from napari_histosge._widgets._controller import Controller
 from napari_histosge._widgets._runner import Runner, describe_exit
@@ -23,15 +24,6 @@ SLIDE = SlideInfo(
     um_per_px=5.0,
     centers="/tmp/c.npy",
 )
-
-
-def wait_for(runner: Runner, condition, timeout: float = 120.0) -> float:
-    start = time.perf_counter()
-    while not condition():
-        runner.poll()
-        time.sleep(0.01)
-        assert time.perf_counter() - start < timeout, "timed out"
-    return time.perf_counter() - start
 
 
 @pytest.fixture

@@ -241,6 +241,7 @@ class Controller:
             translate=tuple(result["translate"]),  # type: ignore[arg-type]
             limits=[tuple(lim) for lim in result["limits"]],  # type: ignore[misc]
             pitch_um=float(result["pitch_um"]),
+            levels=list(result.get("levels") or [result["path"]]),
         )
         measured = _measured(result.get("measured"))
         self.session.set_maps(maps, measured)

@@ -165,13 +165,16 @@ class LayerView(QObject):
 
         if self.session.maps is not maps:
             return  # newer maps are on their way
-        plane = np.load(maps.path, mmap_mode="r")[index]
+        levels = [np.load(p, mmap_mode="r")[index] for p in maps.levels or [maps.path]]
+        plane: Any = levels if len(levels) > 1 else levels[0]
         name = f"{gene} (HisToSGE)"
         meta = {"name": "histosge_expression", "gene": gene, "file": maps.path}
         for shown_gene, shown in list(self.gene_layers.items()):
             if shown is layer:
                 del self.gene_layers[shown_gene]
-        if layer is not None and layer in self.viewer.layers:
+        if layer is not None and layer.multiscale != (len(levels) > 1):
+            self._remove(layer)  # napari cannot switch an existing layer to or from levels
+        elif layer is not None and layer in self.viewer.layers:
             layer.data = plane
             layer.scale = maps.scale
             layer.translate = maps.translate
@@ -197,6 +200,7 @@ class LayerView(QObject):
             opacity=0.7,
             contrast_limits=maps.limits[index],
             metadata=meta,
+            multiscale=len(levels) > 1,
             visible=False,
         )
         self.gene_layers[gene] = layer

@@ -73,7 +73,10 @@ class PredictionsInfo:
 
 @dataclass(frozen=True)
 class MapsInfo:
-    """Rendered gene maps: a ``(genes, y, x)`` float32 ``.npy`` and its placement."""
+    """Rendered gene maps: ``(genes, y, x)`` float32 ``.npy`` levels and their placement.
+
+    ``levels`` holds the finest level (``path``) first, then coarser ones for large maps.
+    """
 
     path: str
     genes: list[str]
@@ -81,6 +84,7 @@ class MapsInfo:
     translate: tuple[float, float]
     limits: list[tuple[float, float]]
     pitch_um: float
+    levels: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

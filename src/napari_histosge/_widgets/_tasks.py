@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ._files import image_level_paths, save_pyramid
 from ._job import Job, plain
 
 __all__ = ["TASKS", "WorkerState", "train_form_defaults", "warm_up"]
@@ -213,7 +214,7 @@ def open_slide(state: WorkerState, job: Job) -> dict[str, Any]:
         diameter_px=float(geom.diameter_px),
         um_per_px=float(geom.um_per_px),
         centers=str(centers),
-        image_levels=_image_levels(store, resolved.image_key),
+        image_levels=image_level_paths(store, resolved.image_key),
         outputs=[
             k
             for kind in ("images", "labels", "points", "shapes", "tables")
@@ -232,22 +233,6 @@ def _message(err: BaseException) -> str:
     if isinstance(err, KeyError) and err.args:
         return str(err.args[0])
     return str(err)
-
-
-def _image_levels(store: Path, key: str) -> list[str]:
-    """Paths of the image's zarr arrays, finest first (read lazily by the viewer)."""
-    import zarr
-
-    group = zarr.open_group(str(store / "images" / key), mode="r")
-    attrs = dict(group.attrs)
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-    if not multiscales:
-        return []
-    paths = [str(store / "images" / key / d["path"]) for d in multiscales[0]["datasets"]]
-    first = zarr.open_array(paths[0], mode="r")
-    if first.ndim != 3 or first.shape[0] != 3 or str(first.dtype) != "uint8":
-        return []  # converted while reading; the viewer cannot show the stored array as it is
-    return paths
 
 
 def extract(state: WorkerState, job: Job) -> dict[str, Any]:
@@ -324,8 +309,6 @@ def _pitch_px(slide: Any, pitch_um: float | None) -> float | None:
 
 def render(state: WorkerState, job: Job) -> dict[str, Any]:
     """Rasterise the chosen genes at the chosen resolution into a ``.npy`` stack."""
-    import numpy as np
-
     from napari_histosge._layers import contrast_limits
     from napari_histosge.pipeline import render as render_maps
 
@@ -334,10 +317,11 @@ def render(state: WorkerState, job: Job) -> dict[str, Any]:
     genes, pitch_px = list(job.payload["genes"]), _pitch_px(slide, job.payload.get("pitch_um"))
     job.say("render", 0, 1, "Rendering…")
     maps = render_maps(slide, preds, genes=genes, pitch_px=pitch_px)
-    path = state.new_path("maps", ".npy")
-    np.save(path, np.ascontiguousarray(maps.data, dtype=np.float32))
+    stem = state.new_path("maps")
+    levels = save_pyramid(maps.data, lambda i: stem.with_name(f"{stem.name}-{i}.npy"))
     out: dict[str, Any] = {
-        "path": str(path),
+        "path": levels[0],
+        "levels": levels,
         "genes": list(maps.genes),
         "scale": list(maps.scale),
         "translate": list(maps.translate),
