@@ -268,6 +268,7 @@ def test_closing_the_viewer_stops_the_worker(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     widget = HisToSGEWidget(viewer)
     viewer.window.add_dock_widget(widget)
+    qtbot.waitUntil(lambda: widget.controller.runner.pid is not None, timeout=10_000)
     process = widget.controller.runner._process
     viewer.close()
     qtbot.waitUntil(lambda: not process.is_alive(), timeout=10_000)

@@ -21,14 +21,9 @@ from qtpy.QtWidgets import (
 )
 
 from ._controller import Controller
-from ._data_section import DataSection
-from ._export_section import ExportSection
-from ._features_section import FeaturesSection
 from ._layer_view import LayerView, prefetch_readers
-from ._predict_section import PredictSection
 from ._runner import Runner
 from ._session import Session
-from ._train_section import TrainSection
 
 if TYPE_CHECKING:
     import napari
@@ -62,7 +57,12 @@ class HisToSGEWidget(QWidget):
         self.viewer = napari_viewer
         self.session = Session()
         self.controller = Controller(self.session, runner or Runner())
-        self.controller.runner.start()  # the worker imports the core while the user reads
+        # The worker starts on the next turn of the event loop and imports the core while the
+        # user reads the dock.
+        self._start_timer = QTimer(self)
+        self._start_timer.setSingleShot(True)
+        self._start_timer.timeout.connect(self.controller.runner.start)
+        self._start_timer.start(0)
         prefetch_readers()
         self.layer_view = LayerView(napari_viewer, self.session)
 
@@ -126,23 +126,33 @@ class HisToSGEWidget(QWidget):
             self._build_timer.start()
 
     def _build_data(self) -> QWidget:
+        from ._data_section import DataSection
+
         self.data_section = DataSection(self.controller, self.viewer)
         return self.data_section
 
     def _build_features(self) -> QWidget:
+        from ._features_section import FeaturesSection
+
         self.features_section = FeaturesSection(self.controller)
         return self.features_section
 
     def _build_train(self) -> QWidget:
+        from ._train_section import TrainSection
+
         self.train_section = TrainSection(self.controller)
         self.train_section.device = self._device
         return self.train_section
 
     def _build_predict(self) -> QWidget:
+        from ._predict_section import PredictSection
+
         self.predict_section = PredictSection(self.controller)
         return self.predict_section
 
     def _build_export(self) -> QWidget:
+        from ._export_section import ExportSection
+
         self.export_section = ExportSection(self.controller, lambda: self.predict_section.pitch_um)
         return self.export_section
 
@@ -234,5 +244,6 @@ class HisToSGEWidget(QWidget):
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
         """Stop the worker before closing."""
         self.poll_timer.stop()
+        self._start_timer.stop()
         self.controller.close()
         super().closeEvent(event)
