@@ -82,11 +82,12 @@ class LossPlot(QWidget):
         lo, hi = min(values), max(values)
         if hi <= lo:
             hi = lo + 1e-6
+        pad = 0.06 * (hi - lo)  # keep the curves off the frame
         x0, x1 = min(xs), max(max(xs), min(xs) + 1)
 
         def point(x: float, y: float) -> QPointF:
             px = rect.left() + (x - x0) / (x1 - x0) * rect.width()
-            py = rect.bottom() - (y - lo) / (hi - lo) * rect.height()
+            py = rect.bottom() - (y - lo + pad) / (hi - lo + 2 * pad) * rect.height()
             return QPointF(px, py)
 
         painter.drawText(
@@ -98,9 +99,7 @@ class LossPlot(QWidget):
         painter.drawText(
             QRectF(rect.left(), rect.bottom() + 3, rect.width(), 16),
             Qt.AlignmentFlag.AlignCenter,
-            "epoch (MSE)"
-            if len(self._series) < 2
-            else f"epoch (MSE; {len(self._series)} ensemble members, earlier ones faded)",
+            "epoch (MSE)" if len(self._series) < 2 else f"epoch (MSE, {len(self._series)} members)",
         )
         last = max(self._series)
         for member, series in sorted(self._series.items()):
