@@ -165,6 +165,7 @@ class Runner:
         """Start the worker process (it imports the core while the viewer goes on)."""
         if self._process is not None and self._process.is_alive():
             return
+        self._drop_process()
         parent, child = self._ctx.Pipe()
         self._stop = self._ctx.Event()
         self._process = self._ctx.Process(
