@@ -7,6 +7,7 @@ memory-mapped ``.npy`` files written by the worker. Nothing here computes.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -216,11 +217,26 @@ class LayerView(QObject):
         activate = getattr(layers, "_activate_on_insert", None)
         if activate is not None:
             layers._activate_on_insert = False
+        # The canvas repaints on the next turn, not in the same one as the insertion.
+        canvas = self._canvas_widget()
+        if canvas is not None:
+            canvas.setUpdatesEnabled(False)
+            self._queue.appendleft(lambda: self._repaint(canvas))
         try:
             layers.append(layer)
         finally:
             if activate is not None:
                 layers._activate_on_insert = activate
+
+    def _canvas_widget(self) -> Any:
+        window = getattr(self.viewer, "window", None)
+        qt_viewer = getattr(window, "_qt_viewer", None)
+        return getattr(getattr(qt_viewer, "canvas", None), "native", None)
+
+    @staticmethod
+    def _repaint(canvas: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the viewer was closed meanwhile
+            canvas.setUpdatesEnabled(True)
 
     def _reveal(self, layer: Any) -> None:
         if layer in self.viewer.layers:
