@@ -13,14 +13,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch._dynamo  # noqa: F401  - load triton before any GL context exists
-
-# isort: split
 import napari
 from PIL import Image
 from qtpy.QtWidgets import QApplication
 
-from napari_histosge._widgets import HisToSGEWidget
+from napari_histosge._widgets._dock import HisToSGEWidget
 
 HERE = Path(__file__).resolve().parent
 WIDTH = 1100
@@ -37,10 +34,10 @@ def wait_until(condition: Callable[[], bool], timeout: float = 300.0) -> None:
 
 
 def idle(widget: HisToSGEWidget) -> None:
-    """Wait for the running step, failing on errors."""
-    wait_until(lambda: widget.running is None)
-    if widget.last_error:
-        raise RuntimeError(widget.last_error)
+    """Wait for the running step and its layers, failing on errors."""
+    wait_until(lambda: not widget.busy)
+    if widget.session.last_error:
+        raise RuntimeError(widget.session.last_error)
     for _ in range(20):
         QApplication.processEvents()
         time.sleep(0.02)
@@ -58,9 +55,9 @@ def main() -> None:
     """Run every step of the dock on the sample and save a screenshot after each."""
     viewer = napari.Viewer(title="napari-histosge", show=True)
     viewer.window._qt_window.resize(1500, 950)
-    widget = HisToSGEWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="HisToSGE", area="right")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-histosge", "HisToSGE")
     widget.setMinimumWidth(420)
+    widget.build_all()
 
     widget.open_sample()
     idle(widget)
@@ -69,46 +66,61 @@ def main() -> None:
 
     widget.extract()
     idle(widget)
-    widget.scroll_area.ensureWidgetVisible(widget.features_box)
+    widget.scroll_area.ensureWidgetVisible(widget.features_section)
     save(viewer, "step2_features.png")
 
-    widget.epochs_spin.setValue(60)
+    widget.train_section.epochs_spin.value = 60
     widget.train()
-    widget.scroll_area.ensureWidgetVisible(widget.loss_plot)
-    wait_until(lambda: len(widget.loss_plot.train) >= 40 or widget.running is None)
+    widget.scroll_area.ensureWidgetVisible(widget.train_section.loss_plot)
+    wait_until(lambda: len(widget.train_section.loss_plot.train) >= 40 or not widget.busy)
     save(viewer, "step3_training.png")
     widget.grab().save(str(HERE / "dock_training.png"))
     idle(widget)
 
     widget.predict()
     idle(widget)
-    spots = viewer.layers[widget.slide.keys.spots_key]
+    spots = viewer.layers[widget.session.slide.keys["spots_key"]]
     spots.visible = False
-    widget.select_genes(widget.predictions.top_genes(2, distinct=True))
+    section = widget.predict_section
+    section.resolution_spin.value = 10.0
+    section.select_genes(distinct_genes(widget.session.predictions.path, 2))
     widget.render()
     idle(widget)
-    widget.scroll_area.ensureWidgetVisible(widget.predict_box)
+    widget.scroll_area.ensureWidgetVisible(section)
     save(viewer, "gene_map.png")
 
-    gene = "Nrgn" if "Nrgn" in widget.predictions.genes else widget.predictions.top_genes(1)[0]
-    widget.select_genes([gene])
+    ranked = widget.session.predictions.genes
+    section.select_genes(["Nrgn" if "Nrgn" in ranked else ranked[0]])
     widget.render()
     idle(widget)
     save(viewer, "step4_gene_map.png")
 
-    widget.measured_check.setChecked(True)
+    section.measured_check.value = True
     idle(widget)
     save(viewer, "step4_measured.png")
 
     out = Path(tempfile.gettempdir()) / "mouse_brain_histosge.zarr"
     shutil.rmtree(out, ignore_errors=True)
-    widget.export_edit.setText(str(out))
+    widget.export_section.path = str(out)
     widget.export()
     idle(widget)
-    widget.scroll_area.ensureWidgetVisible(widget.export_box)
+    widget.scroll_area.ensureWidgetVisible(widget.export_section)
     save(viewer, "step5_export.png")
     shutil.rmtree(out, ignore_errors=True)
     viewer.close()
+
+
+def distinct_genes(path: str, n: int) -> list[str]:
+    """Pick the most variable predicted genes whose patterns differ."""
+    import numpy as np
+
+    from napari_histosge.predict import Predictions
+
+    with np.load(path) as z:
+        preds = Predictions(
+            [str(g) for g in z["genes"]], z["positions_px"], z["values"], z["kind"], z["ids"], 1.0
+        )
+    return preds.top_genes(n, distinct=True)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,8 @@
 
 napari's image layers need OpenGL, which Qt's ``offscreen`` platform does not provide here. When
 ``DISPLAY`` is unset, an ``Xvfb`` server is started for the test session, so plain ``pytest``
-works (``xvfb-run -a pytest`` works too).
-
-torch's optional triton backend crashes when it is first loaded after a Mesa GL context exists.
-``torch._dynamo`` imports it, so it is imported here, before any viewer is created.
+works (``xvfb-run -a pytest`` works too). Nothing heavy is imported first: the dock runs torch
+and the core in a worker process of its own.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch._dynamo  # noqa: F401  - must load before any GL context (see the module docstring)
 from histosge_widget_utils import wait_idle
 
 from napari_histosge._display import start_virtual_display
@@ -33,25 +30,27 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 @pytest.fixture
-def dock(make_napari_viewer):
+def dock(make_napari_viewer, qtbot):
     from napari_histosge._widgets import HisToSGEWidget
 
     viewer = make_napari_viewer()
     widget = HisToSGEWidget(viewer)
     viewer.window.add_dock_widget(widget, name="HisToSGE")
-    return viewer, widget
+    qtbot.waitUntil(lambda: widget.sections_ready, timeout=10_000)
+    yield viewer, widget
+    widget.controller.close()
 
 
 @pytest.fixture
 def extracted(dock, qtbot):
     """The dock with the bundled sample opened and its features extracted."""
     viewer, widget = dock
-    widget.open_sample()
+    assert widget.open_sample()
     wait_idle(qtbot, widget)
-    assert widget.slide is not None
-    widget.extract()
+    assert widget.session.slide is not None, widget.session.last_error
+    assert widget.extract()
     wait_idle(qtbot, widget)
-    assert widget.features is not None, widget.last_error
+    assert widget.session.features is not None, widget.session.last_error
     return viewer, widget
 
 

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-TIMEOUT_MS = 120_000
+import time
+
+TIMEOUT_MS = 300_000
 
 
 def wait_idle(qtbot, widget, timeout: int = TIMEOUT_MS) -> None:
-    """Wait until the dock has no running step."""
-    qtbot.waitUntil(lambda: widget.running is None and widget.worker is None, timeout=timeout)
+    """Wait until the dock runs no step and has added its layers."""
+    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+
+
+def wait_for(runner, condition, timeout: float = 120.0) -> float:
+    """Poll the runner (no event loop needed) until ``condition()``; return the seconds taken."""
+    start = time.perf_counter()
+    while not condition():
+        runner.poll()
+        time.sleep(0.01)
+        assert time.perf_counter() - start < timeout, "timed out"
+    return time.perf_counter() - start

@@ -5,31 +5,39 @@ from __future__ import annotations
 import time
 
 import spatialdata as sd
+from histosge_widget_utils import wait_for
 
-from napari_histosge import run_generator
-from napari_histosge.io import load_sample
-from napari_histosge.models import TrainConfig
-from napari_histosge.pipeline import (
-    ExtractOptions,
-    Slide,
-    export_slide,
-    iter_extract,
-    iter_train,
-    predict_slide,
-    render_maps,
-)
+from napari_histosge._widgets._controller import Controller
+from napari_histosge._widgets._runner import Runner
+
+
+def _export_sample(out, session_dir):
+    """Run the workflow in the dock's worker process (torch stays out of this process)."""
+    controller = Controller(runner=Runner(session_dir))
+    session = controller.session
+    options = {"encoder": "histology", "positions": "4x"}
+    config = {"epochs": 2, "ensemble": 1}
+    steps = [
+        controller.open_sample,
+        lambda: controller.extract(options),
+        lambda: controller.train(config, 20),
+        controller.predict,
+        lambda: controller.export(out, overwrite=False),
+    ]
+    try:
+        for step in steps:
+            assert step(), session.status
+            wait_for(controller.runner, lambda: session.running is None, timeout=300)
+            assert session.last_error is None, session.last_error
+    finally:
+        controller.close()
+    return out
 
 
 def test_export_opens_in_napari_spatialdata(tmp_path, qtbot):
     from napari_spatialdata import Interactive
 
-    slide = Slide.open(load_sample())
-    feats = run_generator(iter_extract(slide, options=ExtractOptions()))
-    cfg = TrainConfig(epochs=2, ensemble=1)
-    model = run_generator(iter_train(slide, features=feats, config=cfg, n_top_genes=20))
-    preds = predict_slide(slide, features=feats, model=model)
-    maps = render_maps(slide, predictions=preds)
-    out = export_slide(slide, predictions=preds, maps=maps, out=tmp_path / "out.zarr")
+    out = _export_sample(tmp_path / "out.zarr", tmp_path / "session")
 
     interactive = Interactive(sd.read_zarr(out), headless=True)
     viewer = interactive._viewer

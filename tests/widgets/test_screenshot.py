@@ -22,21 +22,20 @@ def test_screenshot_gene_map_over_tissue(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer(show=True)
     widget = HisToSGEWidget(viewer)
     viewer.window.add_dock_widget(widget, name="HisToSGE")
-    widget.open_sample()
-    wait_idle(qtbot, widget)
-    widget.extract()
-    wait_idle(qtbot, widget)
-    widget.epochs_spin.setValue(5)
-    widget.train()
-    wait_idle(qtbot, widget)
-    widget.predict()
-    wait_idle(qtbot, widget)
-    gene = widget.predictions.top_genes(1)[0]
-    widget.select_genes([gene])
-    widget.render()
+    for step in (widget.open_sample, widget.extract):
+        assert step()
+        wait_idle(qtbot, widget)
+    widget.train_section.epochs_spin.value = 5
+    widget.train_section.ngenes_spin.value = 200
+    for step in (widget.train, widget.predict):
+        assert step()
+        wait_idle(qtbot, widget)
+    gene = widget.session.predictions.genes[0]
+    widget.predict_section.select_genes([gene])
+    assert widget.render()
     wait_idle(qtbot, widget)
     layer = viewer.layers[f"{gene} (HisToSGE)"]
-    viewer.layers[widget.slide.keys.spots_key].visible = False
+    viewer.layers[widget.session.slide.keys["spots_key"]].visible = False
     viewer.reset_view()
 
     layer.visible = False
@@ -53,8 +52,8 @@ def test_screenshot_gene_map_over_tissue(make_napari_viewer, qtbot, tmp_path):
     changed = np.abs(shot[..., :3] - tissue[..., :3]).sum(-1) > 30
     assert changed.mean() > 0.02
     wy, wx = _screen_to_world(viewer, shot.shape)
-    centres = widget.slide.geometry.centers_px  # (x, y)
-    diameter = widget.slide.geometry.diameter_px
+    centres = np.load(widget.session.slide.centers)  # (x, y)
+    diameter = widget.session.slide.diameter_px
     ys, xs = wy[changed], wx[changed]
     step = max(1, len(ys) // 4000)
     ys, xs = ys[::step], xs[::step]

@@ -1,7 +1,19 @@
-"""Qt widgets of napari-histosge: the only package that imports Qt."""
+"""Qt widgets of napari-histosge: the only package that imports Qt.
+
+The dock is imported on first use, so that the worker process, which imports
+:mod:`._tasks` and :mod:`._runner` from this package, never loads Qt.
+"""
 
 from __future__ import annotations
 
-from ._dock import HisToSGEWidget
+from typing import Any
 
 __all__ = ["HisToSGEWidget"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "HisToSGEWidget":
+        from ._dock import HisToSGEWidget
+
+        return HisToSGEWidget
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,9 +33,6 @@ def run_demo(out_dir: Path, *, headless: bool = False, genes: list[str] | None =
             )
             return 2
     os.environ.pop("QT_QPA_PLATFORM", None)
-    import torch._dynamo  # noqa: F401  - load triton before any GL context exists
-
-    # isort: split
     import napari
 
     from ._dock import HisToSGEWidget
@@ -45,13 +42,15 @@ def run_demo(out_dir: Path, *, headless: bool = False, genes: list[str] | None =
     viewer.window.add_dock_widget(widget, name="HisToSGE", area="right")
     store = out_dir / "sample_histosge.zarr"
     screenshot = out_dir / "screenshot.png"
-    widget.export_edit.setText(str(store))
-    widget.overwrite_check.setChecked(True)
-    widget.measured_check.setChecked(False)
+    widget.build_all()
+    widget.export_section.path = str(store)
+    widget.export_section.overwrite_check.value = True
+    widget.predict_section.measured_check.value = False
 
     def pick_genes() -> None:
-        chosen = [g for g in (genes or []) if g in widget.predictions.genes]
-        widget.select_genes(chosen or widget.predictions.top_genes(2, distinct=True))
+        ranked = widget.session.predictions.genes
+        chosen = [g for g in (genes or []) if g in ranked]
+        widget.predict_section.select_genes(chosen or ranked[:2])
         widget.render()
 
     steps: list[Callable[[], Any]] = [
@@ -81,10 +80,11 @@ def run_demo(out_dir: Path, *, headless: bool = False, genes: list[str] | None =
             viewer.close()
 
     def advance() -> None:
-        if widget.running is not None:
+        if widget.busy:
             return
-        if widget.last_error:
-            print(f"histosge demo: error: {widget.last_error}", file=sys.stderr)  # noqa: T201
+        if widget.session.last_error:
+            message = widget.session.last_error
+            print(f"histosge demo: error: {message}", file=sys.stderr)  # noqa: T201
             state["rc"] = 1
             timer.stop()
             if headless:

@@ -1,0 +1,270 @@
+"""The dock's actions: build a task from the form's values, run it, record its result.
+
+The controller joins a :class:`~._session.Session` and a :class:`~._runner.Runner`; it imports
+neither Qt nor the core, so the whole workflow is driven and tested without a viewer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ._runner import Runner
+from ._session import (
+    FeaturesInfo,
+    MapsInfo,
+    MeasuredInfo,
+    ModelInfo,
+    PredictionsInfo,
+    Session,
+    SlideInfo,
+)
+
+__all__ = ["Controller"]
+
+#: Labels of the tasks in the status line.
+LABELS = {
+    "open": "Reading the slide",
+    "extract": "Extracting features",
+    "train": "Training",
+    "save_model": "Saving the model",
+    "load_model": "Loading the model",
+    "predict": "Predicting",
+    "render": "Rendering",
+    "measured": "Reading measured expression",
+    "export": "Exporting",
+}
+
+
+class Controller:
+    """Runs the dock's steps in the worker and records their results in the session.
+
+    Parameters
+    ----------
+    session
+        The state the results go to; a new one when ``None``.
+    runner
+        The worker process; a new one when ``None``.
+    """
+
+    def __init__(self, session: Session | None = None, runner: Runner | None = None) -> None:
+        self.session = session or Session()
+        self.runner = runner or Runner()
+        self._saved_losses: list[dict[str, Any]] = []
+        self._render_request: dict[str, Any] | None = None
+        self.runner.started.connect(self._on_started)
+        self.runner.progress.connect(self._on_progress)
+        self.runner.finished.connect(self._on_finished)
+        self.runner.failed.connect(self._on_failed)
+        self.runner.cancelled.connect(self._on_cancelled)
+
+    # Actions ----------------------------------------------------------------------------------
+
+    def _submit(self, name: str, payload: dict[str, Any], action: str | None = None) -> bool:
+        why = self.session.why_not(action or name)
+        if why:
+            self.session.set_status(why)
+            return False
+        return self.runner.submit(name, payload, self.session.context())
+
+    def open(self, source: str | Path, keys: dict[str, str | None] | None = None) -> bool:
+        """Read a store, a Visium folder or an ST folder (``"sample"``: the bundled sample)."""
+        return self._submit("open", {"source": str(source), "keys": dict(keys or {})}, "open")
+
+    def open_sample(self) -> bool:
+        """Read the bundled sample."""
+        return self.open("sample")
+
+    def show(self, keys: dict[str, str | None]) -> bool:
+        """Use the chosen image, spots and table of the store read last."""
+        if self.session.source is None:
+            return False
+        return self._submit("open", {"source": self.session.source, "keys": keys}, "show")
+
+    def extract(self, options: dict[str, Any]) -> bool:
+        """Embed spots and new positions (cached features are reused)."""
+        return self._submit("extract", {"options": dict(options)})
+
+    def train(self, config: dict[str, Any], n_top_genes: int = 1000) -> bool:
+        """Train with a live loss curve; Cancel keeps the previous model."""
+        payload = {"config": dict(config), "n_top_genes": int(n_top_genes)}
+        if self.session.why_not("train"):
+            return self._submit("train", payload)
+        self._saved_losses = list(self.session.losses)
+        self.session.clear_losses()
+        if not self._submit("train", payload):
+            self._restore_losses()
+            return False
+        return True
+
+    def save_model(self, path: str | Path) -> bool:
+        """Save the model as a checkpoint folder."""
+        return self._submit("save_model", {"path": str(path)})
+
+    def load_model(self, path: str | Path) -> bool:
+        """Load a checkpoint folder (checked against the features when predicting)."""
+        return self._submit("load_model", {"path": str(path)})
+
+    def predict(self) -> bool:
+        """Predict at the spots and the new positions."""
+        return self._submit("predict", {})
+
+    def render(self, genes: list[str], pitch_um: float | None, measured: bool = False) -> bool:
+        """Rasterise ``genes`` at ``pitch_um`` (``None``: automatic) and show them."""
+        if not genes:
+            self.session.set_status("Select one or more genes to render.")
+            return False
+        payload = {"genes": list(genes), "pitch_um": pitch_um or None, "measured": measured}
+        return self._submit("render", payload)
+
+    def show_measured(self, gene: str | None) -> bool:
+        """Show one gene's measured values at the spots (``None``: hide them)."""
+        if gene is None:
+            self.session.set_measured(None)
+            return True
+        return self._submit("measured", {"gene": gene}, "render")
+
+    def export(self, path: str | Path, *, overwrite: bool, pitch_um: float | None = None) -> bool:
+        """Write predictions, maps and features into a store."""
+        payload = {"path": str(path), "overwrite": bool(overwrite), "pitch_um": pitch_um or None}
+        return self._submit("export", payload)
+
+    def cancel(self) -> None:
+        """Stop the running step; the session keeps what it had."""
+        if self.session.running is not None:
+            self.session.set_status("Cancelling…")
+            self.runner.cancel()
+
+    def poll(self) -> None:
+        """Handle what the worker sent (called from a timer)."""
+        self.runner.poll()
+
+    def close(self) -> None:
+        """Stop the worker."""
+        self.runner.close()
+
+    # Results ----------------------------------------------------------------------------------
+
+    def _on_started(self, name: str) -> None:
+        self.session.set_running(LABELS.get(name, name))
+        self.session.set_progress(0.0)
+        self.session.set_status(f"{LABELS.get(name, name)}…")
+
+    def _on_progress(self, item: dict[str, Any]) -> None:
+        total = item.get("total")
+        if total:
+            self.session.set_progress(min(1.0, float(item.get("step", 0)) / float(total)))
+        if item.get("message"):
+            self.session.set_status(str(item["message"]))
+        info = item.get("info") or {}
+        if "train_loss" in info:
+            self.session.add_loss(info)
+
+    def _on_finished(self, name: str, result: dict[str, Any]) -> None:
+        handler = getattr(self, f"_done_{name}")
+        self.session.set_running(None)
+        self.session.set_progress(1.0)
+        handler(result)
+
+    def _on_failed(self, name: str, message: str) -> None:
+        if name == "train":
+            self._restore_losses()
+        self.session.set_running(None)
+        self.session.set_progress(None)
+        self.session.fail(message)
+
+    def _on_cancelled(self, name: str) -> None:
+        if name == "train":
+            self._restore_losses()
+        self.session.set_running(None)
+        self.session.set_progress(None)
+        self.session.set_status(f"{LABELS.get(name, name)} cancelled; nothing was changed.")
+
+    def _restore_losses(self) -> None:
+        self.session.clear_losses()
+        for info in self._saved_losses:
+            self.session.add_loss(info)
+
+    def _done_open(self, result: dict[str, Any]) -> None:
+        if result.get("problem"):
+            self.session.set_elements(result["source"], result["elements"])
+            self.session.set_status(
+                f"Choose the image, spots and table, then press Show. ({result['problem']})"
+            )
+            self.session.fail(result["problem"])
+            return
+        fields = SlideInfo.__dataclass_fields__
+        slide = SlideInfo(**{k: v for k, v in result.items() if k in fields})
+        self.session.set_slide(slide)
+        self.session.set_status(
+            f"{slide.n_spots} spots ({slide.lattice} lattice, {slide.diameter_px:.1f} px, "
+            f"{slide.um_per_px:.3f} µm/px), {slide.n_genes} genes."
+        )
+
+    def _done_extract(self, result: dict[str, Any]) -> None:
+        features = FeaturesInfo(**result)
+        self.session.set_features(features)
+        source = "reused from the cache" if features.from_cache else "computed and cached"
+        self.session.set_status(
+            f"Features {source}: {features.n_spots} spots + {features.n_positions} new "
+            f"positions, {features.dims} values each ({features.encoder_id})."
+        )
+
+    def _done_train(self, result: dict[str, Any]) -> None:
+        model = ModelInfo(result["path"], int(result["n_genes"]), dict(result.get("info") or {}))
+        self.session.set_model(model)
+        self.session.set_status(
+            f"Trained on {model.info.get('n_train')} spots, {model.n_genes} genes."
+        )
+
+    def _done_save_model(self, result: dict[str, Any]) -> None:
+        self.session.set_status(f"Model saved to {result['path']}.")
+
+    def _done_load_model(self, result: dict[str, Any]) -> None:
+        model = ModelInfo(result["path"], int(result["n_genes"]), dict(result.get("info") or {}))
+        self.session.set_model(model)
+        self.session.set_status(f"Loaded a model for {model.n_genes} genes.")
+
+    def _done_predict(self, result: dict[str, Any]) -> None:
+        preds = PredictionsInfo(result["path"], list(result["genes"]), int(result["n_positions"]))
+        self.session.set_predictions(preds)
+        self.session.set_status(
+            f"Predicted {len(preds.genes)} genes at {preds.n_positions} positions; choose genes "
+            "and press Render."
+        )
+
+    def _done_render(self, result: dict[str, Any]) -> None:
+        maps = MapsInfo(
+            path=result["path"],
+            genes=list(result["genes"]),
+            scale=tuple(result["scale"]),  # type: ignore[arg-type]
+            translate=tuple(result["translate"]),  # type: ignore[arg-type]
+            limits=[tuple(lim) for lim in result["limits"]],  # type: ignore[misc]
+            pitch_um=float(result["pitch_um"]),
+            levels=list(result.get("levels") or [result["path"]]),
+        )
+        measured = _measured(result.get("measured"))
+        self.session.set_maps(maps, measured)
+        self.session.set_status(
+            f"Showing {', '.join(maps.genes)} over the tissue ({maps.pitch_um:.1f} µm pixels)."
+        )
+
+    def _done_measured(self, result: dict[str, Any]) -> None:
+        measured = _measured(result)
+        self.session.set_measured(measured)
+        if measured is not None:
+            self.session.set_status(f"Showing {measured.gene}: predicted map and measured spots.")
+
+    def _done_export(self, result: dict[str, Any]) -> None:
+        self.session.last_export = result["path"]
+        self.session.set_status(
+            f"Exported to {result['path']}; it opens with spatialdata.read_zarr and "
+            "napari-spatialdata."
+        )
+        self.session.changed.emit("last_export")
+
+
+def _measured(result: dict[str, Any] | None) -> MeasuredInfo | None:
+    if not result:
+        return None
+    return MeasuredInfo(result["gene"], result["path"], tuple(result["limits"]))  # type: ignore[arg-type]

@@ -1,0 +1,268 @@
+"""Layers for the session's results: the H&E and spots, the gene maps, measured values.
+
+Layers are added on the main thread, one per turn of the event loop, from data that is read
+lazily: the H&E as dask arrays over the store's zarr arrays (all its levels), maps and values as
+memory-mapped ``.npy`` files written by the worker. Nothing here computes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtCore import QObject, QTimer
+
+from ._session import MapsInfo, MeasuredInfo, Session, SlideInfo
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["LayerView", "prefetch_readers"]
+
+#: Milliseconds between two queued layer changes.
+STEP_MS = 30
+
+#: Colormaps for several genes shown together with additive blending (one hue per gene).
+MULTI_GENE_COLORMAPS = ("magenta", "green", "cyan", "yellow", "red", "blue")
+
+
+def _import_readers() -> None:
+    import dask.array  # noqa: F401
+    import zarr  # noqa: F401
+
+
+def prefetch_readers() -> threading.Thread:
+    """Import the lazy readers (dask, zarr) in a thread, before the first layer needs them."""
+    thread = threading.Thread(target=_import_readers, name="histosge-prefetch", daemon=True)
+    thread.start()
+    return thread
+
+
+class LayerView(QObject):
+    """Keeps the viewer's layers in step with the session.
+
+    Parameters
+    ----------
+    viewer
+        The viewer the layers go to.
+    session
+        The session whose results are shown.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, session: Session) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self.session = session
+        self.gene_layers: dict[str, Any] = {}
+        self.measured_layer: Any = None
+        self._queue: deque[Callable[[], None]] = deque()
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        # Room for a repaint between two layer changes.
+        self._timer.setInterval(STEP_MS)
+        self._timer.timeout.connect(self._next)
+        session.changed.connect(self._on_changed)
+
+    @property
+    def pending(self) -> int:
+        """Layer changes still queued."""
+        return len(self._queue)
+
+    def _later(self, *steps: Callable[[], None]) -> None:
+        self._queue.extend(steps)
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def _next(self) -> None:
+        if self._queue:
+            self._queue.popleft()()
+        if self._queue:
+            self._timer.start()
+
+    def _on_changed(self, name: str) -> None:
+        if name == "slide" and self.session.slide is not None:
+            self._later(*self._slide_steps(self.session.slide))
+        elif name == "maps":
+            self._later(*self._map_steps(self.session.maps))
+        elif name == "measured":
+            self._later(lambda m=self.session.measured: self._show_measured(m))
+
+    # The slide --------------------------------------------------------------------------------
+
+    def _slide_steps(self, slide: SlideInfo) -> list[Callable[[], None]]:
+        steps: list[Callable[[], None]] = []
+        image_key, spots_key = slide.keys["image_key"], slide.keys["spots_key"]
+        if slide.image_levels and image_key not in self.viewer.layers:
+            steps.append(lambda: self._add_image(slide))
+        if spots_key not in self.viewer.layers:
+            steps.append(lambda: self._add_spots(slide))
+        return steps
+
+    def _add_image(self, slide: SlideInfo) -> None:
+        import dask.array as da
+
+        levels = [da.from_zarr(path).transpose(1, 2, 0) for path in slide.image_levels]
+        name = slide.keys["image_key"]
+        self.viewer.add_image(
+            levels if len(levels) > 1 else levels[0],
+            name=name,
+            rgb=True,
+            multiscale=len(levels) > 1,
+            contrast_limits=(0, 255),
+            metadata={"name": name, "store": slide.source},
+        )
+        self.viewer.reset_view()
+
+    def _add_spots(self, slide: SlideInfo) -> None:
+        import numpy as np
+
+        centers = np.load(slide.centers)
+        name = slide.keys["spots_key"]
+        self.viewer.add_points(
+            centers[:, ::-1],
+            name=name,
+            size=float(slide.diameter_px),
+            face_color="transparent",
+            border_color="white",
+            border_width=0.05,
+            opacity=0.8,
+            metadata={"name": name, "store": slide.source},
+        )
+
+    # Gene maps --------------------------------------------------------------------------------
+
+    def _map_steps(self, maps: MapsInfo | None) -> list[Callable[[], None]]:
+        """Show ``maps``, reusing the layers already shown (cheap) and adding only the missing."""
+        old = dict(self.gene_layers)
+        genes = [] if maps is None else list(maps.genes)
+        kept = {gene: old.pop(gene) for gene in genes if gene in old}
+        free = list(old.values())
+        steps: list[Callable[[], None]] = []
+        if maps is not None:
+            cmaps = ("inferno",) if len(genes) == 1 else MULTI_GENE_COLORMAPS
+            for i, gene in enumerate(genes):
+                layer = kept.get(gene) or (free.pop(0) if free else None)
+                cmap = cmaps[i % len(cmaps)]
+                steps.append(
+                    lambda i=i, gene=gene, layer=layer, cmap=cmap: self._show_map(
+                        maps, i, gene, cmap, layer
+                    )
+                )
+        steps += [lambda layer=layer: self._remove(layer) for layer in free]
+        return steps
+
+    def _remove(self, layer: Any) -> None:
+        for gene, shown in list(self.gene_layers.items()):
+            if shown is layer:
+                del self.gene_layers[gene]
+        if layer in self.viewer.layers:
+            self.viewer.layers.remove(layer)
+
+    def _show_map(self, maps: MapsInfo, index: int, gene: str, colormap: str, layer: Any) -> None:
+        import numpy as np
+
+        if self.session.maps is not maps:
+            return  # newer maps are on their way
+        levels = [np.load(p, mmap_mode="r")[index] for p in maps.levels or [maps.path]]
+        plane: Any = levels if len(levels) > 1 else levels[0]
+        name = f"{gene} (HisToSGE)"
+        meta = {"name": "histosge_expression", "gene": gene, "file": maps.path}
+        for shown_gene, shown in list(self.gene_layers.items()):
+            if shown is layer:
+                del self.gene_layers[shown_gene]
+        if layer is not None and layer.multiscale != (len(levels) > 1):
+            self._remove(layer)  # napari cannot switch an existing layer to or from levels
+        elif layer is not None and layer in self.viewer.layers:
+            layer.data = plane
+            layer.scale = maps.scale
+            layer.translate = maps.translate
+            layer.colormap = colormap
+            layer.contrast_limits = maps.limits[index]
+            layer.name = name
+            layer.metadata = meta
+            self.gene_layers[gene] = layer
+            return
+        from napari.layers import Image
+
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        # Three turns of the event loop: build the layer, insert it hidden, then show it (its
+        # first draw), so no single turn pays for all of it.
+        layer = Image(
+            plane,
+            name=name,
+            scale=maps.scale,
+            translate=maps.translate,
+            colormap=colormap,
+            blending="additive",
+            opacity=0.7,
+            contrast_limits=maps.limits[index],
+            metadata=meta,
+            multiscale=len(levels) > 1,
+            visible=False,
+        )
+        self.gene_layers[gene] = layer
+        self._queue.appendleft(lambda: self._reveal(layer))
+        self._queue.appendleft(lambda: self._insert(layer))
+
+    def _insert(self, layer: Any) -> None:
+        if layer not in self.gene_layers.values():
+            return
+        # Keep the user's layer selection: selecting each new map would also rebuild the layer
+        # controls panel on the way.
+        layers = self.viewer.layers
+        activate = getattr(layers, "_activate_on_insert", None)
+        if activate is not None:
+            layers._activate_on_insert = False
+        # The canvas repaints on the next turn, not in the same one as the insertion.
+        canvas = self._canvas_widget()
+        if canvas is not None:
+            canvas.setUpdatesEnabled(False)
+            self._queue.appendleft(lambda: self._repaint(canvas))
+        try:
+            layers.append(layer)
+        finally:
+            if activate is not None:
+                layers._activate_on_insert = activate
+
+    def _canvas_widget(self) -> Any:
+        window = getattr(self.viewer, "window", None)
+        qt_viewer = getattr(window, "_qt_viewer", None)
+        return getattr(getattr(qt_viewer, "canvas", None), "native", None)
+
+    @staticmethod
+    def _repaint(canvas: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the viewer was closed meanwhile
+            canvas.setUpdatesEnabled(True)
+
+    def _reveal(self, layer: Any) -> None:
+        if layer in self.viewer.layers:
+            layer.visible = True
+
+    # Measured values --------------------------------------------------------------------------
+
+    def _show_measured(self, measured: MeasuredInfo | None) -> None:
+        import numpy as np
+
+        if self.measured_layer is not None:
+            self._remove(self.measured_layer)
+        self.measured_layer = None
+        slide = self.session.slide
+        if measured is None or slide is None or self.session.measured is not measured:
+            return
+        centers = np.load(slide.centers)
+        values = np.load(measured.path)
+        self.measured_layer = self.viewer.add_points(
+            centers[:, ::-1],
+            name=f"{measured.gene} (measured)",
+            size=float(slide.diameter_px),
+            features={"value": values},
+            face_color="value",
+            face_colormap="inferno",
+            face_contrast_limits=measured.limits,
+            border_color="transparent",
+            metadata={"name": slide.keys["spots_key"], "gene": measured.gene},
+        )

@@ -1,0 +1,245 @@
+"""The dock's session: what has been done on the current slide, with events. No Qt, no viewer.
+
+Results of the worker are kept as small records (counts, names, file paths); the arrays stay in
+the worker, the store and the session folder. Setting a step's result forgets what was built on
+the previous one (new features forget the model, a new model forgets the predictions), and a
+failed or cancelled step changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from psygnal import Signal
+
+__all__ = [
+    "FeaturesInfo",
+    "MapsInfo",
+    "ModelInfo",
+    "PredictionsInfo",
+    "Session",
+    "SlideInfo",
+]
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    """An opened slide: the store the worker reads and what the viewer shows of it."""
+
+    source: str
+    label: str
+    keys: dict[str, str]
+    elements: dict[str, list[str]]
+    n_spots: int
+    n_genes: int
+    lattice: str
+    diameter_px: float
+    um_per_px: float
+    centers: str
+    image_levels: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FeaturesInfo:
+    """Features of the spots and the new positions (cached in the store)."""
+
+    options: dict[str, Any]
+    from_cache: bool
+    n_spots: int
+    n_positions: int
+    dims: int
+    encoder_id: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A trained or loaded model, saved as a checkpoint folder."""
+
+    path: str
+    n_genes: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PredictionsInfo:
+    """Predictions at the spots and the new positions; genes ranked by variability."""
+
+    path: str
+    genes: list[str]
+    n_positions: int
+
+
+@dataclass(frozen=True)
+class MapsInfo:
+    """Rendered gene maps: ``(genes, y, x)`` float32 ``.npy`` levels and their placement.
+
+    ``levels`` holds the finest level (``path``) first, then coarser ones for large maps.
+    """
+
+    path: str
+    genes: list[str]
+    scale: tuple[float, float]
+    translate: tuple[float, float]
+    limits: list[tuple[float, float]]
+    pitch_um: float
+    levels: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MeasuredInfo:
+    """Measured expression of one gene at the spots, as a ``.npy`` file."""
+
+    gene: str
+    path: str
+    limits: tuple[float, float]
+
+
+#: The actions of the dock and the results each one needs.
+NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "show": (("elements", "Open a slide first."),),
+    "extract": (("slide", "Open a slide first."),),
+    "train": (("features", "Extract features first."),),
+    "load_model": (("slide", "Open a slide first."),),
+    "save_model": (("model", "Train or load a model first."),),
+    "predict": (
+        ("features", "Extract features first."),
+        ("model", "Train or load a model first."),
+    ),
+    "render": (("predictions", "Predict first."),),
+    "export": (("predictions", "Predict first."),),
+}
+
+
+class Session:
+    """State of one dock: the slide and the results built on it, plus what is running.
+
+    Examples
+    --------
+    >>> s = Session()
+    >>> s.why_not("extract")
+    'Open a slide first.'
+    """
+
+    changed = Signal(str)  # name of the result that changed
+    status_changed = Signal(str)
+    progress_changed = Signal(object)  # fraction in [0, 1], or None when unknown
+    busy_changed = Signal(object)  # name of the running step, or None
+    loss_added = Signal(dict)
+    loss_cleared = Signal()
+    error = Signal(str)
+
+    def __init__(self) -> None:
+        self.elements: dict[str, list[str]] | None = None
+        self.source: str | None = None
+        self.slide: SlideInfo | None = None
+        self.features: FeaturesInfo | None = None
+        self.model: ModelInfo | None = None
+        self.predictions: PredictionsInfo | None = None
+        self.maps: MapsInfo | None = None
+        self.measured: MeasuredInfo | None = None
+        self.running: str | None = None
+        self.status = "Open a slide to start."
+        self.last_error: str | None = None
+        self.last_export: str | None = None
+        self.losses: list[dict[str, Any]] = []
+
+    # Results ---------------------------------------------------------------------------------
+
+    def _set(self, **values: Any) -> None:
+        for name, value in values.items():
+            if getattr(self, name) is not value:
+                setattr(self, name, value)
+                self.changed.emit(name)
+
+    def set_elements(self, source: str, elements: dict[str, list[str]]) -> None:
+        """Record a store whose elements are not resolved yet."""
+        self._set(slide=None, features=None, model=None, predictions=None)
+        self.source = source
+        self._set(elements=elements)
+
+    def set_slide(self, slide: SlideInfo) -> None:
+        """Use a new slide, forgetting everything computed before."""
+        self.source = slide.source
+        self._set(features=None, model=None, predictions=None, elements=slide.elements)
+        self.clear_losses()
+        self._set(slide=slide)
+
+    def set_features(self, features: FeaturesInfo) -> None:
+        """Use new features; a model trained on other ones no longer applies."""
+        if self.features is None or self.features.options != features.options:
+            self._set(model=None, predictions=None)
+        self._set(features=features)
+
+    def set_model(self, model: ModelInfo) -> None:
+        """Use a new model; earlier predictions no longer apply."""
+        self._set(predictions=None, model=model)
+
+    def set_predictions(self, predictions: PredictionsInfo) -> None:
+        """Use new predictions."""
+        self._set(predictions=predictions)
+
+    def set_maps(self, maps: MapsInfo | None, measured: MeasuredInfo | None = None) -> None:
+        """Show rendered maps (and the first gene's measured values, or none)."""
+        self._set(maps=maps)
+        self._set(measured=measured)
+
+    def set_measured(self, measured: MeasuredInfo | None) -> None:
+        """Show or hide measured values at the spots."""
+        self._set(measured=measured)
+
+    def context(self) -> dict[str, Any]:
+        """Describe what the worker needs to rebuild this session's objects."""
+        return {
+            "slide": None
+            if self.slide is None
+            else {"source": self.slide.source, "keys": dict(self.slide.keys)},
+            "features": None if self.features is None else dict(self.features.options),
+            "model": None if self.model is None else self.model.path,
+            "predictions": None if self.predictions is None else self.predictions.path,
+        }
+
+    # Running ---------------------------------------------------------------------------------
+
+    def why_not(self, action: str) -> str:
+        """Say why ``action`` cannot run now, or ``""`` when it can."""
+        if self.running is not None:
+            return f"Wait: {self.running} is running."
+        for name, why in NEEDS.get(action, ()):
+            if getattr(self, name) is None:
+                return why
+        return ""
+
+    def set_running(self, name: str | None) -> None:
+        """Mark a step as running (or none)."""
+        if name is not None:
+            self.last_error = None
+        if name != self.running:
+            self.running = name
+            self.busy_changed.emit(name)
+
+    def set_status(self, text: str) -> None:
+        """Set the status line."""
+        self.status = text
+        self.status_changed.emit(text)
+
+    def set_progress(self, fraction: float | None) -> None:
+        """Progress of the running step."""
+        self.progress_changed.emit(fraction)
+
+    def fail(self, message: str) -> None:
+        """Report a failed step; nothing changes but the status."""
+        self.last_error = message
+        self.set_status(f"Error: {message}")
+        self.error.emit(message)
+
+    def add_loss(self, info: dict[str, Any]) -> None:
+        """One epoch of the loss curve."""
+        self.losses.append(dict(info))
+        self.loss_added.emit(dict(info))
+
+    def clear_losses(self) -> None:
+        """Forget the loss curve."""
+        self.losses = []
+        self.loss_cleared.emit()

@@ -1,0 +1,149 @@
+"""Drive the dock in a napari started as a user starts it, and time the event loop.
+
+Run in a fresh interpreter (the tests start it as a subprocess): nothing heavy is imported
+before the viewer exists. The script opens the bundled sample (File > Open Sample) or a store
+(File > Open), opens the dock (Plugins > HisToSGE), presses Use sample / From layers, Extract,
+Train, Predict and Render by their buttons, and checks that gene layers appear over the tissue.
+A 20 ms timer records the longest gap of the event loop per step, from the dock's opening to the
+rendered map. The last line printed is a JSON report; the exit code is 0 when the flow worked.
+
+usage: python plain_flow.py [--store STORE.zarr] [--epochs N] [--screenshot OUT.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import json
+import sys
+import time
+
+HEAVY = ("torch", "timm", "scanpy", "sklearn", "triton")
+
+
+def main() -> int:  # noqa: C901 - one linear script
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--store", default=None)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--screenshot", default=None)
+    ap.add_argument("--step-timeout", type=float, default=400)
+    args = ap.parse_args()
+    faulthandler.enable()
+
+    import napari
+    from qtpy.QtCore import QItemSelectionModel, QTimer
+    from qtpy.QtWidgets import QListView, QPushButton
+
+    viewer = napari.Viewer(show=True)
+    app = napari.qt.get_qapp()
+
+    def pump(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            app.processEvents()
+            time.sleep(0.005)
+
+    if args.store:
+        viewer.open(args.store, plugin="napari-histosge")
+    else:
+        viewer.open_sample("napari-histosge", "mouse_brain")
+    tissue = viewer.layers[0]
+    pump(1.0)
+
+    gaps: dict[str, float] = {}
+    busy: dict[str, float] = {}
+    state = {"last": time.perf_counter(), "cpu": time.process_time(), "step": "opening the dock"}
+
+    def tick() -> None:
+        # Wall-clock gap between ticks, and the part of it this process spent computing (its CPU
+        # time, all threads: a thread holding the interpreter lock counts); the rest is time the
+        # system gave to other processes.
+        now, cpu = time.perf_counter(), time.process_time()
+        gap = (now - state["last"]) * 1000.0
+        used = min(gap, (cpu - state["cpu"]) * 1000.0)
+        gaps[state["step"]] = max(gaps.get(state["step"], 0.0), gap)
+        busy[state["step"]] = max(busy.get(state["step"], 0.0), used)
+        state["last"], state["cpu"] = now, cpu
+
+    timer = QTimer()
+    timer.timeout.connect(tick)
+    state["last"], state["cpu"] = time.perf_counter(), time.process_time()
+    timer.start(20)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-histosge", "HisToSGE")
+
+    def button(text: str) -> QPushButton | None:
+        for b in widget.findChildren(QPushButton):
+            if b.text() == text:
+                return b
+        return None
+
+    def wait(condition, what: str) -> None:
+        end = time.perf_counter() + args.step_timeout
+        while not condition():
+            pump(0.05)
+            if time.perf_counter() > end:
+                raise TimeoutError(f"{what} did not happen in {args.step_timeout:.0f} s")
+
+    def idle() -> bool:
+        return not button("Cancel").isEnabled() and widget.layer_view.pending == 0
+
+    def press(text: str, done) -> None:
+        wait(lambda: button(text) is not None and button(text).isEnabled(), f"'{text}' enabled")
+        state["step"] = text
+        button(text).click()
+        pump(0.1)
+        wait(lambda: done() and idle(), f"'{text}' finished")
+        if widget.session.last_error:
+            raise RuntimeError(f"'{text}' failed: {widget.session.last_error}")
+        pump(0.3)
+
+    def gene_rows() -> int:
+        return max((v.model().rowCount() for v in widget.findChildren(QListView)), default=0)
+
+    report: dict = {"problems": []}
+    try:
+        pump(1.0)
+        press("From layers" if args.store else "Use sample", lambda: button("Extract").isEnabled())
+        widget.train_section.epochs_spin.value = args.epochs
+        press("Extract", lambda: button("Train").isEnabled())
+        press("Train", lambda: button("Predict").isEnabled())
+        press("Predict", lambda: gene_rows() > 0)
+        view = max(widget.findChildren(QListView), key=lambda v: v.model().rowCount())
+        view.selectionModel().clearSelection()
+        for row in range(min(2, gene_rows())):
+            index = view.model().index(row, 0)
+            view.selectionModel().select(index, QItemSelectionModel.SelectionFlag.Select)
+        before = len(viewer.layers)
+        press("Render", lambda: len(viewer.layers) >= before + 2)
+        pump(1.0)
+    except (TimeoutError, RuntimeError) as err:
+        report["problems"].append(str(err))
+    timer.stop()
+
+    maps = [layer for layer in viewer.layers if layer.name.endswith("(HisToSGE)")]
+    (ty0, tx0), (ty1, tx1) = tissue.extent.world[0][-2:], tissue.extent.world[1][-2:]
+    for layer in maps:
+        (y0, x0), (y1, x1) = layer.extent.world[0][-2:], layer.extent.world[1][-2:]
+        if not (y0 >= ty0 - 50 and x0 >= tx0 - 50 and y1 <= ty1 + 50 and x1 <= tx1 + 50):
+            report["problems"].append(f"{layer.name} does not lie over the tissue")
+    if not maps:
+        report["problems"].append("no gene layer appeared")
+    if args.screenshot:
+        viewer.screenshot(path=args.screenshot, canvas_only=False, flash=False)
+    report.update(
+        gaps_ms={k: round(v, 1) for k, v in gaps.items()},
+        worst_ms=round(max(gaps.values(), default=0.0), 1),
+        busy_ms={k: round(v, 1) for k, v in busy.items()},
+        worst_busy_ms=round(max(busy.values(), default=0.0), 1),
+        maps=[layer.name for layer in maps],
+        heavy_modules=[m for m in HEAVY if m in sys.modules],
+        worker_pid=widget.controller.runner.pid,
+    )
+    viewer.close()
+    pump(0.5)
+    print(json.dumps(report), flush=True)  # noqa: T201 - the report of a script
+    return 1 if report["problems"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
