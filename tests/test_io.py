@@ -561,3 +561,18 @@ def test_visium_barcode_without_position(tmp_path):
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="without a position"):
             read_slide(folder)
+
+
+def test_sample_preview_matches_the_sample(sample_sdata):
+    from napari_histosge.geometry import spot_geometry
+    from napari_histosge.io.sample import sample_preview
+
+    preview = sample_preview()
+    keys = resolve_keys(sample_sdata)
+    geom = spot_geometry(sample_sdata, **keys.__dict__)
+    assert (preview.image_key, preview.spots_key) == (keys.image_key, keys.spots_key)
+    np.testing.assert_allclose(preview.centers_px, geom.centers_px)
+    assert preview.diameter_px == pytest.approx(geom.diameter_px)
+    assert preview.spot_ids == [str(s) for s in geom.spot_ids]
+    img = image_levels(sample_sdata.images[keys.image_key])[0]
+    np.testing.assert_array_equal(preview.rgb, np.asarray(img.transpose("y", "x", "c")))

@@ -114,20 +114,32 @@ def test_full_workflow_alignment_and_export(extracted, qtbot, tmp_path, monkeypa
     section.measured_check.value = True
     assert widget.render()
     wait_idle(qtbot, widget)
+    # The maps the core renders from the same predictions, in the test's process (no torch).
+    import json
+
+    from napari_histosge.pipeline import Slide, render_maps
+    from napari_histosge.predict import Predictions
+
     with np.load(preds.path) as z:
-        names = [str(g) for g in z["genes"]]
-        kind, xy, values = z["kind"], z["positions_px"], z["values"]
-    spot_xy, spot_values = xy[kind == "spot"], values[kind == "spot"]
+        fields = {k: z[k] for k in z.files}
+    fields["genes"] = [str(g) for g in fields["genes"]]
+    fields["spot_diameter_px"] = float(fields["spot_diameter_px"])
+    fields["meta"] = json.loads(str(fields["meta"]))
+    predictions = Predictions(**fields)
+    slide = Slide.open(session.slide.source, **session.slide.keys)
+    pitch = 20.0 / session.slide.um_per_px
+    core = render_maps(slide, predictions=predictions, genes=genes, pitch_px=pitch, smooth=True)
+    spot_xy = predictions.positions_px[predictions.kind == "spot"]
     he_ext = he.extent.world
-    for gene in genes:
+    for gi, gene in enumerate(genes):
         layer = viewer.layers[f"{gene} (HisToSGE)"]
         assert layer.blending == "additive"
-        assert layer.scale[0] == pytest.approx(20.0 / session.slide.um_per_px)
-        # Alignment: the map pixel under each spot centre holds that spot's prediction.
-        gi = names.index(gene)
-        for (x, y), value in zip(spot_xy, spot_values[:, gi], strict=True):
+        assert layer.scale[0] == pytest.approx(pitch)
+        # Alignment: under each spot centre the layer shows the core map's pixel at that spot.
+        for (x, y), (r0, c0) in zip(spot_xy, core.pixel_of(spot_xy), strict=True):
             r, c = np.round(layer.world_to_data((y, x))).astype(int)
-            assert layer.data[r, c] == pytest.approx(value, rel=1e-5, abs=1e-6)
+            assert (r, c) == (r0, c0)
+            assert layer.data[r, c] == pytest.approx(core.data[gi, r0, c0], rel=1e-5, abs=1e-6)
         ext = layer.extent.world
         pad = layer.scale[0]
         assert (ext[0] >= he_ext[0] - pad).all()

@@ -73,7 +73,12 @@ def test_sample_data_through_napari(make_napari_viewer):
     kinds = sorted(type(layer).__name__ for layer in viewer.layers)
     assert kinds == ["Image", "Points"]
     image = next(layer for layer in viewer.layers if layer.rgb)
-    assert image.metadata["sdata"] is not None
+    points = next(layer for layer in viewer.layers if layer is not image)
+    # The sample opens light on napari's thread: pixels and spots, no SpatialData object.
+    assert image.name == "V1_Adult_Mouse_Brain_image"
+    assert image.data.shape == (1717, 950, 3)
+    assert len(points.data) == 49
+    assert points.size[0] == pytest.approx(75.684, abs=1e-3)
 
 
 def test_layer_tuples_place_spots_on_the_image(sample_sdata):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,3 +78,41 @@ def load_sample() -> SpatialData:
         shapes={spots_key: make_circles(xy, VISIUM_DIAMETER_UM / um_per_px / 2.0)},
         tables={"table": table},
     )
+
+
+@dataclass(frozen=True)
+class SamplePreview:
+    """What a viewer shows of the sample: the H&E pixels and the spot circles."""
+
+    rgb: np.ndarray
+    centers_px: np.ndarray
+    diameter_px: float
+    spot_ids: list[str]
+    image_key: str = f"{SAMPLE_ID}_image"
+    spots_key: str = f"{SAMPLE_ID}_spots"
+
+
+def sample_preview() -> SamplePreview:
+    """Read the sample's image and spots only, fast and without SpatialData or AnnData.
+
+    A viewer opening the sample calls this on its own thread: it reads the JPEG and, with
+    h5py, the spot positions and the Space Ranger scale factor of the bundled AnnData, the
+    same values :func:`load_sample` uses.
+
+    Examples
+    --------
+    >>> sample_preview().centers_px.shape
+    (49, 2)
+    """
+    import h5py
+
+    root = Path(str(files("napari_histosge") / "sample_data"))
+    rgb = read_image_file(root / "mouse_brain_crop.jpg")
+    with h5py.File(root / "mouse_brain_crop.h5ad", "r") as f:
+        xy = np.asarray(f["obsm"]["spatial"][()], dtype=float)
+        obs = f["obs"]
+        index = obs[str(obs.attrs.get("_index", "_index"))][()]
+        fullres = f["uns"]["spatial"][SAMPLE_ID]["scalefactors"]["spot_diameter_fullres"][()]
+    ids = [i.decode() if isinstance(i, bytes) else str(i) for i in index]
+    um_per_px = SPACERANGER_SPOT_UM / float(fullres)
+    return SamplePreview(rgb, xy, VISIUM_DIAMETER_UM / um_per_px, ids)
