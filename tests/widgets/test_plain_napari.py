@@ -7,9 +7,9 @@ without stalling the event loop: a 20 ms timer's longest gap from the dock's ope
 rendered map stays under 100 ms, in every run.
 
 The gap has two parts: time the viewer's process spent computing (all its threads, so a thread
-holding the interpreter lock counts) and time the system gave to other processes. The first is
-the design's and is checked in every run. The wall-clock gap is checked too whenever the machine
-had a core to spare during the run; on a machine oversubscribed by other jobs it is recorded.
+holding the interpreter lock counts) and time the system gave to other processes. Both the
+wall-clock gap and the viewer's own part are checked in every run, whatever the machine's load;
+the load is reported with a failure.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -61,14 +60,10 @@ def check_report(report: dict, record_property) -> None:
     busy = report["busy_ms"]
     assert max(busy.values()) < LIMIT_MS, f"the viewer's process held its event loop: {busy}"
     gaps = report["gaps_ms"]
-    if report["load"] <= (os.cpu_count() or 1):
-        assert max(gaps.values()) < LIMIT_MS, f"the event loop stalled (ms): {gaps}"
-    elif max(gaps.values()) >= LIMIT_MS:
-        warnings.warn(
-            f"wall-clock gaps {gaps} ms on a machine with load {report['load']:.1f} on "
-            f"{os.cpu_count()} cores; the viewer's own work stayed under {LIMIT_MS:.0f} ms: {busy}",
-            stacklevel=2,
-        )
+    assert max(gaps.values()) < LIMIT_MS, (
+        f"the event loop stalled (ms): {gaps}; the viewer's own work (ms): {busy}; "
+        f"load {report['load']:.1f} on {os.cpu_count()} cores"
+    )
 
 
 def test_plain_napari_sample_flow_renders_gene_maps_without_stalls(tmp_path, record_property):

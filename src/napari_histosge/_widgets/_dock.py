@@ -33,6 +33,11 @@ __all__ = ["HisToSGEWidget"]
 
 #: Milliseconds between two reads of the worker's messages.
 POLL_MS = 25
+#: Each section is built on its own turn of the event loop, this far apart, so that napari can
+#: repaint in between instead of once for all of them.
+BUILD_INTERVAL_MS = 30
+#: The worker process starts once the sections are built (spawning it costs the viewer a turn).
+START_DELAY_MS = 250
 
 
 class HisToSGEWidget(QWidget):
@@ -62,13 +67,14 @@ class HisToSGEWidget(QWidget):
         self.viewer = napari_viewer
         self.session = Session()
         self.controller = Controller(self.session, runner or Runner())
-        # The worker starts on the next turn of the event loop and imports the core while the
-        # user reads the dock.
+        # The worker starts once the sections are built and imports the core while the user
+        # reads the dock.
         self._start_timer = QTimer(self)
         self._start_timer.setSingleShot(True)
         self._start_timer.timeout.connect(self.controller.runner.start)
-        self._start_timer.start(0)
-        prefetch_readers()
+        # The readers' imports run in a thread and would compete with the sections being built.
+        self._start_timer.timeout.connect(prefetch_readers)
+        self._start_timer.start(START_DELAY_MS)
         self.layer_view = LayerView(napari_viewer, self.session)
 
         self.progress_bar = QProgressBar()
@@ -104,7 +110,7 @@ class HisToSGEWidget(QWidget):
         ]
         self._build_timer = QTimer(self)
         self._build_timer.setSingleShot(True)
-        self._build_timer.setInterval(0)
+        self._build_timer.setInterval(BUILD_INTERVAL_MS)
         self._build_timer.timeout.connect(self._build_next)
         self._build_timer.start()
 

@@ -32,6 +32,9 @@ from ._job import Job
 
 __all__ = ["Runner", "serve"]
 
+#: Seconds one poll may spend handling the worker's messages.
+POLL_BUDGET_S = 0.015
+
 #: The module whose ``TASKS``, ``WorkerState`` and ``warm_up`` the worker runs.
 DEFAULT_TASKS = "napari_histosge._widgets._tasks"
 
@@ -208,7 +211,10 @@ class Runner:
         """Handle what the worker sent; enforce a pending Cancel; notice a dead worker."""
         self._reap()
         conn = self._conn
-        for _ in range(500):  # bounded, so one poll never holds the event loop for long
+        # Bounded in time, so one poll never holds the event loop for long: a burst of messages
+        # (hundreds of fast epochs) is handled over several turns.
+        deadline = time.perf_counter() + POLL_BUDGET_S
+        while time.perf_counter() < deadline:
             if conn is None:
                 break
             try:
