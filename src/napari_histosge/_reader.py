@@ -48,7 +48,12 @@ def sample_layers() -> list[Any]:
     from .io.sample import sample_preview
 
     preview = sample_preview()
-    image = {"name": preview.image_key, "rgb": True, "metadata": {"name": preview.image_key}}
+    meta = {"sample": "mouse_brain"}
+    image = {
+        "name": preview.image_key,
+        "rgb": True,
+        "metadata": {**meta, "name": preview.image_key},
+    }
     spots = {
         "name": preview.spots_key,
         "size": float(preview.diameter_px),
@@ -57,7 +62,7 @@ def sample_layers() -> list[Any]:
         "border_width": 0.05,
         "opacity": 0.8,
         "features": {"spot_id": np.asarray(preview.spot_ids, dtype=str)},
-        "metadata": {"name": preview.spots_key},
+        "metadata": {**meta, "name": preview.spots_key},
     }
     return [
         (preview.rgb, image, "image"),

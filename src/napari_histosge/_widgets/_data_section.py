@@ -76,7 +76,9 @@ class DataSection(Section):
             path = getattr(sdata, "path", None) or meta.get("store")
             if path:
                 return self.controller.open(str(path))
-            if sdata is not None and SAMPLE_IMAGE in getattr(sdata, "images", {}):
+            if meta.get("sample") or (
+                sdata is not None and SAMPLE_IMAGE in getattr(sdata, "images", {})
+            ):
                 return self.controller.open_sample()
         self.session.fail("No open layer comes from a .zarr store; save the slide as one first.")
         return False
