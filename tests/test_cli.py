@@ -21,7 +21,7 @@ def sample_store(tmp_path, sample_sdata):
 
 
 def test_help_documents_every_option():
-    for cmd in ("convert", "run", "evaluate", "predict", "demo"):
+    for cmd in ("convert", "run", "evaluate", "predict", "demo", "batch"):
         out = subprocess.run(
             [sys.executable, "-m", "napari_histosge.cli", cmd, "--help"],
             capture_output=True,

@@ -1,0 +1,354 @@
+"""Many slides on dask.distributed: one task per slide, resumable, with a CSV report.
+
+Each task opens one slide, runs the same steps as ``histosge run`` (features, training,
+prediction, maps, export) on a worker, writes ``<out_dir>/<slide name>.zarr`` and then a small
+completion marker ``<out_dir>/<slide name>.done.json``. The marker is written last and
+atomically, so a slide counts as complete only when both exist; a rerun skips complete slides and
+redoes the others (replacing a partial output). A failing slide is recorded in the report and
+does not stop the others.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._progress import run_generator
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .models import TrainConfig
+    from .pipeline import ExtractOptions
+
+__all__ = [
+    "REPORT_COLUMNS",
+    "SlideJob",
+    "is_complete",
+    "marker_path",
+    "run_batch",
+    "run_slide",
+    "slide_name",
+]
+
+#: Columns of ``report.csv`` (``worker`` is the address of the worker that ran the slide).
+REPORT_COLUMNS = ("slide", "status", "spots", "genes", "seconds", "error", "output", "worker")
+MARKER_SUFFIX = ".done.json"
+
+
+@dataclass(frozen=True)
+class SlideJob:
+    """What to run on each slide: the options of ``histosge run``.
+
+    Parameters
+    ----------
+    extract
+        Encoder, patch sizes, positions; the defaults when ``None``.
+    config
+        Training options; the defaults when ``None``.
+    genes
+        Genes to predict; highly variable genes of each slide when ``None``.
+    n_top_genes
+        Number of highly variable genes when ``genes`` is ``None``.
+    keys
+        ``image_key``, ``spots_key``, ``table_key`` overrides (auto-detected when absent).
+    torch_threads
+        Threads torch may use inside a task; the worker's thread count when ``None``.
+    """
+
+    extract: ExtractOptions | None = None
+    config: TrainConfig | None = None
+    genes: tuple[str, ...] | None = None
+    n_top_genes: int = 1000
+    keys: dict[str, str | None] = field(default_factory=dict)
+    torch_threads: int | None = None
+
+
+def slide_name(src: str | Path) -> str:
+    """Name of a slide's outputs: the store's folder name without ``.zarr``.
+
+    Examples
+    --------
+    >>> slide_name("/data/A1.zarr/")
+    'A1'
+    """
+    name = Path(str(src).rstrip("/")).name
+    return name[: -len(".zarr")] if name.endswith(".zarr") else name
+
+
+def marker_path(out: str | Path) -> Path:
+    """Return the completion marker written beside an output store.
+
+    Examples
+    --------
+    >>> marker_path("/out/A1.zarr").name
+    'A1.done.json'
+    """
+    out = Path(out)
+    return out.parent / f"{slide_name(out)}{MARKER_SUFFIX}"
+
+
+def is_complete(out: str | Path) -> bool:
+    """Whether ``out`` was fully written by a batch task (store and marker both present).
+
+    Examples
+    --------
+    >>> is_complete("/nonexistent/A1.zarr")
+    False
+    """
+    out = Path(out)
+    return out.is_dir() and marker_path(out).is_file()
+
+
+def _write_marker(out: Path, record: dict[str, Any]) -> None:
+    path = marker_path(out)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+
+
+def _worker_threads() -> int:
+    try:
+        from distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    except (ImportError, ValueError, AttributeError):
+        return 1
+
+
+def _worker_address() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return f"local:{os.getpid()}"
+
+
+def run_slide(src: str, out: str, job: SlideJob) -> dict[str, Any]:
+    """Run one slide end to end and write ``out`` plus its completion marker (one task).
+
+    Any existing ``out`` without a marker is an interrupted earlier attempt and is replaced.
+    Dask collections inside the task run on the task's own thread (the synchronous scheduler),
+    never back on the cluster.
+
+    Parameters
+    ----------
+    src
+        Input slide (``.zarr``, Visium or ST folder).
+    out
+        Output ``.zarr`` store.
+    job
+        The run options.
+
+    Returns
+    -------
+    One report row (``slide``, ``status``, ``spots``, ``genes``, ``seconds``, ...).
+
+    Examples
+    --------
+    >>> run_slide("A.zarr", "out/A.zarr", SlideJob())  # doctest: +SKIP
+    """
+    import dask
+    import torch
+
+    from .pipeline import (
+        Slide,
+        export_slide,
+        iter_extract,
+        iter_train,
+        predict_slide,
+        render_maps,
+    )
+
+    t0 = time.perf_counter()
+    out_path = Path(out)
+    marker_path(out_path).unlink(missing_ok=True)
+    threads = job.torch_threads or _worker_threads()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with dask.config.set(scheduler="synchronous"):
+            slide = Slide.open(src, **job.keys)
+            feats = run_generator(iter_extract(slide, options=job.extract))
+            model = run_generator(
+                iter_train(
+                    slide,
+                    features=feats,
+                    config=job.config,
+                    genes=list(job.genes) if job.genes else None,
+                    n_top_genes=job.n_top_genes,
+                )
+            )
+            preds = predict_slide(slide, features=feats, model=model)
+            maps = render_maps(slide, predictions=preds)
+            meta = {"command": "histosge batch", "source": str(src)}
+            export_slide(
+                slide, predictions=preds, maps=maps, out=out_path, meta=meta, overwrite=True
+            )
+    finally:
+        torch.set_num_threads(before)
+    record = {
+        "slide": slide_name(src),
+        "status": "done",
+        "spots": len(slide.geometry.spot_ids),
+        "genes": len(preds.genes),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "error": "",
+        "output": str(out_path),
+        "worker": _worker_address(),
+        "pid": os.getpid(),
+    }
+    _write_marker(out_path, record)
+    return record
+
+
+def _skipped(name: str, out: Path) -> dict[str, Any]:
+    try:
+        done = json.loads(marker_path(out).read_text())
+    except (OSError, ValueError):
+        done = {}
+    return {
+        "slide": name,
+        "status": "skipped",
+        "spots": done.get("spots", math.nan),
+        "genes": done.get("genes", math.nan),
+        "seconds": 0.0,
+        "error": "",
+        "output": str(out),
+        "worker": "",
+    }
+
+
+def _failed(name: str, out: Path, err: BaseException | None, seconds: float) -> dict[str, Any]:
+    message = f"{type(err).__name__}: {err}" if err is not None else "cancelled"
+    return {
+        "slide": name,
+        "status": "failed",
+        "spots": math.nan,
+        "genes": math.nan,
+        "seconds": round(seconds, 2),
+        "error": " ".join(message.split())[:500],
+        "output": str(out),
+        "worker": "",
+    }
+
+
+def _check_names(stores: Sequence[str | Path]) -> list[str]:
+    names = [slide_name(s) for s in stores]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(
+            f"Expected one input per slide name, found several named `{dupes}`; rename them so "
+            "that each output DIR/<name>.zarr is distinct."
+        )
+    return names
+
+
+def run_batch(
+    stores: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    job: SlideJob | None = None,
+    client: Any = None,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    retries: int = 0,
+) -> pd.DataFrame:
+    """Run every slide as one task on dask.distributed and write ``out_dir/report.csv``.
+
+    Parameters
+    ----------
+    stores
+        Input slides; each gives ``out_dir/<name>.zarr``.
+    out_dir
+        Output folder (created when missing).
+    job
+        Options applied to every slide.
+    client
+        An existing :class:`distributed.Client`; takes precedence over ``scheduler``.
+    scheduler
+        Address of a running scheduler (``tcp://host:port``). Without it and without
+        ``client``, a :class:`distributed.LocalCluster` of ``n_workers`` single-threaded worker
+        processes is started (one per CPU core by default) and closed at the end.
+    n_workers
+        Workers of the local cluster.
+    retries
+        Times a task is retried after a failure.
+
+    Returns
+    -------
+    The report, one row per slide in input order (also written to ``report.csv``).
+
+    Examples
+    --------
+    >>> report = run_batch(["A.zarr", "B.zarr"], "out", job=SlideJob())  # doctest: +SKIP
+    >>> report["status"].tolist()  # doctest: +SKIP
+    ['done', 'done']
+    """
+    import pandas as pd
+    from distributed import Client, LocalCluster, as_completed
+
+    job = job or SlideJob()
+    names = _check_names(stores)
+    missing = [str(s) for s in stores if not Path(s).exists()]
+    out_root = Path(out_dir)
+    out_root.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, dict[str, Any]] = {}
+    todo: list[tuple[str, str, Path]] = []
+    for name, src in zip(names, stores, strict=True):
+        out = out_root / f"{name}.zarr"
+        if str(src) in missing:
+            rows[name] = _failed(name, out, FileNotFoundError(f"no input at `{src}`"), 0.0)
+        elif is_complete(out):
+            rows[name] = _skipped(name, out)
+        else:
+            todo.append((name, str(src), out))
+
+    cluster = None
+    own_client = client is None
+    if todo:
+        if client is None:
+            if scheduler:
+                client = Client(scheduler)
+            else:
+                workers = n_workers or os.cpu_count() or 1
+                cluster = LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                )
+                client = Client(cluster)
+        try:
+            started = time.perf_counter()
+            futures = {
+                client.submit(
+                    run_slide, src, str(out), job, key=f"histosge-slide-{name}", retries=retries
+                ): (name, out)
+                for name, src, out in todo
+            }
+            for fut in as_completed(list(futures), with_results=False):
+                name, out = futures[fut]
+                if fut.status == "finished":
+                    rows[name] = {k: v for k, v in fut.result().items() if k != "pid"}
+                else:
+                    err = fut.exception() if fut.status == "error" else None
+                    rows[name] = _failed(name, out, err, time.perf_counter() - started)
+        finally:
+            if own_client:
+                client.close()
+            if cluster is not None:
+                cluster.close()
+    report = pd.DataFrame([rows[n] for n in names], columns=list(REPORT_COLUMNS))
+    report = report.astype({"spots": "Int64", "genes": "Int64"})
+    tmp = out_root / ".report.csv.tmp"
+    report.to_csv(tmp, index=False)
+    os.replace(tmp, out_root / "report.csv")
+    return report

@@ -1,0 +1,129 @@
+"""``histosge batch`` on a real dask scheduler with two worker processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import spatialdata as sd
+
+import napari_histosge
+from napari_histosge.batch import is_complete, marker_path, slide_name
+from napari_histosge.cli import main
+from napari_histosge.store import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """A ``dask scheduler`` and two ``dask worker`` processes, each one thread."""
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = dict(os.environ)
+    src = str(Path(napari_histosge.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1"]
+            + ["--port", str(port), "--dashboard-address", ":0", "--no-show"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    for _ in range(2):
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "distributed.cli.dask_worker", address]
+                + ["--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    from distributed import Client
+
+    try:
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            workers = set(client.scheduler_info()["workers"])
+        yield address, workers
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture(scope="module")
+def two_stores(tmp_path_factory):
+    from napari_histosge.io import load_sample
+
+    root = tmp_path_factory.mktemp("batch_in")
+    sdata = load_sample()
+    sdata.write(root / "A.zarr")
+    sdata.write(root / "B.zarr")
+    return root / "A.zarr", root / "B.zarr"
+
+
+def test_slide_names_and_markers(tmp_path):
+    assert slide_name("x/A1.zarr") == "A1"
+    assert slide_name("x/section_3/") == "section_3"
+    out = tmp_path / "A1.zarr"
+    out.mkdir()
+    assert not is_complete(out)
+    marker_path(out).write_text("{}")
+    assert is_complete(out)
+
+
+@pytest.mark.slow
+def test_batch_on_a_running_scheduler(tmp_path, scheduler, two_stores):
+    address, workers = scheduler
+    a, b = two_stores
+    broken = tmp_path / "C.zarr"
+    broken.mkdir()  # an empty folder: not a slide
+    out_dir = tmp_path / "out"
+    argv = ["batch", str(a), str(b), str(broken), "--out-dir", str(out_dir)]
+    argv += ["--scheduler", address, "--epochs", "20", "--n-top-genes", "30"]
+    assert main(argv) == 1  # C failed, the others ran
+    report = pd.read_csv(out_dir / "report.csv")
+    assert list(report["slide"]) == ["A", "B", "C"]
+    assert list(report["status"]) == ["done", "done", "failed"]
+    assert report.loc[2, "error"]
+    assert list(report["spots"][:2]) == [49, 49]
+    assert list(report["genes"][:2]) == [30, 30]
+    # The work ran on the scheduler's worker processes.
+    assert set(report["worker"][:2]) <= workers
+    for name in ("A", "B"):
+        store = out_dir / f"{name}.zarr"
+        assert is_complete(store)
+        back = sd.read_zarr(store)
+        for key in (EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY):
+            assert key in back
+    assert not (out_dir / "C.zarr").exists()
+
+    # A rerun skips the complete slides and redoes one whose marker is gone.
+    marker_path(out_dir / "B.zarr").unlink()
+    stamp = (out_dir / "A.zarr").stat().st_mtime
+    t0 = time.perf_counter()
+    assert main(argv[:3] + argv[4:]) == 0  # without the broken input
+    report = pd.read_csv(out_dir / "report.csv")
+    assert list(report["status"]) == ["skipped", "done"]
+    assert report.loc[0, "spots"] == 49
+    assert (out_dir / "A.zarr").stat().st_mtime == stamp
+    assert is_complete(out_dir / "B.zarr")
+    assert time.perf_counter() - t0 < 600
