@@ -39,13 +39,14 @@ VPY="$VENV/bin/python"
 
 # 3. Python packages; skipped when pyproject.toml has not changed since the last install.
 STAMP="$VENV/.histosge-installed"
-WANT="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+WANT="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ] || ! "$VPY" -c 'import napari_histosge, torch, napari' 2>/dev/null; then
     log "installing Python packages (first run takes several minutes)"
     "$VPY" -m pip install -q --upgrade pip
-    # torch/torchvision first, as the pinned pair (installed from local wheels where present).
-    "$VPY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-    "$VPY" -m pip install -q -e ".[testing]"
+    # The package declares version ranges; constraints.txt holds the exact tested pair
+    # (torch/torchvision, taken from local wheels where present), applied to every install.
+    "$VPY" -m pip install -q -c constraints.txt torch torchvision
+    "$VPY" -m pip install -q -c constraints.txt -e ".[testing]"
     echo "$WANT" > "$STAMP"
 else
     log "reusing $VENV"

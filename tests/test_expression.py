@@ -8,10 +8,6 @@ import scipy.sparse as sp
 
 from napari_histosge.expression import prepare_targets, select_genes
 
-HER2ST = (
-    __import__("pathlib").Path(__file__).parents[1].parent / "shared" / "data" / "her2st" / "data"
-)
-
 
 def _counts(n: int = 40, g: int = 60, seed: int = 0) -> ad.AnnData:
     rng = np.random.default_rng(seed)
@@ -66,8 +62,11 @@ def test_genes_chosen_on_training_spots_only():
     assert len(set(chosen)) == 5
 
 
-def test_real_her2st_section():
-    counts = pd.read_csv(HER2ST / "ST-cnts" / "C2.tsv.gz", sep="\t", index_col=0)
+@pytest.mark.her2st
+def test_real_her2st_section(shared_data):
+    counts = pd.read_csv(
+        shared_data / "her2st" / "data" / "ST-cnts" / "C2.tsv.gz", sep="\t", index_col=0
+    )
     a = ad.AnnData(sp.csr_matrix(counts.to_numpy(np.float32)))
     a.var_names = counts.columns.astype(str)
     a.var_names_make_unique()
