@@ -21,7 +21,7 @@ def sample_store(tmp_path, sample_sdata):
 
 
 def test_help_documents_every_option():
-    for cmd in ("convert", "run", "evaluate", "predict", "demo", "batch"):
+    for cmd in ("convert", "run", "evaluate", "predict", "demo", "batch", "train"):
         out = subprocess.run(
             [sys.executable, "-m", "napari_histosge.cli", cmd, "--help"],
             capture_output=True,
@@ -72,19 +72,14 @@ def test_run_on_sample_end_to_end(tmp_path, sample_store):
     assert PREDICTIONS_KEY not in sd.read_zarr(sample_store)
 
 
-def test_evaluate_on_her2st(tmp_path, her2st_c2_copy):
+def test_evaluate_on_her2st(tmp_path, her2st_c2_copy, shared_data):
     sdata = sd.read_zarr(her2st_c2_copy)
     obs = sdata.tables["table"].obs
     held = obs.index[((obs["array_x"] + obs["array_y"]) % 2 == 1).to_numpy()]
     (tmp_path / "held.txt").write_text("\n".join(held))
     genes = list(
         np.load(
-            __import__("pathlib").Path(__file__).resolve().parents[1].parent
-            / "shared"
-            / "data"
-            / "her2st"
-            / "extras"
-            / "her_hvg_cut_1000.npy",
+            shared_data / "her2st" / "extras" / "her_hvg_cut_1000.npy",
             allow_pickle=True,
         )[:40]
     )

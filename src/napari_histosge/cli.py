@@ -295,12 +295,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """``histosge predict STORE --checkpoint CKPT --out OUT.zarr``: apply a trained model."""
     from .checkpoints import load_checkpoint
     from .pipeline import ExtractOptions, export_slide, iter_extract, predict_slide, render_maps
+    from .sections import open_for_prediction
 
     _check_out(args.out, args.overwrite, Path(args.store))
     _check_inputs(args)
     model = load_checkpoint(args.checkpoint)
     meta = model.feature_meta
-    slide = _open(args, args.store)
+    slide = open_for_prediction(
+        args.store,
+        image_key=args.image_key,
+        spots_key=args.spots_key,
+        table_key=args.table_key,
+        um_per_px=args.um_per_px,
+        model=model,
+    )
     sizes = meta.get("patch_sizes_spot") or meta.get("patch_sizes")
     opts = ExtractOptions(
         encoder=str(meta.get("encoder", "histology")),
@@ -317,6 +325,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = export_slide(slide, predictions=preds, maps=maps, out=args.out, overwrite=args.overwrite)
     args.written.append(str(out))
     print(f"wrote {out}")  # noqa: T201
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``histosge train STORE... --checkpoint-out DIR``: one model on several sections."""
+    from .checkpoints import save_checkpoint
+    from .sections import iter_train_sections
+
+    genes = _read_lines(args.genes, "gene")
+    slides = [_open(args, s) for s in args.stores]
+    model = _drive(
+        iter_train_sections(
+            slides,
+            options=_extract_options(args),
+            config=_train_config(args, args.device),
+            genes=genes,
+            n_top_genes=args.n_top_genes,
+        ),
+        quiet=args.quiet,
+    )
+    out = save_checkpoint(model, args.checkpoint_out)
+    spots = sum(s["spots"] for s in model.info["sections"])
+    print(  # noqa: T201
+        f"wrote {out}: {len(model.genes)} genes from {len(slides)} sections ({spots} spots)"
+    )
     return 0
 
 
@@ -440,7 +473,14 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="apply a saved model to a slide (image and coordinates only)"
     )
     p.add_argument("store", help="input slide")
-    p.add_argument("--checkpoint", required=True, help="model saved by `run --checkpoint-out`")
+    p.add_argument(
+        "--checkpoint", required=True, help="model saved by `run` or `train --checkpoint-out`"
+    )
+    p.add_argument(
+        "--um-per-px",
+        type=float,
+        help="µm per image pixel, for a section with an H&E image only (no spots)",
+    )
     p.add_argument("--out", required=True, help="output .zarr")
     p.add_argument("--positions", default="4x", help="4x or grid:MICRONS")
     p.add_argument("--resolution-um", type=float, help="map pixel side in µm")
@@ -452,6 +492,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     _slide_args(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("train", help="train one model on several sections (no prediction)")
+    p.add_argument("stores", nargs="+", help="input sections, each with spots and a table")
+    p.add_argument("--checkpoint-out", required=True, help="output model folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _slide_args(p)
+    _feature_args(p)
+    _train_args(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("batch", help="run many slides, one task per slide on dask.distributed")
     p.add_argument("stores", nargs="+", help="input slides; each writes DIR/<name>.zarr")

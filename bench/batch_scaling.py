@@ -1,0 +1,123 @@
+"""`histosge batch` throughput with 1 and 2 dask workers on the same 8 small stores.
+
+    .venv/bin/python bench/batch_scaling.py --stores 8 --epochs 50
+
+Each round starts a LocalCluster of N single-threaded worker processes, imports the package on
+every worker (timed apart as start-up), then runs ``run_batch`` over fresh copies of the inputs
+(no cached features) and times it. Rounds alternate 1, 2, 1, 2 workers, so drift in the load of
+a shared machine hits both settings alike; the ratio is of the summed times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from _common import markdown_table, run_metadata, write_json
+
+
+def make_stores(root: Path, n: int) -> list[Path]:
+    from napari_histosge.io import load_sample
+
+    sdata = load_sample()
+    first = root / "slide00.zarr"
+    sdata.write(first)
+    stores = [first]
+    for i in range(1, n):
+        dst = root / f"slide{i:02d}.zarr"
+        shutil.copytree(first, dst)
+        stores.append(dst)
+    return stores
+
+
+def one_round(stores: list[Path], workdir: Path, n_workers: int, epochs: int, genes: int) -> dict:
+    from distributed import Client, LocalCluster
+
+    from napari_histosge.batch import SlideJob, run_batch
+    from napari_histosge.models import TrainConfig
+
+    fresh = workdir / f"in_{n_workers}_{time.monotonic_ns()}"
+    fresh.mkdir()
+    inputs = []
+    for s in stores:  # fresh copies: no cached features from an earlier round
+        shutil.copytree(s, fresh / s.name)
+        inputs.append(fresh / s.name)
+    out = workdir / f"out_{n_workers}_{time.monotonic_ns()}"
+    t0 = time.perf_counter()
+    with (
+        LocalCluster(
+            n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        client.run(lambda: __import__("napari_histosge.pipeline") and __import__("torch"))
+        startup = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        job = SlideJob(config=TrainConfig(epochs=epochs), n_top_genes=genes)
+        report = run_batch(inputs, out, job=job, client=client)
+        wall = time.perf_counter() - t1
+    assert (report["status"] == "done").all(), report
+    shutil.rmtree(fresh)
+    shutil.rmtree(out)
+    return {
+        "workers": n_workers,
+        "startup_s": startup,
+        "wall_s": wall,
+        "slides_per_min": 60 * len(stores) / wall,
+        "mean_task_s": float(report["seconds"].mean()),
+        "load_after": os.getloadavg()[0],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stores", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--genes", type=int, default=300)
+    ap.add_argument("--order", default="1,2,1,2")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    if args.quick:
+        args.stores, args.epochs, args.order = 2, 5, "1,2"
+    meta = run_metadata(["distributed", "dask"])
+    meta["load_before"] = os.getloadavg()[0]
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="histosge_batch_bench_") as tmp:
+        root = Path(tmp)
+        stores = make_stores(root, args.stores)
+        for n in (int(x) for x in args.order.split(",")):
+            r = one_round(stores, root, n, args.epochs, args.genes)
+            print(r, flush=True)
+            rounds.append(r)
+    total = {n: sum(r["wall_s"] for r in rounds if r["workers"] == n) for n in (1, 2)}
+    count = {n: sum(1 for r in rounds if r["workers"] == n) for n in (1, 2)}
+    ratio = (total[1] / count[1]) / (total[2] / count[2])
+    rows = [
+        [
+            r["workers"],
+            f"{r['startup_s']:.1f}",
+            f"{r['wall_s']:.1f}",
+            f"{r['slides_per_min']:.2f}",
+            f"{r['mean_task_s']:.1f}",
+            f"{r['load_after']:.1f}",
+        ]
+        for r in rounds
+    ]
+    table = markdown_table(
+        ["workers", "start-up s", "batch wall s", "slides/min", "mean task s", "load after"], rows
+    )
+    print(table)
+    print(f"throughput ratio 2 vs 1 workers: {ratio:.2f}x")
+    if not args.quick:
+        write_json(
+            "batch_scaling",
+            {"meta": meta, "args": vars(args), "rounds": rounds, "ratio": ratio, "table": table},
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""One model on several sections; prediction on sections with an H&E image only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import spatialdata as sd
+from scipy.spatial import cKDTree
+
+from napari_histosge.checkpoints import load_checkpoint
+from napari_histosge.cli import main
+from napari_histosge.sections import place_apart
+from napari_histosge.store import EXPRESSION_KEY, PREDICTIONS_KEY
+
+
+def test_sections_are_placed_apart():
+    rng = np.random.default_rng(0)
+    a = rng.random((50, 2)) * 1000
+    b = rng.random((40, 2)) * 1000 + 300
+    pa, pb = place_apart([a, b], gap_um=5000.0)
+    assert np.allclose(pa - pa.min(0), a - a.min(0))
+    d, _ = cKDTree(pa).query(pb)
+    assert d.min() >= 5000.0
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    from napari_histosge.io import load_sample
+
+    root = tmp_path_factory.mktemp("sections")
+    paths = []
+    for name in ("A", "B"):
+        sdata = load_sample()
+        sdata.write(root / f"{name}.zarr")
+        paths.append(root / f"{name}.zarr")
+    he = load_sample()
+    del he.tables["table"]
+    he.write(root / "spots_only.zarr")
+    del he.shapes["V1_Adult_Mouse_Brain_spots"]
+    he.write(root / "image_only.zarr")
+    return root, paths
+
+
+@pytest.mark.slow
+def test_train_on_sections_and_predict_from_the_image(tmp_path, stores, capsys):
+    root, paths = stores
+    ckpt = tmp_path / "model"
+    argv = ["train", *map(str, paths), "--checkpoint-out", str(ckpt)]
+    assert main([*argv, "--epochs", "5", "--n-top-genes", "20", "--quiet"]) == 0
+    model = load_checkpoint(ckpt)
+    assert len(model.genes) == 20
+    assert [s["spots"] for s in model.info["sections"]] == [49, 49]
+
+    # Spots but no table: predictions at the spots and the 4x positions.
+    out = tmp_path / "spots_only_pred.zarr"
+    argv = ["predict", str(root / "spots_only.zarr"), "--checkpoint", str(ckpt)]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    table = sd.read_zarr(out).tables[PREDICTIONS_KEY]
+    assert (table.obs["kind"] == "spot").sum() == 49
+    assert (table.obs["kind"] == "4x").sum() > 49
+    assert table.n_vars == 20
+    assert np.isfinite(table.X).all()
+
+    # Image only: the scale is required, then a lattice over the tissue is predicted.
+    out = tmp_path / "image_only_pred.zarr"
+    argv = ["predict", str(root / "image_only.zarr"), "--checkpoint", str(ckpt)]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 2
+    assert "--um-per-px" in capsys.readouterr().err
+    assert main([*argv, "--out", str(out), "--quiet", "--um-per-px", "0.727"]) == 0
+    back = sd.read_zarr(out)
+    assert back.tables[PREDICTIONS_KEY].n_obs > 20
+    assert EXPRESSION_KEY in back
+
+
+def test_train_refuses_genes_missing_in_a_section(tmp_path, stores, capsys):
+    _, paths = stores
+    genes = tmp_path / "genes.txt"
+    genes.write_text("NOT_A_GENE\n")
+    argv = ["train", *map(str, paths), "--checkpoint-out", str(tmp_path / "m"), "--quiet"]
+    assert main([*argv, "--genes", str(genes)]) == 2
+    assert "NOT_A_GENE" in capsys.readouterr().err
