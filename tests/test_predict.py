@@ -65,3 +65,27 @@ def test_gene_maps_napari_placement():
     assert maps.scale == (4.0, 4.0)
     assert maps.translate == (20.0, 10.0)
     assert maps.pixel_of(np.array([[14.0, 28.0]])).tolist() == [[2, 1]]
+
+
+def test_lazy_maps_match_eager_and_compute_by_blocks():
+    from napari_histosge.lazy_maps import rasterize_lazy
+
+    rng = np.random.default_rng(3)
+    xy = np.stack(np.meshgrid(np.arange(8.0), np.arange(6.0)), -1).reshape(-1, 2) * 20 + 5
+    genes = [f"g{i}" for i in range(21)]
+    preds = Predictions(
+        genes,
+        xy,
+        rng.random((len(xy), 21)).astype("float32"),
+        np.array(["spot"] * len(xy)),
+        np.array([f"s{i}" for i in range(len(xy))]),
+        10.0,
+    )
+    eager = rasterize(preds, pitch_px=4.0)
+    lazy = rasterize_lazy(preds, pitch_px=4.0, genes_per_block=5)
+    assert lazy.data.chunks[0] == (5, 5, 5, 5, 1)
+    assert np.array_equal(np.asarray(lazy.data), eager.data, equal_nan=True)
+    assert (lazy.pitch_px, lazy.origin_px) == (eager.pitch_px, eager.origin_px)
+    sub = rasterize_lazy(preds, genes=["g7", "g2"], pitch_px=4.0)
+    assert np.array_equal(sub.gene("g2"), eager.gene("g2"), equal_nan=True)
+    assert isinstance(sub.gene("g2"), np.ndarray)

@@ -30,7 +30,8 @@ class GeneMaps:
     Parameters
     ----------
     data
-        ``(g, h, w)`` float32, NaN off tissue.
+        ``(g, h, w)`` float32, NaN off tissue: a numpy array, or a dask array computed a few
+        genes at a time.
     genes
         Channel names.
     pitch_px
@@ -61,7 +62,7 @@ class GeneMaps:
         """Return the ``(h, w)`` map of one gene."""
         if name not in self.genes:
             raise KeyError(f"Expected a rendered gene among `{self.genes[:10]}`, found `{name}`.")
-        return self.data[self.genes.index(name)]
+        return np.asarray(self.data[self.genes.index(name)])
 
     def pixel_of(self, xy_px: np.ndarray) -> np.ndarray:
         """Map pixel ``(row, col)`` containing each H&E position ``(x, y)``.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._progress import Progress
-from .maps import GeneMaps, rasterize
+from .maps import GeneMaps
 from .predict import Predictions
 
 if TYPE_CHECKING:
@@ -381,14 +381,18 @@ def render_maps(
     """Rasterise predictions into per-gene maps placed on the H&E image.
 
     ``smooth`` interpolates between positions (Gaussian weights) instead of copying the
-    nearest position into each map pixel.
+    nearest position into each map pixel. Nearest-position maps are a lazy dask array computed
+    a few genes at a time when shown or written, so memory does not grow with the number of
+    genes (see :mod:`napari_histosge.lazy_maps`).
 
     Examples
     --------
     >>> maps = render_maps(slide, predictions=preds, genes=["Gfap"])  # doctest: +SKIP
     """
+    from .lazy_maps import rasterize_lazy
+
     method = "gaussian" if smooth else "nearest"
-    return rasterize(
+    return rasterize_lazy(
         predictions, genes=genes, pitch_px=pitch_px, geometry=slide.geometry, method=method
     )
 
