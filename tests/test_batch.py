@@ -127,3 +127,15 @@ def test_batch_on_a_running_scheduler(tmp_path, scheduler, two_stores):
     assert (out_dir / "A.zarr").stat().st_mtime == stamp
     assert is_complete(out_dir / "B.zarr")
     assert time.perf_counter() - t0 < 600
+
+
+def test_local_cluster_size_shares_the_cores():
+    import os
+
+    from napari_histosge.batch import local_cluster_size
+
+    workers, threads = local_cluster_size()
+    assert 1 <= workers <= (os.cpu_count() or 1)
+    assert local_cluster_size(1)[1] == max(1, os.cpu_count() or 1)
+    with pytest.raises(ValueError, match="n_workers"):
+        local_cluster_size(0)

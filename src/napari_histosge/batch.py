@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ __all__ = [
     "REPORT_COLUMNS",
     "SlideJob",
     "is_complete",
+    "local_cluster_size",
     "marker_path",
     "run_batch",
     "run_slide",
@@ -209,6 +210,32 @@ def run_slide(src: str, out: str, job: SlideJob) -> dict[str, Any]:
     return record
 
 
+#: Memory a worker is sized for: a Visium slide with a 25k px image peaks near 2 GB.
+WORKER_MEMORY_BYTES = 4 * 1024**3
+
+
+def local_cluster_size(n_workers: int | None = None) -> tuple[int, int]:
+    """Workers and torch threads per worker for a local cluster on this machine.
+
+    One worker per core, at most one per :data:`WORKER_MEMORY_BYTES` of memory, unless
+    ``n_workers`` is given; the cores are shared out among the workers' torch threads.
+
+    Examples
+    --------
+    >>> local_cluster_size(2)[0]
+    2
+    """
+    import psutil
+
+    cores = os.cpu_count() or 1
+    if n_workers is None:
+        by_memory = int(psutil.virtual_memory().total // WORKER_MEMORY_BYTES)
+        n_workers = max(1, min(cores, by_memory))
+    if n_workers < 1:
+        raise ValueError(f"Expected `n_workers` >= 1, found `{n_workers}`.")
+    return n_workers, max(1, cores // n_workers)
+
+
 def _skipped(name: str, out: Path) -> dict[str, Any]:
     try:
         done = json.loads(marker_path(out).read_text())
@@ -275,8 +302,9 @@ def run_batch(
         An existing :class:`distributed.Client`; takes precedence over ``scheduler``.
     scheduler
         Address of a running scheduler (``tcp://host:port``). Without it and without
-        ``client``, a :class:`distributed.LocalCluster` of ``n_workers`` single-threaded worker
-        processes is started (one per CPU core by default) and closed at the end.
+        ``client``, a :class:`distributed.LocalCluster` of ``n_workers`` worker processes is
+        started (:func:`local_cluster_size`: one per core, at most one per 4 GB of memory, by
+        default) and closed at the end.
     n_workers
         Workers of the local cluster.
     retries
@@ -318,7 +346,9 @@ def run_batch(
             if scheduler:
                 client = Client(scheduler)
             else:
-                workers = n_workers or os.cpu_count() or 1
+                workers, threads = local_cluster_size(n_workers)
+                if job.torch_threads is None:
+                    job = replace(job, torch_threads=threads)
                 cluster = LocalCluster(
                     n_workers=workers,
                     threads_per_worker=1,

@@ -1,0 +1,116 @@
+"""Peak memory and wall time of `histosge run` on the synthetic 25k slide with 500 and 2,000 genes.
+
+    .venv/bin/python bench/synthetic_slide.py --out /tmp/synth_2000.zarr --genes 2000  # once
+    .venv/bin/python bench/memory_genes.py --store-2000 /tmp/synth_2000.zarr
+
+The 500-gene store is a copy of the 2,000-gene one whose table keeps the first 500 genes (same
+image, spots and generative model), so the two runs differ only in the number of genes. Each
+store is run cold (cached features deleted first) and then again with cached features, the two
+stores alternating, under `/usr/bin/time -v`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import markdown_table, run_metadata, write_json
+
+
+def derive_500(src: Path, dst: Path, n: int = 500) -> Path:
+    import spatialdata as sd
+    from spatialdata.models import TableModel
+
+    if dst.exists():
+        return dst
+    shutil.copytree(src, dst)
+    sdata = sd.read_zarr(dst)
+    table = sdata.tables["table"][:, :n].copy()
+    attrs = table.uns.pop("spatialdata_attrs")
+    table = TableModel.parse(
+        table,
+        region=attrs["region"],
+        region_key=attrs["region_key"],
+        instance_key=attrs["instance_key"],
+    )
+    sdata.delete_element_from_disk("table")
+    sdata.tables["table"] = table
+    sdata.write_element("table")
+    return dst
+
+
+def drop_cache(store: Path) -> None:
+    import spatialdata as sd
+
+    sdata = sd.read_zarr(store)
+    for name in [k for k in sdata.tables if k.startswith("histosge_features_")]:
+        sdata.delete_element_from_disk(name)
+
+
+def timed(store: Path, out: Path, genes: int) -> dict:
+    cmd = [
+        "/usr/bin/time",
+        "-v",
+        sys.executable,
+        "-m",
+        "napari_histosge.cli",
+        "run",
+        str(store),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--quiet",
+        "--n-top-genes",
+        str(genes),
+    ]
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
+    return {
+        "genes": genes,
+        "wall_s": round(wall, 1),
+        "peak_rss_mb": round(rss / 1024),
+        "load_before": round(load, 1),
+        "stdout": proc.stdout.strip().splitlines()[-1],
+        "command": " ".join(cmd[2:]),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--store-2000", type=Path, required=True)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/histosge_memory_genes"))
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    s500 = derive_500(args.store_2000, args.work / "synth_500.zarr")
+    stores = {500: s500, 2000: args.store_2000}
+    runs = []
+    for cached in (False, True):
+        for genes, store in stores.items():
+            if not cached:
+                drop_cache(store)
+            r = timed(store, args.work / f"out_{genes}.zarr", genes)
+            r["features"] = "cached" if cached else "cold"
+            print(r, flush=True)
+            runs.append(r)
+            shutil.rmtree(args.work / f"out_{genes}.zarr", ignore_errors=True)
+    rows = [
+        [r["genes"], r["features"], r["wall_s"], r["peak_rss_mb"], r["load_before"]] for r in runs
+    ]
+    table = markdown_table(["genes", "features", "wall s", "peak RSS MB", "load before"], rows)
+    print(table)
+    write_json("memory_genes", {"meta": run_metadata(), "runs": runs, "table": table})
+
+
+if __name__ == "__main__":
+    main()
