@@ -328,14 +328,15 @@ def predict_slide(
     check_features(model, features.spots.meta)
     um = slide.geometry.um_per_px
     reference = "train" if use_measured else None
-    spot_vals = model.predict(
-        features.spots.features, slide.geometry.centers_um, reference=reference
+    n_spots, n_pos = len(features.spots.features), len(features.positions_px)
+    values = np.empty((n_spots + n_pos, len(model.genes)), dtype=np.float32)
+    _predict_into(
+        values[:n_spots], model, features.spots.features, slide.geometry.centers_um, reference
     )
-    pos_vals = model.predict(
-        features.positions.features, features.positions_px * um, reference=reference
+    _predict_into(
+        values[n_spots:], model, features.positions.features, features.positions_px * um, reference
     )
-    n_pos = len(features.positions_px)
-    kind = np.array(["spot"] * len(spot_vals) + [features.positions_name] * n_pos, dtype=object)
+    kind = np.array(["spot"] * n_spots + [features.positions_name] * n_pos, dtype=object)
     ids = np.concatenate(
         [
             np.asarray(slide.geometry.spot_ids, dtype=str),
@@ -351,12 +352,29 @@ def predict_slide(
     return Predictions(
         genes=list(model.genes),
         positions_px=np.concatenate([slide.geometry.centers_px, features.positions_px]),
-        values=np.concatenate([spot_vals, pos_vals]).astype(np.float32),
+        values=values,
         kind=kind.astype(str),
         ids=ids,
         spot_diameter_px=float(slide.geometry.diameter_px),
         meta=meta,
     )
+
+
+#: Positions per prediction call: bounds the model's temporary arrays (ensemble members,
+#: float64 intermediates) to a fixed size whatever the number of positions and genes.
+PREDICT_BLOCK = 2048
+
+
+def _predict_into(
+    out: np.ndarray, model: TrainedModel, feats: np.ndarray, xy_um: np.ndarray, reference: Any
+) -> None:
+    """Predict block by block of positions into ``out`` (whole groups of the faithful model)."""
+    group = max(1, int(getattr(model.config, "group_size", 1) or 1))
+    size = max(1, PREDICT_BLOCK // group) * group
+    for s in range(0, len(feats), size):
+        out[s : s + size] = model.predict(
+            feats[s : s + size], xy_um[s : s + size], reference=reference
+        )
 
 
 def _model_meta(model: Any) -> dict[str, Any]:
