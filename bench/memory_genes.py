@@ -90,12 +90,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store-2000", type=Path, required=True)
     ap.add_argument("--work", type=Path, default=Path("/tmp/histosge_memory_genes"))
+    ap.add_argument("--features", nargs="+", default=["cold", "cached"], choices=["cold", "cached"])
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     s500 = derive_500(args.store_2000, args.work / "synth_500.zarr")
     stores = {500: s500, 2000: args.store_2000}
     runs = []
-    for cached in (False, True):
+    for cached in [f == "cached" for f in args.features]:
         for genes, store in stores.items():
             if not cached:
                 drop_cache(store)
