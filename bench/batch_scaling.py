@@ -69,6 +69,7 @@ def one_round(stores: list[Path], workdir: Path, n_workers: int, epochs: int, ge
         "wall_s": wall,
         "slides_per_min": 60 * len(stores) / wall,
         "mean_task_s": float(report["seconds"].mean()),
+        "mean_task_cpu_s": float(report["cpu_seconds"].mean()),
         "load_after": os.getloadavg()[0],
     }
 
@@ -103,12 +104,22 @@ def main() -> None:
             f"{r['wall_s']:.1f}",
             f"{r['slides_per_min']:.2f}",
             f"{r['mean_task_s']:.1f}",
+            f"{r['mean_task_cpu_s']:.1f}",
             f"{r['load_after']:.1f}",
         ]
         for r in rounds
     ]
     table = markdown_table(
-        ["workers", "start-up s", "batch wall s", "slides/min", "mean task s", "load after"], rows
+        [
+            "workers",
+            "start-up s",
+            "batch wall s",
+            "slides/min",
+            "mean task s",
+            "mean task CPU s",
+            "load after",
+        ],
+        rows,
     )
     print(table)
     print(f"throughput ratio 2 vs 1 workers: {ratio:.2f}x")

@@ -39,7 +39,17 @@ __all__ = [
 ]
 
 #: Columns of ``report.csv`` (``worker`` is the address of the worker that ran the slide).
-REPORT_COLUMNS = ("slide", "status", "spots", "genes", "seconds", "error", "output", "worker")
+REPORT_COLUMNS = (
+    "slide",
+    "status",
+    "spots",
+    "genes",
+    "seconds",
+    "error",
+    "output",
+    "worker",
+    "cpu_seconds",
+)
 MARKER_SUFFIX = ".done.json"
 
 
@@ -168,7 +178,7 @@ def run_slide(src: str, out: str, job: SlideJob) -> dict[str, Any]:
         render_maps,
     )
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     out_path = Path(out)
     marker_path(out_path).unlink(missing_ok=True)
     threads = job.torch_threads or _worker_threads()
@@ -204,6 +214,7 @@ def run_slide(src: str, out: str, job: SlideJob) -> dict[str, Any]:
         "error": "",
         "output": str(out_path),
         "worker": _worker_address(),
+        "cpu_seconds": round(time.process_time() - cpu0, 2),
         "pid": os.getpid(),
     }
     _write_marker(out_path, record)
