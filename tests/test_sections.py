@@ -75,7 +75,8 @@ def test_train_on_sections_and_predict_from_the_image(tmp_path, stores, capsys):
 def test_train_refuses_genes_missing_in_a_section(tmp_path, stores, capsys):
     _, paths = stores
     genes = tmp_path / "genes.txt"
-    genes.write_text("NOT_A_GENE\n")
+    known = list(sd.read_zarr(paths[0]).tables["table"].var_names[:5])
+    genes.write_text("\n".join([*known, "NOT_A_GENE"]) + "\n")
     argv = ["train", *map(str, paths), "--checkpoint-out", str(tmp_path / "m"), "--quiet"]
     assert main([*argv, "--genes", str(genes)]) == 2
     assert "NOT_A_GENE" in capsys.readouterr().err

@@ -328,58 +328,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """``histosge train STORE... --checkpoint-out DIR``: one model on several sections."""
-    from .checkpoints import save_checkpoint
-    from .sections import iter_train_sections
-
-    genes = _read_lines(args.genes, "gene")
-    slides = [_open(args, s) for s in args.stores]
-    model = _drive(
-        iter_train_sections(
-            slides,
-            options=_extract_options(args),
-            config=_train_config(args, args.device),
-            genes=genes,
-            n_top_genes=args.n_top_genes,
-        ),
-        quiet=args.quiet,
-    )
-    out = save_checkpoint(model, args.checkpoint_out)
-    spots = sum(s["spots"] for s in model.info["sections"])
-    print(  # noqa: T201
-        f"wrote {out}: {len(model.genes)} genes from {len(slides)} sections ({spots} spots)"
-    )
-    return 0
-
-
-def cmd_batch(args: argparse.Namespace) -> int:
-    """``histosge batch STORE... --out-dir DIR``: one ``run`` per slide on dask.distributed."""
-    from .batch import SlideJob, run_batch
-
-    genes = _read_lines(args.genes, "gene")
-    job = SlideJob(
-        extract=_extract_options(args, args.positions),
-        config=_train_config(args, args.device),
-        genes=tuple(genes) if genes else None,
-        n_top_genes=args.n_top_genes,
-        keys={
-            "image_key": args.image_key,
-            "spots_key": args.spots_key,
-            "table_key": args.table_key,
-        },
-    )
-    report = run_batch(
-        args.stores, args.out_dir, job=job, scheduler=args.scheduler, n_workers=args.n_workers
-    )
-    counts = report["status"].value_counts().to_dict()
-    summary = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("done", "skipped", "failed"))
-    print(f"{summary}; report in {Path(args.out_dir) / 'report.csv'}")  # noqa: T201
-    for row in report[report["status"] == "failed"].itertuples():
-        print(f"histosge: error: {row.slide}: {row.error}", file=sys.stderr)  # noqa: T201
-    return 1 if counts.get("failed", 0) else 0
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``histosge evaluate STORE --holdout-spots FILE``: held-out accuracy with baselines."""
     from .evaluate import evaluate_holdout
@@ -493,29 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     _slide_args(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("train", help="train one model on several sections (no prediction)")
-    p.add_argument("stores", nargs="+", help="input sections, each with spots and a table")
-    p.add_argument("--checkpoint-out", required=True, help="output model folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _slide_args(p)
-    _feature_args(p)
-    _train_args(p)
-    p.set_defaults(func=cmd_train)
+    from .cli_cohort import CliHelpers, add_cohort_commands
 
-    p = sub.add_parser("batch", help="run many slides, one task per slide on dask.distributed")
-    p.add_argument("stores", nargs="+", help="input slides; each writes DIR/<name>.zarr")
-    p.add_argument("--out-dir", required=True, help="output folder (stores and report.csv)")
-    p.add_argument(
-        "--scheduler", help="address of a running dask scheduler (default: a local cluster)"
-    )
-    p.add_argument(
-        "--n-workers", type=int, help="workers of the local cluster (default: one per core)"
-    )
-    p.add_argument("--positions", default="4x", help="4x or grid:MICRONS")
-    _slide_args(p)
-    _feature_args(p)
-    _train_args(p)
-    p.set_defaults(func=cmd_batch)
+    helpers = CliHelpers(_drive, _read_genes, _open, _extract_options, _train_config, _check_inputs)
+    add_cohort_commands(sub, helpers, (_slide_args, _feature_args, _train_args))
 
     p = sub.add_parser("evaluate", help="held-out accuracy of the model and of baselines")
     p.add_argument("store", help="input slide")

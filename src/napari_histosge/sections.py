@@ -180,6 +180,7 @@ def iter_train_sections(
             patch_unit="spot",
             batch_size=opts.batch_size,
             cache_name="spots",
+            cache=opts.cache,
         )
         if feats:
             check_features_like(feats[0].meta, fs.meta)

@@ -1,0 +1,123 @@
+"""The ``histosge train`` (several sections) and ``histosge batch`` (a cohort) commands.
+
+:mod:`napari_histosge.cli` registers them with :func:`add_cohort_commands`, handing over its
+argument and option helpers, so that this module does not import the command line module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CliHelpers", "add_cohort_commands", "cmd_batch", "cmd_train"]
+
+
+@dataclass(frozen=True)
+class CliHelpers:
+    """The command line's shared helpers: progress driver, gene file, slide and options."""
+
+    drive: Callable[..., Any]
+    read_genes: Callable[[argparse.Namespace], list[str] | None]
+    open: Callable[[argparse.Namespace, str], Any]
+    extract_options: Callable[..., Any]
+    train_config: Callable[[argparse.Namespace, str | None], Any]
+    check_inputs: Callable[[argparse.Namespace], None]
+
+
+def cmd_train(args: argparse.Namespace, *, helpers: CliHelpers) -> int:
+    """``histosge train STORE... --checkpoint-out DIR``: one model on several sections."""
+    from .checkpoints import save_checkpoint
+    from .sections import iter_train_sections
+
+    helpers.check_inputs(args)
+    genes = helpers.read_genes(args)
+    config = helpers.train_config(args, args.device)
+    slides = [helpers.open(args, s) for s in args.stores]
+    model = helpers.drive(
+        iter_train_sections(
+            slides,
+            options=helpers.extract_options(args),
+            config=config,
+            genes=genes,
+            n_top_genes=args.n_top_genes,
+        ),
+        quiet=args.quiet,
+    )
+    out = save_checkpoint(model, args.checkpoint_out)
+    args.written.append(str(out))
+    spots = sum(s["spots"] for s in model.info["sections"])
+    print(  # noqa: T201
+        f"wrote {out}: {len(model.genes)} genes from {len(slides)} sections ({spots} spots)"
+    )
+    return 0
+
+
+def cmd_batch(args: argparse.Namespace, *, helpers: CliHelpers) -> int:
+    """``histosge batch STORE... --out-dir DIR``: one ``run`` per slide on dask.distributed."""
+    from .batch import SlideJob, run_batch
+
+    helpers.check_inputs(args)
+    genes = helpers.read_genes(args)
+    job = SlideJob(
+        extract=helpers.extract_options(args, args.positions),
+        config=helpers.train_config(args, args.device),
+        genes=tuple(genes) if genes else None,
+        n_top_genes=args.n_top_genes,
+        keys={
+            "image_key": args.image_key,
+            "spots_key": args.spots_key,
+            "table_key": args.table_key,
+        },
+    )
+    report = run_batch(
+        args.stores, args.out_dir, job=job, scheduler=args.scheduler, n_workers=args.n_workers
+    )
+    counts = report["status"].value_counts().to_dict()
+    summary = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("done", "skipped", "failed"))
+    print(f"{summary}; report in {Path(args.out_dir) / 'report.csv'}")  # noqa: T201
+    for row in report[report["status"] == "failed"].itertuples():
+        print(f"histosge: error: {row.slide}: {row.error}", file=sys.stderr)  # noqa: T201
+    return 1 if counts.get("failed", 0) else 0
+
+
+def add_cohort_commands(
+    sub: Any,
+    helpers: CliHelpers,
+    arg_groups: Sequence[Callable[[argparse.ArgumentParser], None]],
+) -> None:
+    """Add ``train`` and ``batch`` to the ``histosge`` subparsers.
+
+    ``arg_groups`` add the slide-key, feature and training options shared with ``run``.
+
+    Examples
+    --------
+    >>> add_cohort_commands(sub, helpers, (slide_args, feature_args, train_args))  # doctest: +SKIP
+    """
+    p = sub.add_parser("train", help="train one model on several sections (no prediction)")
+    p.add_argument("stores", nargs="+", help="input sections, each with spots and a table")
+    p.add_argument("--checkpoint-out", required=True, help="output model folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    for add in arg_groups:
+        add(p)
+    p.set_defaults(func=partial(cmd_train, helpers=helpers))
+
+    p = sub.add_parser("batch", help="run many slides, one task per slide on dask.distributed")
+    p.add_argument("stores", nargs="+", help="input slides; each writes DIR/<name>.zarr")
+    p.add_argument("--out-dir", required=True, help="output folder (stores and report.csv)")
+    p.add_argument(
+        "--scheduler", help="address of a running dask scheduler (default: a local cluster)"
+    )
+    p.add_argument(
+        "--n-workers",
+        type=int,
+        help="workers of the local cluster (default: one per core, one per 4 GB of memory)",
+    )
+    p.add_argument("--positions", default="4x", help="4x or grid:MICRONS")
+    for add in arg_groups:
+        add(p)
+    p.set_defaults(func=partial(cmd_batch, helpers=helpers))
