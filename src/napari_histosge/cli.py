@@ -301,14 +301,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _check_inputs(args)
     model = load_checkpoint(args.checkpoint)
     meta = model.feature_meta
-    slide = open_for_prediction(
-        args.store,
-        image_key=args.image_key,
-        spots_key=args.spots_key,
-        table_key=args.table_key,
-        um_per_px=args.um_per_px,
-        model=model,
-    )
+    keys = {k: getattr(args, k) for k in ("image_key", "spots_key", "table_key")}
+    slide = open_for_prediction(args.store, um_per_px=args.um_per_px, model=model, **keys)
     sizes = meta.get("patch_sizes_spot") or meta.get("patch_sizes")
     opts = ExtractOptions(
         encoder=str(meta.get("encoder", "histology")),
@@ -421,14 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="apply a saved model to a slide (image and coordinates only)"
     )
     p.add_argument("store", help="input slide")
-    p.add_argument(
-        "--checkpoint", required=True, help="model saved by `run` or `train --checkpoint-out`"
-    )
-    p.add_argument(
-        "--um-per-px",
-        type=float,
-        help="µm per image pixel, for a section with an H&E image only (no spots)",
-    )
+    p.add_argument("--checkpoint", required=True, help="model saved by run/train --checkpoint-out")
+    p.add_argument("--um-per-px", type=float, help="µm per pixel, for an H&E-only section")
     p.add_argument("--out", required=True, help="output .zarr")
     p.add_argument("--positions", default="4x", help="4x or grid:MICRONS")
     p.add_argument("--resolution-um", type=float, help="map pixel side in µm")
