@@ -241,13 +241,9 @@ def _circles_geometry(
 ) -> SpotGeometry:
     from .geometry import SpotGeometry
     from .geometry.lattice import (
-        ST_DIAMETER_UM,
-        VISIUM_DIAMETER_UM,
-        VISIUM_PITCH_UM,
         detect_lattice,
-        neighbour_pairs,
     )
-    from .geometry.spots import spots_to_image_affine
+    from .geometry.spots import guess_um_per_px, spots_to_image_affine
 
     shapes = sdata.shapes[spots_key]
     to_px = spots_to_image_affine(sdata, image_key=image_key, spots_key=spots_key)
@@ -257,11 +253,7 @@ def _circles_geometry(
     diameter_px = 2.0 * float(np.median(shapes["radius"].to_numpy(dtype=float))) * scale
     lattice = detect_lattice(centers)
     if um_per_px is None:
-        if lattice == "hexagonal" and len(centers) >= 7:
-            um_per_px = VISIUM_PITCH_UM / neighbour_pairs(centers)[1]
-        else:
-            dia = VISIUM_DIAMETER_UM if lattice == "hexagonal" else ST_DIAMETER_UM
-            um_per_px = dia / diameter_px
+        um_per_px = guess_um_per_px(centers, lattice, diameter_px)
     return SpotGeometry(
         spot_ids=np.asarray(shapes.index.astype(str)),
         centers_px=centers,

@@ -23,7 +23,13 @@ from .lattice import (
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-__all__ = ["grid_positions", "spot_geometry", "SpotGeometry", "spots_to_image_affine"]
+__all__ = [
+    "grid_positions",
+    "guess_um_per_px",
+    "spot_geometry",
+    "SpotGeometry",
+    "spots_to_image_affine",
+]
 
 
 @dataclass(frozen=True)
@@ -214,11 +220,8 @@ def spot_geometry(
         um_per_px = float(meta["um_per_px"])
     elif "spot_diameter_um" in meta and circles:
         um_per_px = float(meta["spot_diameter_um"]) / diameter_px
-    elif lattice == "hexagonal" and len(lattice_xy) >= 7:
-        um_per_px = VISIUM_PITCH_UM / neighbour_pairs(lattice_xy)[1]
     else:
-        diameter_um = VISIUM_DIAMETER_UM if lattice == "hexagonal" else ST_DIAMETER_UM
-        um_per_px = diameter_um / diameter_px
+        um_per_px = guess_um_per_px(lattice_xy, lattice, diameter_px)
     return SpotGeometry(
         spot_ids=np.asarray(obs.index.astype(str)),
         centers_px=centers,
@@ -227,6 +230,23 @@ def spot_geometry(
         lattice=lattice,
         image_key=image_key,
     )
+
+
+def guess_um_per_px(lattice_xy: np.ndarray, lattice: str, diameter_px: float) -> float:
+    """µm per pixel from the lattice alone: the 100 µm Visium pitch, else the spot diameter.
+
+    Used when a slide records no resolution: a hexagonal lattice of at least 7 spots is taken as
+    Visium (100 µm pitch), anything else by its spots' diameter (55 µm Visium, 100 µm ST).
+
+    Examples
+    --------
+    >>> round(guess_um_per_px(np.zeros((3, 2)), "square", 50.0), 2)
+    2.0
+    """
+    if lattice == "hexagonal" and len(lattice_xy) >= 7:
+        return float(VISIUM_PITCH_UM / neighbour_pairs(lattice_xy)[1])
+    diameter_um = VISIUM_DIAMETER_UM if lattice == "hexagonal" else ST_DIAMETER_UM
+    return float(diameter_um / diameter_px)
 
 
 def grid_positions(
