@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from napari_histosge.expression import Targets
 
-    from .features import FeatureSet
+    from .features import Encoder, FeatureSet
     from .geometry import SpotGeometry
     from .io import SlideKeys
     from .models import TrainConfig
@@ -36,6 +36,7 @@ __all__ = [
     "SlideFeatures",
     "export_slide",
     "iter_extract",
+    "iter_extract_at",
     "iter_train",
     "parse_positions",
     "predict_slide",
@@ -168,6 +169,12 @@ class ExtractOptions:
     positions: str = "4x"
     cache: bool = True
 
+    def build_encoder(self) -> Encoder:
+        """Build the encoder these options name, with their weights, device and precision."""
+        from .features import get_encoder
+
+        return get_encoder(self.encoder, weights=self.weights, device=self.device, bf16=self.bf16)
+
 
 @dataclass
 class SlideFeatures:
@@ -216,6 +223,54 @@ def new_positions(slide: Slide, spec: str) -> tuple[str, np.ndarray]:
     return name, grid_positions(slide.geometry, pitch_um=pitch)
 
 
+def iter_extract_at(
+    slide: Slide,
+    positions_px: np.ndarray,
+    *,
+    options: ExtractOptions,
+    cache_name: str,
+    encoder: Encoder | None = None,
+) -> Generator[Progress, None, FeatureSet]:
+    """Embed positions of a slide with the options' encoder, patch sizes and cache setting.
+
+    Parameters
+    ----------
+    slide
+        The slide.
+    positions_px
+        ``(n, 2)`` positions in the image's scale-0 pixels.
+    options
+        Encoder, weights, device, patch sizes (in spot diameters), batch size, cache.
+    cache_name
+        Name of the position set in the store's feature cache.
+    encoder
+        An encoder built from ``options`` to share between calls (the built-in encoder then
+        computes its dense maps once); built here when ``None``.
+
+    Examples
+    --------
+    >>> fs = run_generator(iter_extract_at(slide, xy, options=ExtractOptions(),
+    ...                                    cache_name="spots"))  # doctest: +SKIP
+    """
+    from .features import iter_extract_features
+
+    sizes = tuple(options.patch_sizes) if options.patch_sizes is not None else None
+    return (
+        yield from iter_extract_features(
+            slide.sdata,
+            positions_px,
+            image_key=slide.keys.image_key,
+            geometry=slide.geometry,
+            encoder=encoder if encoder is not None else options.build_encoder(),
+            patch_sizes=sizes,
+            patch_unit="spot",
+            batch_size=options.batch_size,
+            cache_name=cache_name,
+            cache=options.cache,
+        )
+    )
+
+
 def iter_extract(
     slide: Slide, *, options: ExtractOptions | None = None
 ) -> Generator[Progress, None, SlideFeatures]:
@@ -233,29 +288,13 @@ def iter_extract(
     >>> from napari_histosge import run_generator
     >>> feats = run_generator(iter_extract(slide))  # doctest: +SKIP
     """
-    from .features import get_encoder, iter_extract_features
-
     opts = options or ExtractOptions()
-    encoder = get_encoder(opts.encoder, weights=opts.weights, device=opts.device, bf16=opts.bf16)
-    sizes = tuple(opts.patch_sizes) if opts.patch_sizes is not None else None
-
-    def extract(xy: np.ndarray, cache_name: str) -> Generator[Progress, None, FeatureSet]:
-        return iter_extract_features(
-            slide.sdata,
-            xy,
-            image_key=slide.keys.image_key,
-            geometry=slide.geometry,
-            encoder=encoder,
-            patch_sizes=sizes,
-            patch_unit="spot",
-            batch_size=opts.batch_size,
-            cache_name=cache_name,
-            cache=opts.cache,
-        )
-
+    encoder = opts.build_encoder()
     name, xy = new_positions(slide, opts.positions)  # a bad spec fails before any work
-    spots = yield from extract(slide.geometry.centers_px, "spots")
-    pos = yield from extract(xy, name)
+    spots = yield from iter_extract_at(
+        slide, slide.geometry.centers_px, options=opts, cache_name="spots", encoder=encoder
+    )
+    pos = yield from iter_extract_at(slide, xy, options=opts, cache_name=name, encoder=encoder)
     return SlideFeatures(
         spots=spots,
         positions_px=xy,

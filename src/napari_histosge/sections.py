@@ -145,10 +145,9 @@ def iter_train_sections(
     >>> model = run_generator(iter_train_sections([a, b, c]))  # doctest: +SKIP
     """
     from .checkpoints import check_features
-    from .features import get_encoder, iter_extract_features
     from .geometry.lattice import lattice_pitch
     from .models import TrainConfig
-    from .pipeline import ExtractOptions
+    from .pipeline import ExtractOptions, iter_extract_at
     from .train import iter_fit
 
     if not slides:
@@ -165,22 +164,12 @@ def iter_train_sections(
                 f"Expected genes measured in every section, found {len(missing)} that are not, "
                 f"e.g. {missing[:5]}."
             )
-    encoder = get_encoder(opts.encoder, weights=opts.weights, device=opts.device, bf16=opts.bf16)
-    sizes = tuple(opts.patch_sizes) if opts.patch_sizes is not None else None
+    encoder = opts.build_encoder()
     feats: list[FeatureSet] = []
     values, xy_um = [], []
     for s in slides:
-        fs = yield from iter_extract_features(
-            s.sdata,
-            s.geometry.centers_px,
-            image_key=s.keys.image_key,
-            geometry=s.geometry,
-            encoder=encoder,
-            patch_sizes=sizes,
-            patch_unit="spot",
-            batch_size=opts.batch_size,
-            cache_name="spots",
-            cache=opts.cache,
+        fs = yield from iter_extract_at(
+            s, s.geometry.centers_px, options=opts, cache_name="spots", encoder=encoder
         )
         if feats:
             check_features_like(feats[0].meta, fs.meta)

@@ -15,8 +15,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 from napari_histosge._progress import Progress
-from napari_histosge.features import iter_extract_features
-from napari_histosge.pipeline import ExtractOptions, Slide
+from napari_histosge.pipeline import ExtractOptions, Slide, iter_extract_at
 from napari_histosge.train import TrainConfig, iter_fit
 
 from .protocols import score_all
@@ -96,20 +95,7 @@ def evaluate_holdout(
     cfg = config or TrainConfig()
     targets = slide.targets(genes=genes, n_top_genes=n_top_genes, fit_mask=train)
     geom = slide.geometry
-    feats = yield from iter_extract_features(
-        slide.sdata,
-        geom.centers_px,
-        image_key=slide.keys.image_key,
-        geometry=geom,
-        encoder=opts.encoder,
-        weights=opts.weights,
-        device=opts.device,
-        bf16=opts.bf16,
-        patch_sizes=opts.patch_sizes,
-        batch_size=opts.batch_size,
-        cache_name="spots",
-        cache=opts.cache,
-    )
+    feats = yield from iter_extract_at(slide, geom.centers_px, options=opts, cache_name="spots")
     xy_um = geom.centers_um
     y = targets.values
     model = yield from iter_fit(
