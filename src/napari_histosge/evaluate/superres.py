@@ -11,7 +11,15 @@ baselines are scored the same way, as maps averaged inside each real footprint:
 - ``smooth_lowrank``: Gaussian smoothing of the pseudo-units plus a low-rank projection
   (bandwidth and rank by leave-one-out on the pseudo-units);
 - ``linear``: linear interpolation of the pseudo-unit values over their centres' Delaunay
-  triangulation (nearest value outside it).
+  triangulation (nearest value outside it);
+- ``own_unit_depth``: the own-unit copy seen through the counting: the expected
+  log-normalised measurement of a real unit with its pseudo-unit's expression and an equal
+  share of its counts (by area), i.e. without the bias of the log of sparse counts.
+
+Models fitted with the pseudo-units' depths (total counts) and ``measurement="poisson"`` are
+scored by :meth:`~napari_histosge.models.superres.SuperResModel.predict_units` on the real
+footprints (expected measurement at each footprint's depth from the count-density map), the
+others by their map's mean inside each real footprint.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BASELINES",
+    "COUNT_BLIND",
     "log_normalise",
     "loso_choice",
     "pooled_units",
@@ -40,7 +49,9 @@ __all__ = [
     "superres_footprints",
 ]
 
-BASELINES = ("own_unit", "knn", "smooth_lowrank", "linear")
+BASELINES = ("own_unit", "knn", "smooth_lowrank", "linear", "own_unit_depth")
+#: Baselines that ignore the counting (the log-normalised values taken as they are).
+COUNT_BLIND = BASELINES[:4]
 
 
 def log_normalise(counts: Any) -> np.ndarray:
@@ -90,8 +101,14 @@ def superres_baselines(
     labels: np.ndarray,
     positions: np.ndarray,
     spot_membership: Any,
+    unit_membership: Any = None,
+    unit_depth: np.ndarray | None = None,
+    target_sum: float = 1e4,
 ) -> dict[str, np.ndarray]:
     """Score-ready no-image baselines: each as a map averaged inside every real unit's footprint.
+
+    ``own_unit_depth`` needs the pseudo-units' footprints and depths (total counts); it is
+    left out without them.
 
     Returns
     -------
@@ -110,6 +127,13 @@ def superres_baselines(
     if bad.any():
         lin[bad] = NearestNDInterpolator(unit_xy, uy)(pos[bad])
     out["linear"] = np.asarray(s @ lin)
+    if unit_membership is not None and unit_depth is not None:
+        from napari_histosge.models._superres_depth import effective_sizes, expected_log1p
+
+        lab = np.asarray(labels)
+        share = effective_sizes(s) / effective_sizes(unit_membership)[lab]
+        depth = np.asarray(unit_depth, dtype=np.float64)[lab] * share
+        out["own_unit_depth"] = expected_log1p(np.expm1(uy[lab]) / target_sum, depth, target_sum)
     return out
 
 
@@ -173,7 +197,8 @@ def superres_footprints(
     truth = log_normalise(counts)[:, cols]
     out: dict[str, Any] = {"mean_r": {}, "per_gene_r": {}, "seconds": {}, "consistency": {}}
     t = time.perf_counter()
-    base = superres_baselines(centres, uy, labels, positions, spot_membership)
+    depth = np.asarray(pooled.sum(1), dtype=np.float64).ravel()
+    base = superres_baselines(centres, uy, labels, positions, spot_membership, unit_m, depth)
     out["seconds"]["baselines"] = round(time.perf_counter() - t, 3)
     for name, pred in base.items():
         r = pearson_per_gene(pred, truth)
@@ -181,12 +206,17 @@ def superres_footprints(
         out["per_gene_r"][name] = [None if not np.isfinite(v) else round(float(v), 4) for v in r]
     for name, cfg in (configs or {"default": SuperResConfig()}).items():
         t = time.perf_counter()
-        model = fit_superres(features, positions, unit_m, uy, config=cfg)
+        model = fit_superres(features, positions, unit_m, uy, config=cfg, depth=depth)
         pred = model.predict()
+        spots = (
+            np.asarray(spot_membership @ pred)
+            if cfg.measurement == "mean"
+            else model.predict_units(spot_membership)
+        )
         out["seconds"][name] = round(time.perf_counter() - t, 3)
         if cfg.aggregate == "log":
             out["consistency"][name] = float(np.abs(unit_m @ pred - uy).max())
-        r = pearson_per_gene(np.asarray(spot_membership @ pred), truth)
+        r = pearson_per_gene(spots, truth)
         out["mean_r"][name] = float(np.nanmean(r))
         out["per_gene_r"][name] = [None if not np.isfinite(v) else round(float(v), 4) for v in r]
     out["n_units"] = int(len(truth))

@@ -33,7 +33,9 @@ import numpy as np
 
 from napari_histosge._progress import Progress, run_generator
 
+from ._superres_depth import DepthMap, expected_log1p, fit_depth
 from ._superres_fill import OutsideFill, outside_fill
+from ._superres_ops import bilinear, neighbour_means, ridge_gcv
 
 __all__ = ["SuperResConfig", "SuperResModel", "fit_superres", "iter_fit_superres"]
 
@@ -66,7 +68,11 @@ class SuperResConfig:
     per_gene
         Choose the ridge penalty of each gene by GCV (else one penalty for all genes).
     gene_shrink
-        Scale each gene's image term by its leave-one-unit-out R² (clipped to [0, 1]).
+        Scale each gene's image term by its leave-one-unit-out R² (clipped to [0, 1]) raised
+        to ``shrink_power``.
+    shrink_power
+        Exponent of that R² (1: in proportion to R²; 0.5: to the correlation, a milder
+        shrinkage of the genes the image predicts weakly).
     n_components
         Principal components of the standardised superpixel features used by the image term.
     alphas
@@ -75,6 +81,19 @@ class SuperResConfig:
         Spacing of the kernel's nodes, in bandwidths.
     truncate
         Kernel support, in bandwidths.
+    measurement
+        What :meth:`SuperResModel.predict_units` returns for a query footprint: ``"mean"``,
+        the map's mean over it; ``"poisson"``, the expected log-normalised measurement of a
+        unit with that footprint (the map's count-weighted rate and the footprint's depth
+        from the count-density map, through :func:`expected_log1p`; needs unit depths).
+    depth_image
+        Let the count-density map follow the image (else uniform inside each footprint).
+    depth_components
+        Principal components of the features used by the count-density map.
+    depth_weight
+        Scale of the image term of the count-density map.
+    target_sum
+        Normalisation target of the units' log values (``log1p(target_sum * k / depth)``).
     seed
         Recorded for provenance; the fit is deterministic.
     """
@@ -87,10 +106,16 @@ class SuperResConfig:
     image_fit: Literal["local", "global"] = "global"
     per_gene: bool = False
     gene_shrink: bool = True
-    n_components: int = 32
+    shrink_power: float = 0.5
+    n_components: int = 8
     alphas: tuple[float, ...] = tuple(float(a) for a in np.logspace(-2, 5, 15))
     coarse: float = 0.25
     truncate: float = 3.0
+    measurement: Literal["mean", "poisson"] = "poisson"
+    depth_image: bool = True
+    depth_components: int = 8
+    depth_weight: float = 1.0
+    target_sum: float = 1e4
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -104,12 +129,27 @@ class SuperResConfig:
             raise ValueError(
                 f"Expected a non-negative `image_weight`, found `{self.image_weight}`."
             )
+        if not (np.isfinite(self.shrink_power) and self.shrink_power > 0):
+            raise ValueError(f"Expected a positive `shrink_power`, found `{self.shrink_power}`.")
         if self.aggregate not in ("log", "counts"):
             raise ValueError(f"Expected `aggregate` 'log' or 'counts', found `{self.aggregate}`.")
         if self.image_fit not in ("local", "global"):
             raise ValueError(f"Expected `image_fit` 'local' or 'global', found `{self.image_fit}`.")
-        if self.n_components < 1:
-            raise ValueError(f"Expected `n_components` >= 1, found `{self.n_components}`.")
+        if self.measurement not in ("mean", "poisson"):
+            raise ValueError(
+                f"Expected `measurement` 'mean' or 'poisson', found `{self.measurement}`."
+            )
+        if not (np.isfinite(self.depth_weight) and self.depth_weight >= 0):
+            raise ValueError(
+                f"Expected a non-negative `depth_weight`, found `{self.depth_weight}`."
+            )
+        if not (np.isfinite(self.target_sum) and self.target_sum > 0):
+            raise ValueError(f"Expected a positive `target_sum`, found `{self.target_sum}`.")
+        if self.n_components < 1 or self.depth_components < 1:
+            raise ValueError(
+                "Expected `n_components` and `depth_components` >= 1, found "
+                f"`{self.n_components}` and `{self.depth_components}`."
+            )
 
 
 @dataclass
@@ -134,6 +174,7 @@ class SuperResModel:
     pitch: float
     info: dict[str, Any] = field(default_factory=dict)
     outside: OutsideFill | None = None  # corrections for superpixels under no footprint
+    depth: DepthMap | None = None  # count density, when fitted with unit depths
     _gram: Any = None  # factorised membership @ membership.T for the exact projection
 
     @property
@@ -193,6 +234,43 @@ class SuperResModel:
             p = np.log1p(np.maximum(p, 0.0))
         return p.astype(np.float32)
 
+    def predict_units(self, membership: Any, genes: Sequence[str] | None = None) -> np.ndarray:
+        """Predict what units with the footprints ``membership`` would measure.
+
+        Parameters
+        ----------
+        membership
+            ``(queries, superpixels)`` row-normalised footprints (for example real spots).
+        genes
+            Genes to predict; all when ``None``.
+
+        Returns
+        -------
+        ``(queries, genes)`` log-normalised values: the map's footprint means, or with
+        ``measurement="poisson"`` the expected measurement at each footprint's depth.
+        """
+        import scipy.sparse as sp
+
+        q = sp.csr_matrix(membership, dtype=np.float64)
+        if q.shape[1] != self.n_superpixels:
+            raise ValueError(
+                f"Expected footprints over the {self.n_superpixels} superpixels, "
+                f"found {q.shape[1]} columns."
+            )
+        p = self.predict(genes).astype(np.float64)
+        if self.config.measurement == "mean":
+            return np.asarray(q @ p)
+        if self.depth is None:
+            raise ValueError(
+                "Expected a model fitted with unit depths (`depth=`) for measurement='poisson', "
+                "found none."
+            )
+        dens = np.exp(self.depth.log_density)
+        total = np.maximum(np.asarray(q @ dens), 1e-300)
+        rate = np.asarray(q @ (dens[:, None] * np.expm1(p))) / total[:, None]
+        ts = self.config.target_sum
+        return expected_log1p(rate / ts, self.depth.footprint_depth(q), ts)
+
     def _projection(self, mismatch: np.ndarray) -> np.ndarray:
         """Least-norm superpixel change whose footprint means are ``mismatch``."""
         if self._gram is None:
@@ -215,63 +293,6 @@ def _eye(n: int) -> Any:
     return sp.identity(n, format="csc")
 
 
-def _bilinear(positions: np.ndarray, lo: np.ndarray, step: float, shape: tuple[int, int]) -> Any:
-    """Sparse bilinear interpolation weights ``(n, nodes)`` from a regular node grid."""
-    import scipy.sparse as sp
-
-    h, w = shape
-    f = (positions - lo) / step
-    i0 = np.clip(np.floor(f).astype(np.int64), 0, [w - 2, h - 2])
-    t = np.clip(f - i0, 0.0, 1.0)
-    rows, cols, vals = [], [], []
-    n = len(positions)
-    for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
-        wx = t[:, 0] if dx else 1 - t[:, 0]
-        wy = t[:, 1] if dy else 1 - t[:, 1]
-        rows.append(np.arange(n))
-        cols.append((i0[:, 1] + dy) * w + (i0[:, 0] + dx))
-        vals.append(wx * wy)
-    return sp.csr_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, h * w)
-    )
-
-
-def _neighbour_means(xy: np.ndarray, bandwidth: float) -> np.ndarray:
-    """Row-normalised Gaussian weights ``(n, n)`` to the other units (self excluded)."""
-    d2 = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1)
-    w = np.exp(-0.5 * d2 / bandwidth**2)
-    np.fill_diagonal(w, 0.0)
-    return w / np.maximum(w.sum(1, keepdims=True), 1e-300)
-
-
-def _ridge_gcv(
-    x: np.ndarray, y: np.ndarray, alphas: Sequence[float], per_gene: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ridge weights ``(k, g)`` of centred ``x`` on centred ``y``, penalties by GCV.
-
-    Returns the weights, the chosen penalty of each gene (one shared penalty when
-    ``per_gene`` is false) and each gene's leave-one-out R² at that penalty.
-    """
-    u, s, vt = np.linalg.svd(x, full_matrices=False)
-    uty = u.T @ y  # (k, g)
-    n = len(y)
-    resid0 = (y**2).sum(0) - (uty**2).sum(0)  # part of y outside the span of x, per gene
-    a = np.asarray(alphas, dtype=float)
-    d = s[None, :] ** 2 / (s[None, :] ** 2 + a[:, None])  # (alphas, k)
-    resid = resid0[None, :] + np.einsum("ak,kg->ag", (1 - d) ** 2, uty**2)
-    gcv = resid / np.maximum(n * (1 - d.sum(1) / n) ** 2, 1e-12)[:, None]  # (alphas, g)
-    shared = int(np.argmin(gcv.sum(1)))
-    best = np.argmin(gcv, axis=0) if per_gene else np.full(y.shape[1], shared)
-    shrink = s[:, None] / (s[:, None] ** 2 + a[best][None, :])  # (k, g)
-    weights = vt.T @ (shrink * uty)
-    dd = d[best]  # (g, k)
-    fitted = u @ (dd.T * uty)
-    lev = (u**2) @ dd.T  # (n, g) hat-matrix diagonals
-    loo = (y - fitted) / np.maximum(1.0 - lev, 1e-6)
-    r2 = 1.0 - (loo**2).sum(0) / np.maximum((y**2).sum(0), 1e-12)
-    return weights, a[best], r2
-
-
 def iter_fit_superres(
     features: np.ndarray | None,
     positions: np.ndarray,
@@ -280,6 +301,7 @@ def iter_fit_superres(
     *,
     genes: Sequence[str] | None = None,
     config: SuperResConfig | None = None,
+    depth: np.ndarray | None = None,
 ) -> Generator[Progress, None, SuperResModel]:
     """Fit the super-resolution model, yielding :class:`Progress` (see :func:`fit_superres`)."""
     import scipy.sparse as sp
@@ -328,7 +350,7 @@ def iter_fit_superres(
         int(np.ceil((pos[:, 1].max() - lo[1]) / q)) + 2,
         int(np.ceil((pos[:, 0].max() - lo[0]) / q)) + 2,
     )
-    interp = _bilinear(pos, lo, q, shape)
+    interp = bilinear(pos, lo, q, shape)
     used = np.unique(interp.indices)
     interp = interp[:, used]
     nodes_xy = np.c_[used % shape[1], used // shape[1]] * q + lo
@@ -346,9 +368,10 @@ def iter_fit_superres(
 
     yield Progress(_STAGE, 1, 3, "image term")
     mean = y.mean(0)
-    comps = weights = None
+    comps = weights = depth_comps = None
     alpha = None
-    if features is not None and cfg.image_weight > 0:
+    use_depth = depth is not None and cfg.depth_image
+    if features is not None and (cfg.image_weight > 0 or use_depth):
         f = np.asarray(features, dtype=np.float64)
         if f.ndim != 2 or f.shape[0] != n_sp:
             raise ValueError(
@@ -361,20 +384,25 @@ def iter_fit_superres(
         z = (f - mu) / np.where(sd > 1e-9, sd, 1.0)
         cov = np.cov(z[covered], rowvar=False).reshape(z.shape[1], z.shape[1])
         evals, evecs = np.linalg.eigh(cov)
-        order = np.argsort(-evals, kind="stable")[: min(cfg.n_components, z.shape[1], n_u - 1)]
-        comps = z @ evecs[:, order]
+        k_max = min(max(cfg.n_components, cfg.depth_components), z.shape[1], n_u - 1)
+        order = np.argsort(-evals, kind="stable")[:k_max]
+        all_comps = z @ evecs[:, order]
+        depth_comps = all_comps[:, : cfg.depth_components].copy() if use_depth else None
+        comps = all_comps[:, : cfg.n_components].copy()
         unit_x = np.asarray(a @ comps)
         xbar = unit_x.mean(0)
         comps -= xbar
         if cfg.image_fit == "local":
-            nb = _neighbour_means(centroids, h)
+            nb = neighbour_means(centroids, h)
             xs, ys = unit_x - nb @ unit_x, y - nb @ y
         else:
             xs, ys = unit_x - xbar, y - mean
-        weights, alpha, r2 = _ridge_gcv(xs, ys, cfg.alphas, cfg.per_gene)
+        weights, alpha, r2 = ridge_gcv(xs, ys, cfg.alphas, cfg.per_gene)
         if cfg.gene_shrink:
             # Each gene's image detail in proportion to how well the image predicts it.
-            weights = weights * np.clip(r2, 0.0, 1.0)[None, :]
+            weights = weights * np.clip(r2, 0.0, 1.0)[None, :] ** cfg.shrink_power
+        if cfg.image_weight == 0:
+            comps = weights = None
     resid = y - mean
     if weights is not None:
         resid = resid - cfg.image_weight * (np.asarray(a @ comps) @ weights)
@@ -385,9 +413,15 @@ def iter_fit_superres(
     system = gram + (cfg.nugget + 1e-9) * diag * sp.identity(n_u, format="csc")
     coef = splu(system.tocsc()).solve(np.ascontiguousarray(resid))
     outside = outside_fill(pos, a, centroids, pitch)
+    depth_map = None
+    if depth is not None:
+        depth_map = fit_depth(
+            depth_comps, a, depth, np.asarray(cfg.alphas), outside, cfg.depth_weight
+        )
     model = SuperResModel(
         config=cfg,
         outside=outside,
+        depth=depth_map,
         genes=names,
         membership=a,
         values=y,
@@ -405,6 +439,7 @@ def iter_fit_superres(
             "n_units": n_u,
             "n_superpixels": n_sp,
             "n_nodes": len(used),
+            "depth_r2": None if depth_map is None else depth_map.r2,
         },
     )
     yield Progress(_STAGE, 3, 3, "done")
@@ -419,6 +454,7 @@ def fit_superres(
     *,
     genes: Sequence[str] | None = None,
     config: SuperResConfig | None = None,
+    depth: np.ndarray | None = None,
 ) -> SuperResModel:
     """Fit a superpixel expression model to measured units with footprints.
 
@@ -437,6 +473,9 @@ def fit_superres(
         Gene names.
     config
         Settings.
+    depth
+        ``(units,)`` total counts of every unit, for the count-density map that
+        :meth:`SuperResModel.predict_units` uses with ``measurement="poisson"``.
 
     Returns
     -------
@@ -454,5 +493,7 @@ def fit_superres(
     True
     """
     return run_generator(
-        iter_fit_superres(features, positions, membership, values, genes=genes, config=config)
+        iter_fit_superres(
+            features, positions, membership, values, genes=genes, config=config, depth=depth
+        )
     )
