@@ -124,7 +124,7 @@ def config_grid(quick: bool) -> dict:
 
 
 def timing(n_units: int = 4000, n_genes: int = 250, seed: int = 0) -> dict:
-    """Fit + predict on a synthetic 4,000-unit hexagonal slide at 8 µm (55 µm disks)."""
+    """Fit (with unit depths) + predict on a synthetic 4,000-unit hexagonal slide at 8 µm."""
     from scipy.spatial import cKDTree
 
     from napari_histosge.geometry.footprints import circle_membership, superpixel_grid
@@ -143,8 +143,9 @@ def timing(n_units: int = 4000, n_genes: int = 250, seed: int = 0) -> dict:
     t_grid = time.perf_counter() - t0
     feats = rng.normal(size=(len(pos), 88)).astype(np.float32)
     values = np.log1p(rng.poisson(3.0, size=(n_units, n_genes))).astype(np.float64)
+    depth = rng.uniform(500.0, 5000.0, size=n_units)  # unit totals, for the count-density map
     t0 = time.perf_counter()
-    model = fit_superres(feats, pos, member, values, config=SuperResConfig())
+    model = fit_superres(feats, pos, member, values, config=SuperResConfig(), depth=depth)
     t_fit = time.perf_counter() - t0
     t0 = time.perf_counter()
     pred = model.predict()
@@ -222,10 +223,13 @@ def detail_bounds(arrs: dict, sec: str, factor: int, n_genes: int = 250) -> dict
     ``cross_*``: a spot-level ridge (penalty per gene by GCV) from the spots' mean features to
     their log-normalised values, fitted on the real spots of the *other* sections (block-centred
     values on block-centred features, the same pooling) and applied to this section's spots.
-    ``*_oracle`` picks each gene's weight on this section's truth, so it is a bound, not a score.
+    ``*_oracle`` picks each gene's weight on this section's truth, so it is a bound, not a score;
+    ``depth_oracle``: the expected measurement from the map's rate at every real spot's *true*
+    depth (total counts), the bound of the count-density map.
     """
     from napari_histosge.evaluate.superres import log_normalise, pooled_units
     from napari_histosge.metrics import pearson_per_gene
+    from napari_histosge.models._superres_depth import expected_log1p
     from napari_histosge.models._superres_ops import ridge_gcv
     from napari_histosge.models.superres import SuperResConfig, fit_superres
 
@@ -243,7 +247,10 @@ def detail_bounds(arrs: dict, sec: str, factor: int, n_genes: int = 250) -> dict
     uy, truth = uy[:, cols], log_normalise(arr["counts"])[:, cols]
     own = uy[labels]
     model = fit_superres(arr["feats"], arr["pos"], unit_m, uy, config=SuperResConfig())
-    m_detail = np.asarray(arr["spots"] @ model.predict()) - own
+    pred = model.predict().astype(np.float64)
+    m_detail = np.asarray(arr["spots"] @ pred) - own
+    true_depth = np.asarray(arr["counts"].sum(1)).ravel()
+    at_true_depth = expected_log1p(np.asarray(arr["spots"] @ np.expm1(pred)) / 1e4, true_depth)
     names = [arr["genes"][c] for c in cols]
     xs, ys = [], []
     for o, other in arrs.items():
@@ -271,6 +278,7 @@ def detail_bounds(arrs: dict, sec: str, factor: int, n_genes: int = 250) -> dict
         "cross_w1": r(own + c_detail),
         "cross_detail_vs_measured_r": float(np.nanmean(pearson_per_gene(c_detail, d_true))),
         "cross_oracle": _best_weight_per_gene(own, c_detail, truth),
+        "depth_oracle": r(at_true_depth),
     }
 
 
