@@ -69,6 +69,8 @@ def main() -> None:
     widget.scroll_area.ensureWidgetVisible(widget.features_section)
     save(viewer, "step2_features.png")
 
+    # The loss curve of a trained model (improved), then the default super-resolution model.
+    widget.train_section.mode_combo.value = "improved"
     widget.train_section.epochs_spin.value = 60
     widget.train()
     widget.scroll_area.ensureWidgetVisible(widget.train_section.loss_plot)
@@ -77,12 +79,18 @@ def main() -> None:
     widget.grab().save(str(HERE / "dock_training.png"))
     idle(widget)
 
+    section = widget.predict_section
+    section.resolution_spin.value = 10.0
+    widget.train_section.mode_combo.value = "superres"
+    widget.train()
+    idle(widget)
+    widget.scroll_area.ensureWidgetVisible(widget.train_section.train_button)
+    widget.grab().save(str(HERE / "dock_superres.png"))
+
     widget.predict()
     idle(widget)
     spots = viewer.layers[widget.session.slide.keys["spots_key"]]
     spots.visible = False
-    section = widget.predict_section
-    section.resolution_spin.value = 10.0
     section.select_genes(distinct_genes(widget.session.predictions.path, 2))
     widget.render()
     idle(widget)

@@ -52,6 +52,9 @@ def sample_layers() -> list[Any]:
     image = {
         "name": preview.image_key,
         "rgb": True,
+        # Known for 8-bit RGB: napari would otherwise import scipy and scan the pixels on its
+        # own thread (0.3 s).
+        "contrast_limits": (0, 255),
         "metadata": {**meta, "name": preview.image_key},
     }
     spots = {

@@ -7,15 +7,20 @@ Train, Predict and Render by their buttons, and checks that gene layers appear o
 A 20 ms timer records the longest gap of the event loop per step, from the dock's opening to the
 rendered map. The last line printed is a JSON report; the exit code is 0 when the flow worked.
 
-usage: python plain_flow.py [--store STORE.zarr] [--epochs N] [--screenshot OUT.png]
+With ``--trace``, a thread samples the main thread's stack every 5 ms while the event loop is
+late (no tick for 30 ms), and the report names the functions seen most in each step's longest gap.
+
+usage: python plain_flow.py [--store STORE.zarr] [--epochs N] [--screenshot OUT.png] [--trace]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import faulthandler
 import json
 import sys
+import threading
 import time
 
 HEAVY = ("torch", "timm", "scanpy", "sklearn", "triton")
@@ -27,6 +32,7 @@ def main() -> int:  # noqa: C901 - one linear script
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--screenshot", default=None)
     ap.add_argument("--step-timeout", type=float, default=400)
+    ap.add_argument("--trace", action="store_true", help="sample the stack during long gaps")
     args = ap.parse_args()
     faulthandler.enable()
 
@@ -61,9 +67,36 @@ def main() -> int:  # noqa: C901 - one linear script
         now, cpu = time.perf_counter(), time.process_time()
         gap = (now - state["last"]) * 1000.0
         used = min(gap, (cpu - state["cpu"]) * 1000.0)
-        gaps[state["step"]] = max(gaps.get(state["step"], 0.0), gap)
+        if gap > 50.0:
+            long_gaps.append((state["step"], round(gap, 1), round(used, 1), state["last"]))
+        if gap > gaps.get(state["step"], -1.0):
+            gaps[state["step"]] = gap
+            worst_at[state["step"]] = state["last"]
         busy[state["step"]] = max(busy.get(state["step"], 0.0), used)
         state["last"], state["cpu"] = now, cpu
+
+    worst_at: dict[str, float] = {}
+    long_gaps: list[tuple[str, float, float, float]] = []
+    samples: list[tuple[float, str]] = []  # (start of the gap, innermost frames)
+    tracing = threading.Event()
+    if args.trace:
+        main_id = threading.get_ident()
+
+        def sample() -> None:
+            while not tracing.is_set():
+                time.sleep(0.005)
+                start = state["last"]
+                if time.perf_counter() - start < 0.03:
+                    continue
+                frame = sys._current_frames().get(main_id)
+                names = []
+                while frame is not None and len(names) < 12:
+                    code = frame.f_code
+                    names.append(f"{code.co_filename.rsplit('/', 2)[-1]}:{code.co_name}")
+                    frame = frame.f_back
+                samples.append((start, " < ".join(names)))
+
+        threading.Thread(target=sample, daemon=True).start()
 
     timer = QTimer()
     timer.timeout.connect(tick)
@@ -119,6 +152,22 @@ def main() -> int:  # noqa: C901 - one linear script
     except (TimeoutError, RuntimeError) as err:
         report["problems"].append(str(err))
     timer.stop()
+    tracing.set()
+    if args.trace:
+        trace = {}
+        for step, start in worst_at.items():
+            seen = collections.Counter(stack for at, stack in samples if at == start)
+            trace[step] = [f"{n} x {stack}" for stack, n in seen.most_common(4)]
+        report["trace"] = trace
+        report["long_gaps"] = [
+            [
+                step,
+                wall,
+                cpu,
+                collections.Counter(k for at, k in samples if at == start).most_common(2),
+            ]
+            for step, wall, cpu, start in long_gaps
+        ]
 
     maps = [layer for layer in viewer.layers if layer.name.endswith("(HisToSGE)")]
     (ty0, tx0), (ty1, tx1) = tissue.extent.world[0][-2:], tissue.extent.world[1][-2:]

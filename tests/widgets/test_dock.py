@@ -16,6 +16,7 @@ from napari_histosge.store import EXPRESSION_KEY, PREDICTIONS_KEY
 
 
 def _train(qtbot, widget, epochs=3):
+    widget.train_section.mode_combo.value = "improved"
     widget.train_section.epochs_spin.value = epochs
     widget.train_section.ngenes_spin.value = 200
     assert widget.train()
@@ -66,6 +67,20 @@ def test_open_store_fills_element_choices_and_shows_lazy_layers(dock, qtbot, sam
     assert widget.data_section.apply_elements()
     wait_idle(qtbot, widget)
     assert len(viewer.layers) == 2
+
+
+def test_superres_is_the_default_mode_with_a_table_and_needs_no_extract(dock, qtbot):
+    _, widget = dock
+    train = widget.train_section
+    assert widget.open_sample()
+    wait_idle(qtbot, widget)
+    assert train.mode_combo.value == "superres"
+    assert train.train_button.enabled  # no Extract needed
+    assert not train.epochs_spin.enabled
+    train.mode_combo.value = "improved"
+    assert not train.train_button.enabled
+    assert "Extract" in train.train_button.tooltip
+    assert train.epochs_spin.enabled
 
 
 def test_use_a_slide_opened_by_another_reader(dock, qtbot):
@@ -253,6 +268,7 @@ def test_a_worker_crash_is_reported_and_napari_stays_up(extracted, qtbot, monkey
     monkeypatch.setattr(
         "napari.utils.notifications.show_error", lambda message: shown.append(message)
     )
+    widget.train_section.mode_combo.value = "improved"
     widget.train_section.epochs_spin.value = 100000
     assert widget.train()
     qtbot.waitUntil(lambda: len(widget.session.losses) >= 1, timeout=TIMEOUT_MS)

@@ -25,6 +25,7 @@ def test_screenshot_gene_map_over_tissue(make_napari_viewer, qtbot, tmp_path):
     for step in (widget.open_sample, widget.extract):
         assert step()
         wait_idle(qtbot, widget)
+    widget.train_section.mode_combo.value = "improved"
     widget.train_section.epochs_spin.value = 5
     widget.train_section.ngenes_spin.value = 200
     for step in (widget.train, widget.predict):

@@ -49,6 +49,7 @@ def test_session_gates_actions_and_forgets_what_no_longer_applies():
         "slide": {"source": "/tmp/s.zarr", "keys": SLIDE.keys},
         "features": {"encoder": "histology"},
         "model": "/tmp/model",
+        "superres": None,
         "predictions": None,
     }
     session.set_features(features)  # the same features again: nothing is forgotten

@@ -67,27 +67,56 @@ class Controller:
             return False
         return self.runner.submit(name, payload, self.session.context())
 
-    def open(self, source: str | Path, keys: dict[str, str | None] | None = None) -> bool:
-        """Read a store, a Visium folder or an ST folder (``"sample"``: the bundled sample)."""
-        return self._submit("open", {"source": str(source), "keys": dict(keys or {})}, "open")
+    def open(
+        self,
+        source: str | Path,
+        keys: dict[str, str | None] | None = None,
+        um_per_px: float | None = None,
+    ) -> bool:
+        """Read a store, a Visium folder or an ST folder (``"sample"``: the bundled sample).
+
+        ``um_per_px`` is the scale of a slide with an image only (no spots to measure it from).
+        """
+        payload = {"source": str(source), "keys": dict(keys or {}), "um_per_px": um_per_px}
+        return self._submit("open", payload, "open")
 
     def open_sample(self) -> bool:
         """Read the bundled sample."""
         return self.open("sample")
 
-    def show(self, keys: dict[str, str | None]) -> bool:
+    def show(self, keys: dict[str, str | None], um_per_px: float | None = None) -> bool:
         """Use the chosen image, spots and table of the store read last."""
         if self.session.source is None:
             return False
-        return self._submit("open", {"source": self.session.source, "keys": keys}, "show")
+        payload = {"source": self.session.source, "keys": keys, "um_per_px": um_per_px}
+        return self._submit("open", payload, "show")
 
     def extract(self, options: dict[str, Any]) -> bool:
         """Embed spots and new positions (cached features are reused)."""
         return self._submit("extract", {"options": dict(options)})
 
-    def train(self, config: dict[str, Any], n_top_genes: int = 1000) -> bool:
-        """Train with a live loss curve; Cancel keeps the previous model."""
+    def train(
+        self,
+        config: dict[str, Any],
+        n_top_genes: int = 1000,
+        *,
+        options: dict[str, Any] | None = None,
+        resolution_um: float | None = None,
+    ) -> bool:
+        """Train with a live loss curve; Cancel keeps the previous model.
+
+        With ``config["mode"] == "superres"``, fit the super-resolution model at
+        ``resolution_um`` (``None``: its default) with the encoder of ``options``; it needs no
+        extracted spot features.
+        """
         payload = {"config": dict(config), "n_top_genes": int(n_top_genes)}
+        if config.get("mode") == "superres":
+            payload.update(
+                seed=int(config.get("seed") or 0),
+                options=dict(options or {}),
+                resolution_um=resolution_um or None,
+            )
+            return self._submit("train", payload, "fit")
         if self.session.why_not("train"):
             return self._submit("train", payload)
         self._saved_losses = list(self.session.losses)
@@ -105,15 +134,21 @@ class Controller:
         """Load a checkpoint folder (checked against the features when predicting)."""
         return self._submit("load_model", {"path": str(path)})
 
-    def predict(self) -> bool:
-        """Predict at the spots and the new positions."""
-        return self._submit("predict", {})
+    def predict(self, options: dict[str, Any] | None = None) -> bool:
+        """Predict at the spots and the new positions.
+
+        Without extracted features, a loaded model extracts them with its own encoder and patch
+        sizes (``options`` gives the weights, device, batch size and positions).
+        """
+        return self._submit("predict", {"options": dict(options or {})})
 
     def render(self, genes: list[str], pitch_um: float | None, measured: bool = False) -> bool:
         """Rasterise ``genes`` at ``pitch_um`` (``None``: automatic) and show them."""
         if not genes:
             self.session.set_status("Select one or more genes to render.")
             return False
+        has_table = self.session.slide is None or self.session.slide.has_table
+        measured = bool(measured and has_table)
         payload = {"genes": list(genes), "pitch_um": pitch_um or None, "measured": measured}
         return self._submit("render", payload)
 
@@ -211,8 +246,15 @@ class Controller:
         )
 
     def _done_train(self, result: dict[str, Any]) -> None:
-        model = ModelInfo(result["path"], int(result["n_genes"]), dict(result.get("info") or {}))
+        info = dict(result.get("info") or {})
+        model = ModelInfo(result["path"], int(result["n_genes"]), info, result.get("superres"))
         self.session.set_model(model)
+        if model.superres is not None:
+            self.session.set_status(
+                f"Fitted {model.n_genes} genes on {info.get('n_superpixels')} superpixels of "
+                f"{info.get('resolution_um', 0):g} µm; press Predict."
+            )
+            return
         self.session.set_status(
             f"Trained on {model.info.get('n_train')} spots, {model.n_genes} genes."
         )

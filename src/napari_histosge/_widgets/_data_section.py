@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import ComboBox, FileEdit, PushButton
+from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, PushButton
 
 from ._controller import Controller
 from ._section import Section, button_row
@@ -32,6 +32,14 @@ class DataSection(Section):
         self.image_combo = ComboBox(label="Image", choices=[])
         self.spots_combo = ComboBox(label="Spots", choices=[])
         self.table_combo = ComboBox(label="Table", choices=[])
+        self.scale_spin = FloatSpinBox(
+            label="µm per pixel", min=0.0, max=100.0, step=0.01, value=0.0
+        )
+        self.scale_spin.native.setDecimals(4)
+        self.scale_spin.native.setSpecialValueText("from the spots")
+        self.scale_spin.tooltip = (
+            "Scale of a slide with an H&E image only (no spots to measure it from)"
+        )
         self.show_button = PushButton(text="Show")
         self.add_form(
             self.path_edit,
@@ -39,6 +47,7 @@ class DataSection(Section):
             self.image_combo,
             self.spots_combo,
             self.table_combo,
+            self.scale_spin,
             self.show_button,
         )
         self.gate("open", self.open_button, "Read the slide at the path above")
@@ -62,7 +71,7 @@ class DataSection(Section):
         if not self.path:
             self.session.fail("Enter a .zarr store, a Visium folder or an ST section folder.")
             return False
-        return self.controller.open(self.path)
+        return self.controller.open(self.path, um_per_px=self.um_per_px)
 
     def open_sample(self, *_: Any) -> bool:
         """Read the bundled sample."""
@@ -75,13 +84,18 @@ class DataSection(Section):
             sdata = meta.get("sdata")
             path = getattr(sdata, "path", None) or meta.get("store")
             if path:
-                return self.controller.open(str(path))
+                return self.controller.open(str(path), um_per_px=self.um_per_px)
             if meta.get("sample") or (
                 sdata is not None and SAMPLE_IMAGE in getattr(sdata, "images", {})
             ):
                 return self.controller.open_sample()
         self.session.fail("No open layer comes from a .zarr store; save the slide as one first.")
         return False
+
+    @property
+    def um_per_px(self) -> float | None:
+        """The scale given for an image-only slide; ``None``: measured from the spots."""
+        return float(self.scale_spin.value) or None
 
     def chosen_keys(self) -> dict[str, str | None]:
         """Return the chosen image, spots and table."""
@@ -93,7 +107,7 @@ class DataSection(Section):
 
     def apply_elements(self, *_: Any) -> bool:
         """Use the chosen elements of the store read last."""
-        return self.controller.show(self.chosen_keys())
+        return self.controller.show(self.chosen_keys(), self.um_per_px)
 
     def _on_changed(self, name: str) -> None:
         if name not in ("elements", "slide") or self.session.elements is None:
@@ -107,6 +121,10 @@ class DataSection(Section):
             combo.choices = list(elements.get(kind, []))
         slide = self.session.slide
         if slide is not None:
-            self.image_combo.value = slide.keys["image_key"]
-            self.spots_combo.value = slide.keys["spots_key"]
-            self.table_combo.value = slide.keys["table_key"]
+            for combo, key in (
+                (self.image_combo, "image_key"),
+                (self.spots_combo, "spots_key"),
+                (self.table_combo, "table_key"),
+            ):
+                if slide.keys[key] in combo.choices:
+                    combo.value = slide.keys[key]

@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
 
 from ._controller import Controller
 from ._layer_view import LayerView, prefetch_readers
+from ._repaint import RepaintHold
 from ._runner import Runner
 from ._session import Session
 
@@ -75,7 +76,10 @@ class HisToSGEWidget(QWidget):
         # The readers' imports run in a thread and would compete with the sections being built.
         self._start_timer.timeout.connect(prefetch_readers)
         self._start_timer.start(START_DELAY_MS)
-        self.layer_view = LayerView(napari_viewer, self.session)
+        # Layers are added on turns of the event loop without a repaint of the window, which
+        # repaints once afterwards (see `_repaint`).
+        self.repaint = RepaintHold(lambda: self)
+        self.layer_view = LayerView(napari_viewer, self.session, self.repaint)
 
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 100)
@@ -153,12 +157,15 @@ class HisToSGEWidget(QWidget):
 
         self.train_section = TrainSection(self.controller)
         self.train_section.device = self._device
+        self.train_section.options = self._extract_options
+        self.train_section.resolution_um = lambda: self.predict_section.pitch_um
         return self.train_section
 
     def _build_predict(self) -> QWidget:
         from ._predict_section import PredictSection
 
         self.predict_section = PredictSection(self.controller)
+        self.predict_section.options = self._extract_options
         return self.predict_section
 
     def _build_export(self) -> QWidget:
@@ -203,6 +210,10 @@ class HisToSGEWidget(QWidget):
         self.build_all()
         device = self.features_section.device_combo.value
         return None if device == "auto" else device
+
+    def _extract_options(self) -> dict[str, Any]:
+        self.build_all()
+        return self.features_section.options()
 
     def _on_progress(self, fraction: float | None) -> None:
         self.progress_bar.setValue(0 if fraction is None else int(100 * fraction))

@@ -7,7 +7,6 @@ memory-mapped ``.npy`` files written by the worker. Nothing here computes.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QObject, QTimer
 
+from ._repaint import RepaintHold
 from ._session import MapsInfo, MeasuredInfo, Session, SlideInfo
 
 if TYPE_CHECKING:
@@ -50,11 +50,19 @@ class LayerView(QObject):
         The viewer the layers go to.
     session
         The session whose results are shown.
+    repaint
+        Holds back the window's repaint while layers change (it repaints once afterwards).
     """
 
-    def __init__(self, viewer: napari.viewer.Viewer, session: Session) -> None:
+    def __init__(
+        self,
+        viewer: napari.viewer.Viewer,
+        session: Session,
+        repaint: RepaintHold | None = None,
+    ) -> None:
         super().__init__()
         self.viewer = viewer
+        self.repaint = repaint or RepaintHold(lambda: None)
         self.session = session
         self.gene_layers: dict[str, Any] = {}
         self.measured_layer: Any = None
@@ -68,8 +76,8 @@ class LayerView(QObject):
 
     @property
     def pending(self) -> int:
-        """Layer changes still queued."""
-        return len(self._queue)
+        """Layer changes still queued (and the repaint after them)."""
+        return len(self._queue) + self.repaint.active
 
     def _later(self, *steps: Callable[[], None]) -> None:
         self._queue.extend(steps)
@@ -77,10 +85,17 @@ class LayerView(QObject):
             self._timer.start()
 
     def _next(self) -> None:
+        # Each change runs on a turn of its own, without repainting the window: a layer's
+        # insertion alone costs napari 50-80 ms (its controls and visuals), and the window's
+        # repaint (composed through OpenGL, then sent to the display) as much again. The window
+        # repaints once, on a turn of its own, when the queue is done.
         if self._queue:
+            self.repaint.hold("layers")
             self._queue.popleft()()
         if self._queue:
             self._timer.start()
+        else:
+            self.repaint.release("layers", STEP_MS)
 
     def _on_changed(self, name: str) -> None:
         if name == "slide" and self.session.slide is not None:
@@ -97,7 +112,7 @@ class LayerView(QObject):
         image_key, spots_key = slide.keys["image_key"], slide.keys["spots_key"]
         if slide.image_levels and image_key not in self.viewer.layers:
             steps.append(lambda: self._add_image(slide))
-        if spots_key not in self.viewer.layers:
+        if slide.centers and spots_key not in self.viewer.layers:
             steps.append(lambda: self._add_spots(slide))
         return steps
 
@@ -217,26 +232,11 @@ class LayerView(QObject):
         activate = getattr(layers, "_activate_on_insert", None)
         if activate is not None:
             layers._activate_on_insert = False
-        # The canvas repaints on the next turn, not in the same one as the insertion.
-        canvas = self._canvas_widget()
-        if canvas is not None:
-            canvas.setUpdatesEnabled(False)
-            self._queue.appendleft(lambda: self._repaint(canvas))
         try:
             layers.append(layer)
         finally:
             if activate is not None:
                 layers._activate_on_insert = activate
-
-    def _canvas_widget(self) -> Any:
-        window = getattr(self.viewer, "window", None)
-        qt_viewer = getattr(window, "_qt_viewer", None)
-        return getattr(getattr(qt_viewer, "canvas", None), "native", None)
-
-    @staticmethod
-    def _repaint(canvas: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the viewer was closed meanwhile
-            canvas.setUpdatesEnabled(True)
 
     def _reveal(self, layer: Any) -> None:
         if layer in self.viewer.layers:

@@ -28,7 +28,8 @@ class PredictSection(Section):
         )
         self.resolution_spin.native.setSpecialValueText("auto")
         self.resolution_spin.tooltip = (
-            "Size of one map pixel in µm; auto: a quarter of the distance between positions"
+            "Size of one map pixel in µm. auto: superres, 8 µm or a quarter of the spot "
+            "diameter; trained models, a quarter of the distance between positions"
         )
         self.add_form(self.predict_button, self.resolution_spin)
         self.gene_filter = QLineEdit()
@@ -62,6 +63,7 @@ class PredictSection(Section):
         self.render_timer.setSingleShot(True)
         self.render_timer.setInterval(RENDER_DELAY_MS)
         self.render_timer.timeout.connect(self.render)
+        self.options: Any = lambda: {}
         self.session.changed.connect(self._on_changed)
         self.refresh()
 
@@ -72,8 +74,13 @@ class PredictSection(Section):
         return value if value > 0 else None
 
     def predict(self, *_: Any) -> bool:
-        """Predict in the worker."""
-        return self.controller.predict()
+        """Predict in the worker (a loaded model extracts what it needs with its own encoder)."""
+        try:
+            options = self.options()
+        except ValueError as err:
+            self.session.fail(str(err))
+            return False
+        return self.controller.predict(options)
 
     def _on_changed(self, name: str) -> None:
         if name == "predictions":

@@ -39,6 +39,15 @@ class SlideInfo:
     centers: str
     image_levels: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    has_table: bool = True
+    um_per_px_given: float | None = None
+
+    def spec(self) -> dict[str, Any]:
+        """Return what the worker opens: the store, its elements (and scale, without a table)."""
+        spec: dict[str, Any] = {"source": self.source}
+        if not self.has_table:
+            spec.update(image_only=True, um_per_px=self.um_per_px_given)
+        return {**spec, "keys": dict(self.keys)}
 
 
 @dataclass(frozen=True)
@@ -55,11 +64,16 @@ class FeaturesInfo:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A trained or loaded model, saved as a checkpoint folder."""
+    """A trained or loaded model, saved as a checkpoint folder; or a super-resolution fit.
+
+    A super-resolution model is fitted to this slide and not saved: ``superres`` holds its
+    settings (the worker refits from them when needed) and ``path`` is empty.
+    """
 
     path: str
     n_genes: int
     info: dict[str, Any] = field(default_factory=dict)
+    superres: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -101,12 +115,10 @@ NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
     "show": (("elements", "Open a slide first."),),
     "extract": (("slide", "Open a slide first."),),
     "train": (("features", "Extract features first."),),
+    "fit": (("slide", "Open a slide first."),),
     "load_model": (("slide", "Open a slide first."),),
     "save_model": (("model", "Train or load a model first."),),
-    "predict": (
-        ("features", "Extract features first."),
-        ("model", "Train or load a model first."),
-    ),
+    "predict": (("model", "Train or load a model first."),),
     "render": (("predictions", "Predict first."),),
     "export": (("predictions", "Predict first."),),
 }
@@ -192,11 +204,10 @@ class Session:
     def context(self) -> dict[str, Any]:
         """Describe what the worker needs to rebuild this session's objects."""
         return {
-            "slide": None
-            if self.slide is None
-            else {"source": self.slide.source, "keys": dict(self.slide.keys)},
+            "slide": None if self.slide is None else self.slide.spec(),
             "features": None if self.features is None else dict(self.features.options),
-            "model": None if self.model is None else self.model.path,
+            "model": None if self.model is None else (self.model.path or None),
+            "superres": None if self.model is None else self.model.superres,
             "predictions": None if self.predictions is None else self.predictions.path,
         }
 
@@ -206,6 +217,14 @@ class Session:
         """Say why ``action`` cannot run now, or ``""`` when it can."""
         if self.running is not None:
             return f"Wait: {self.running} is running."
+        if action == "save_model" and self.model is not None and self.model.superres is not None:
+            return "A super-resolution fit belongs to this slide and is not saved."
+        slide = self.slide
+        if slide is not None and not slide.has_table:
+            if action in ("train", "fit"):
+                return "This slide has no table to train on: load a trained model, then Predict."
+            if action == "extract" and self.model is None and not slide.n_spots:
+                return "Load a model first: it sets the positions on a slide with an image only."
         for name, why in NEEDS.get(action, ()):
             if getattr(self, name) is None:
                 return why

@@ -20,13 +20,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ._files import image_level_paths, save_pyramid
+from ._files import save_pyramid
 from ._job import Job, plain
+from ._tasks_more import (
+    fit_superres,
+    model_features,
+    open_image_only,
+    superres_export,
+    superres_maps_for,
+    superres_predict,
+)
+from ._tasks_open import open_slide
 
 __all__ = ["TASKS", "WorkerState", "train_form_defaults", "warm_up"]
-
-#: ``source`` of the bundled sample; the worker copies it into the session folder as a store.
-SAMPLE = "sample"
 
 
 class WorkerState:
@@ -42,6 +48,7 @@ class WorkerState:
         self.model_path: str | None = None
         self.predictions: Any = None
         self.predictions_path: str | None = None
+        self.superres: Any = None
 
     def new_path(self, stem: str, suffix: str = "") -> Path:
         """Return a new file name in the session folder."""
@@ -100,8 +107,15 @@ def _slide(state: WorkerState, context: dict[str, Any]) -> Any:
     spec = context.get("slide")
     if spec is None:
         raise ValueError("Open a slide first.")
+    if spec.get("image_only"):
+        # Without spots, the positions are a lattice sized by the model: part of the slide.
+        model = _model(state, context) if context.get("model") else None
+        spec = {**spec, "model": context.get("model")}
     if state.slide is None or state.slide_spec != spec:
-        state.slide = Slide.open(Path(spec["source"]), **spec["keys"])
+        if spec.get("image_only"):
+            state.slide = open_image_only(spec, model)
+        else:
+            state.slide = Slide.open(Path(spec["source"]), **spec["keys"])
         state.slide_spec = spec
         state.features = state.features_spec = None
         state.predictions = state.predictions_path = None
@@ -114,6 +128,13 @@ def _features(state: WorkerState, job: Job, context: dict[str, Any] | None = Non
     context = job.context if context is None else context
     slide = _slide(state, context)
     spec = context.get("features")
+    if spec is None and context.get("model") and job.payload.get("options") is not None:
+        model = _model(state, context)
+        spec = {"model": context["model"], **job.payload["options"]}
+        if state.features is None or state.features_spec != spec:
+            state.features = model_features(slide, model, job.payload["options"], job)
+            state.features_spec = spec
+        return state.features
     if spec is None:
         raise ValueError("Extract features first.")
     if state.features is None or state.features_spec != spec:
@@ -165,76 +186,6 @@ def _extract_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
 # Tasks
 
 
-def open_slide(state: WorkerState, job: Job) -> dict[str, Any]:
-    """Read a slide: a store as it is; the sample and folders as a store in the session folder."""
-    import numpy as np
-
-    from napari_histosge.io import convert, load_sample, read_slide, resolve_keys, validate_slide
-    from napari_histosge.pipeline import Slide
-
-    source = str(job.payload["source"])
-    keys = {k: v or None for k, v in dict(job.payload.get("keys") or {}).items()}
-    job.say("open", 0, 3, f"Reading {source}…")
-    if source == SAMPLE:
-        store = state.session_dir / "sample.zarr"
-        if not store.exists():
-            load_sample().write(store)
-    else:
-        path = Path(source).expanduser().resolve()
-        if not path.exists():
-            raise ValueError(f"Expected an existing .zarr store or slide folder, found `{path}`.")
-        store = path
-        if not (path / "zarr.json").exists() and not (path / ".zgroup").exists():
-            store = state.new_path(path.name.replace(".", "_"), ".zarr")
-            convert(path, store)
-    job.say("open", 1, 3, "Checking the slide…")
-    sdata = read_slide(store)
-    elements = {
-        kind: [k for k in getattr(sdata, kind) if not k.startswith("histosge_")]
-        for kind in ("images", "shapes", "tables")
-    }
-    out: dict[str, Any] = {"source": str(store), "label": source, "elements": elements}
-    try:
-        resolved = resolve_keys(sdata, **keys)
-        validate_slide(sdata, resolved)
-        slide = Slide.open(sdata, **_keys_of(resolved))
-    except (ValueError, KeyError) as err:
-        out["problem"] = _message(err)
-        return out
-    state.slide, state.slide_spec = slide, {"source": str(store), "keys": _keys_of(resolved)}
-    state.features = state.features_spec = state.predictions = state.predictions_path = None
-    geom = slide.geometry
-    centers = state.new_path("centers", ".npy")
-    np.save(centers, np.asarray(geom.centers_px, dtype=np.float64))
-    out.update(
-        keys=_keys_of(resolved),
-        n_spots=len(geom.spot_ids),
-        n_genes=len(slide.genes),
-        lattice=str(geom.lattice),
-        diameter_px=float(geom.diameter_px),
-        um_per_px=float(geom.um_per_px),
-        centers=str(centers),
-        image_levels=image_level_paths(store, resolved.image_key),
-        outputs=[
-            k
-            for kind in ("images", "labels", "points", "shapes", "tables")
-            for k in getattr(sdata, kind)
-            if str(k).startswith("histosge_")
-        ],
-    )
-    return out
-
-
-def _keys_of(keys: Any) -> dict[str, str]:
-    return {"image_key": keys.image_key, "spots_key": keys.spots_key, "table_key": keys.table_key}
-
-
-def _message(err: BaseException) -> str:
-    if isinstance(err, KeyError) and err.args:
-        return str(err.args[0])
-    return str(err)
-
-
 def extract(state: WorkerState, job: Job) -> dict[str, Any]:
     """Embed the spots and the new positions (features are cached in the store)."""
     state.features = None
@@ -258,6 +209,8 @@ def train(state: WorkerState, job: Job) -> dict[str, Any]:
     from napari_histosge.pipeline import iter_train
 
     slide = _slide(state, job.context)
+    if job.payload["config"].get("mode") == "superres":
+        return fit_superres(state, job, slide)
     features = _features(state, job)
     config, n_genes = TrainConfig(**job.payload["config"]), int(job.payload["n_top_genes"])
     gen = iter_train(
@@ -296,10 +249,15 @@ def predict(state: WorkerState, job: Job) -> dict[str, Any]:
     from napari_histosge.pipeline import predict_slide
 
     slide = _slide(state, job.context)
-    features = _features(state, job)
-    model = _model(state, job.context)
     job.say("predict", 0, 1, "Predicting…")
-    preds = predict_slide(slide, features=features, model=model)
+    if job.context.get("superres"):
+        preds = superres_predict(state, job, slide)
+    else:
+        features = _features(state, job)
+        model = _model(state, job.context)
+        # A slide without a table has no measured spots for the model to attend to.
+        measured = not job.context["slide"].get("image_only")
+        preds = predict_slide(slide, features=features, model=model, use_measured=measured)
     path = state.new_path("predictions", ".npz")
     arrays = {f.name: getattr(preds, f.name) for f in fields(preds)}
     arrays["meta"] = json.dumps(preds.meta, default=str)
@@ -322,7 +280,10 @@ def render(state: WorkerState, job: Job) -> dict[str, Any]:
     preds = _predictions(state, job.context)
     genes, pitch_px = list(job.payload["genes"]), _pitch_px(slide, job.payload.get("pitch_um"))
     job.say("render", 0, 1, "Rendering…")
-    maps = render_maps(slide, predictions=preds, genes=genes, pitch_px=pitch_px, smooth=True)
+    if job.context.get("superres"):
+        maps = superres_maps_for(state, job, slide, genes, job.payload.get("pitch_um"))
+    else:
+        maps = render_maps(slide, predictions=preds, genes=genes, pitch_px=pitch_px, smooth=True)
     stem = state.new_path("maps")
     levels = save_pyramid(maps.data, lambda i: stem.with_name(f"{stem.name}-{i}.npy"))
     out: dict[str, Any] = {
@@ -361,6 +322,9 @@ def export(state: WorkerState, job: Job) -> dict[str, Any]:
     from napari_histosge.pipeline import export_slide, render_maps
 
     slide = _slide(state, job.context)
+    if job.context.get("superres"):
+        job.say("export", 0, 2, "Rendering all genes…")
+        return {"path": superres_export(state, job, slide)}
     preds = _predictions(state, job.context)
     job.say("export", 0, 2, "Rendering all genes…")
     pitch_px = _pitch_px(slide, job.payload.get("pitch_um"))

@@ -12,7 +12,11 @@ from ._loss_plot import LossPlot
 from ._section import Section, button_row
 from ._tasks import train_form_defaults
 
-__all__ = ["TrainSection"]
+__all__ = ["SUPERRES", "TrainSection"]
+
+#: The super-resolution mode: a superpixel model fitted to this slide's units (no epochs).
+SUPERRES = "superres"
+TRAIN_TIP = "Train with a live loss curve; Cancel keeps the old model"
 
 
 class TrainSection(Section):
@@ -21,9 +25,13 @@ class TrainSection(Section):
     def __init__(self, controller: Controller) -> None:
         super().__init__("3. Train", controller)
         defaults, modes = train_form_defaults()
-        self.mode_combo = ComboBox(label="Model", choices=modes, value=defaults["mode"])
+        self.mode_combo = ComboBox(
+            label="Model", choices=[SUPERRES, *modes], value=defaults["mode"]
+        )
         self.mode_combo.tooltip = (
-            "improved: neighbour attention in µm; faithful: the published HisToSGE settings"
+            "superres: superpixel maps at the map resolution whose mean over each spot matches "
+            "it (needs no Extract); improved: neighbour attention in µm; faithful: the "
+            "published HisToSGE settings"
         )
         self.epochs_spin = SpinBox(label="Epochs", min=1, max=100000, value=defaults["epochs"])
         self.lr_spin = FloatSpinBox(
@@ -51,18 +59,45 @@ class TrainSection(Section):
         self.save_button = PushButton(text="Save model…")
         self.load_button = PushButton(text="Load model…")
         self.add_form(button_row(self.save_button, self.load_button))
-        self.gate(
-            "train", self.train_button, "Train with a live loss curve; Cancel keeps the old model"
-        )
+        self.gate("train", self.train_button, TRAIN_TIP)
         self.gate("save_model", self.save_button, "Save the model as a folder")
         self.gate("load_model", self.load_button, "Load a saved model folder")
         self.train_button.changed.connect(self.train)
         self.save_button.changed.connect(self._browse_save)
         self.load_button.changed.connect(self._browse_load)
         self.device: Any = lambda: None
+        self.options: Any = lambda: {}
+        self.resolution_um: Any = lambda: None
+        self.mode_combo.changed.connect(self.refresh)
+        self.session.changed.connect(self._on_changed)
         self.session.loss_added.connect(self.loss_plot.add)
         self.session.loss_cleared.connect(self.loss_plot.clear)
         self.refresh()
+
+    @property
+    def superres(self) -> bool:
+        """The super-resolution mode is chosen."""
+        return self.mode_combo.value == SUPERRES
+
+    def _on_changed(self, name: str) -> None:
+        # A slide with a table gets the super-resolution model by default.
+        if name == "slide" and self.session.slide is not None and self.session.slide.has_table:
+            self.mode_combo.value = SUPERRES
+
+    def refresh(self, *_: Any) -> None:
+        """Enable what can run now; the epochs, rate and validation apply to trained modes."""
+        button = self.buttons[0][1]
+        if self.superres:
+            self.buttons[0] = ("fit", button, "Fit the super-resolution model to this slide")
+        else:
+            self.buttons[0] = (
+                "train",
+                button,
+                "Train with a live loss curve; Cancel keeps the old model",
+            )
+        super().refresh()
+        for spin in (self.epochs_spin, self.lr_spin, self.val_spin):
+            spin.enabled = not self.superres
 
     def config(self, device: str | None = None) -> dict[str, Any]:
         """Training options (fields of the core's ``TrainConfig``)."""
@@ -78,7 +113,12 @@ class TrainSection(Section):
     def train(self, *_: Any, device: str | None = None) -> bool:
         """Train in the worker (on the Features section's device unless given)."""
         config = self.config(device if device is not None else self.device())
-        return self.controller.train(config, int(self.ngenes_spin.value))
+        return self.controller.train(
+            config,
+            int(self.ngenes_spin.value),
+            options=self.options() if self.superres else None,
+            resolution_um=self.resolution_um() if self.superres else None,
+        )
 
     def _browse_save(self, *_: Any) -> None:
         path = QFileDialog.getSaveFileName(self, "Save model as a folder")[0]

@@ -1,0 +1,187 @@
+"""Worker tasks for the super-resolution mode and for slides with an image and no table.
+
+Runs in the worker process, like :mod:`._tasks`: the module imports only the standard library at
+the top. The super-resolution model (:mod:`napari_histosge.superpixels`) is fitted to one slide's
+units and is not saved; the session's context names its settings, so a fresh worker refits it
+(deterministically, from the superpixel features cached in the store). A slide without a table
+is opened with :func:`napari_histosge.sections.open_for_prediction`: its positions come from its
+spots, or from a lattice over the tissue sized by the loaded model, as ``histosge predict`` does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ._job import Job
+
+__all__ = [
+    "fit_superres",
+    "image_only_info",
+    "model_features",
+    "open_image_only",
+    "superres_export",
+    "superres_maps_for",
+    "superres_predict",
+]
+
+
+def _run(gen: Any, job: Job) -> Any:
+    from napari_histosge import run_generator
+
+    return run_generator(gen, progress=job.progress, cancel=job.stop)
+
+
+# ---------------------------------------------------------------------------------------------
+# Slides with an image and no table
+
+
+def image_only_info(
+    sdata: Any, keys: dict[str, str | None], um_per_px: float | None
+) -> dict[str, str] | None:
+    """Return the image and spots of a slide without a table of units (``None``: it has one).
+
+    Raises a one-line error when such a slide has no spots and no µm per pixel was given.
+    """
+    from napari_histosge.images import image_levels
+    from napari_histosge.io.keys import is_circles, table_regions
+
+    if keys.get("table_key"):
+        return None
+    annotating = [
+        k
+        for k, t in sdata.tables.items()
+        if not str(k).startswith("histosge_")
+        and any(is_circles(sdata, r) for r in table_regions(t))
+    ]
+    images = [k for k in sdata.images if not str(k).startswith("histosge_")]
+    if annotating or not images:
+        return None
+    image = keys.get("image_key") or max(
+        images, key=lambda k: int(image_levels(sdata.images[k])[0].size)
+    )
+    spots = keys.get("spots_key") or next(
+        (k for k in sdata.shapes if not str(k).startswith("histosge_") and is_circles(sdata, k)),
+        None,
+    )
+    if spots is None and not um_per_px:
+        raise ValueError(
+            "Expected µm per pixel (Data section) for a slide with an image only, found none."
+        )
+    return {"image_key": str(image), "spots_key": str(spots or ""), "table_key": ""}
+
+
+def open_image_only(spec: dict[str, Any], model: Any) -> Any:
+    """Open a slide without a table for prediction (its positions need ``model`` without spots)."""
+    from napari_histosge.sections import open_for_prediction
+
+    keys = {k: v or None for k, v in spec["keys"].items() if k != "table_key"}
+    if model is None and not keys.get("spots_key"):
+        raise ValueError("Load a model first: it sets the positions on a slide with an image only.")
+    return open_for_prediction(
+        Path(spec["source"]), um_per_px=spec.get("um_per_px") or None, model=model, **keys
+    )
+
+
+def model_features(slide: Any, model: Any, options: dict[str, Any], job: Job) -> Any:
+    """Extract features with the model's own encoder and patch sizes (``histosge predict``)."""
+    from napari_histosge.pipeline import ExtractOptions, iter_extract
+
+    meta = model.feature_meta
+    sizes = meta.get("patch_sizes_spot") or meta.get("patch_sizes")
+    opts = ExtractOptions(
+        encoder=str(meta.get("encoder", "histology")),
+        weights=options.get("weights"),
+        device=options.get("device"),
+        batch_size=int(options.get("batch_size") or 32),
+        positions=str(options.get("positions") or "4x"),
+        patch_sizes=tuple(float(s) for s in sizes) if sizes else None,
+    )
+    return _run(iter_extract(slide, options=opts), job)
+
+
+# ---------------------------------------------------------------------------------------------
+# Super-resolution
+
+
+def superres_spec(payload: dict[str, Any]) -> dict[str, Any]:
+    """Return the settings that define a fit (what a fresh worker refits from)."""
+    options = dict(payload.get("options") or {})
+    return {
+        "seed": int(payload.get("seed", 0)),
+        "n_top_genes": int(payload.get("n_top_genes", 1000)),
+        "resolution_um": payload.get("resolution_um") or None,
+        "encoder": str(options.get("encoder") or "histology"),
+        "weights": options.get("weights"),
+        "device": options.get("device"),
+    }
+
+
+def superres_result(state: Any, slide: Any, spec: dict[str, Any], job: Job) -> Any:
+    """Return the fitted model for ``spec`` (kept in the worker; refitted when missing)."""
+    from napari_histosge.superpixels import SuperResOptions, iter_superres
+
+    key = repr(sorted(spec.items()))
+    cache = getattr(state, "superres", None)
+    if cache is None or cache[0] is not slide or key not in cache[1]:
+        opts = SuperResOptions.from_seed(
+            spec["seed"],
+            resolution_um=spec["resolution_um"],
+            encoder=spec["encoder"],
+            weights=spec["weights"],
+            device=spec["device"],
+        )
+        gen = iter_superres(slide, n_top_genes=spec["n_top_genes"], options=opts)
+        result = _run(gen, job)
+        # One slide's fits, one per resolution (rendering at another resolution refits).
+        state.superres = (slide, {**({} if cache is None or cache[0] is not slide else cache[1])})
+        state.superres[1][key] = result
+    return state.superres[1][key]
+
+
+def fit_superres(state: Any, job: Job, slide: Any) -> dict[str, Any]:
+    """Fit the super-resolution model (superpixel features are cached in the store)."""
+    spec = superres_spec(job.payload)
+    result = superres_result(state, slide, spec, job)
+    info = {
+        "mode": "superres",
+        "resolution_um": float(result.resolution_um),
+        "n_superpixels": int(result.grid.n),
+        "n_train": len(slide.geometry.spot_ids),
+    }
+    return {"path": "", "n_genes": len(result.genes), "info": info, "superres": spec}
+
+
+def superres_predict(state: Any, job: Job, slide: Any) -> Any:
+    """Predict each unit: the fitted map's mean over the unit's footprint."""
+    from napari_histosge.superpixels import superres_predictions
+
+    result = superres_result(state, slide, job.context["superres"], job)
+    return superres_predictions(slide, result)
+
+
+def _at(spec: dict[str, Any], resolution_um: float | None) -> dict[str, Any]:
+    return spec if not resolution_um else {**spec, "resolution_um": float(resolution_um)}
+
+
+def superres_maps_for(
+    state: Any, job: Job, slide: Any, genes: list[str] | None, resolution_um: float | None
+) -> Any:
+    """Render ``genes`` (all: ``None``) from a fit at ``resolution_um`` (``None``: as fitted)."""
+    from napari_histosge.superpixels import superres_maps
+
+    spec = _at(job.context["superres"], resolution_um)
+    return superres_maps(superres_result(state, slide, spec, job), genes=genes)
+
+
+def superres_export(state: Any, job: Job, slide: Any) -> str:
+    """Write the per-unit predictions and every gene's superpixel maps into a store."""
+    from napari_histosge.superpixels import export_superres
+
+    spec = _at(job.context["superres"], job.payload.get("pitch_um"))
+    result = superres_result(state, slide, spec, job)
+    job.say("export", 1, 2, "Writing the store…")
+    path, _ = export_superres(
+        slide, result, out=job.payload["path"], overwrite=bool(job.payload["overwrite"])
+    )
+    return str(Path(path).resolve())
