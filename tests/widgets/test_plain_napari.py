@@ -6,12 +6,12 @@ layers over the tissue, without torch, timm, scanpy or scikit-learn in the viewe
 without stalling the event loop: a 20 ms timer's longest gap from the dock's opening to the
 rendered map stays under 100 ms, in every run.
 
-The gap has two parts: time the viewer's process spent computing (all its threads, so a thread
-holding the interpreter lock counts) and time the system gave to other processes. The viewer's
-own part is checked against 100 ms in every run. The wall-clock gap is recorded (test properties)
-and reported with a warning when it exceeds 100 ms: on a 2-core machine with a software X server
-it also holds the X server's and the worker's turns (measured 107-118 ms wall with 75-92 ms of
-the viewer's own work in one full-suite run at load 1.2).
+The wall-clock gap is what a user feels, and it is what is checked. Besides the viewer's own work
+it holds the display's: each repaint of napari's window is composed through OpenGL and sent to
+the X server. The dock therefore keeps every turn small and never repaints in the turn that does
+the work (layers are added with the window's repaint held, and it repaints once afterwards). The
+report also records the viewer process's CPU time per gap and, with ``--trace``, where the
+longest gaps were spent; both are recorded as test properties.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -60,21 +59,18 @@ def check_report(report: dict, record_property) -> None:
     assert len(report["maps"]) == 2
     assert report["heavy_modules"] == []
     assert report["worker_pid"] not in (None, os.getpid())
-    busy = report["busy_ms"]
-    assert max(busy.values()) < LIMIT_MS, f"the viewer's process held its event loop: {busy}"
+    record_property("event_loop_trace", report.get("long_gaps"))
     gaps = report["gaps_ms"]
-    if max(gaps.values()) >= LIMIT_MS:
-        warnings.warn(
-            f"wall-clock gaps {gaps} ms (load {report['load']:.1f} on {os.cpu_count()} cores): "
-            f"the viewer's own work stayed under {LIMIT_MS:.0f} ms ({busy}); the rest of the "
-            "gap went to other processes (the X server, the worker, other jobs)",
-            stacklevel=2,
-        )
+    assert max(gaps.values()) < LIMIT_MS, (
+        f"the event loop stalled: longest gaps {gaps} ms, of which the viewer's own work "
+        f"{report['busy_ms']} ms (load {report['load']:.1f} on {os.cpu_count()} cores); "
+        f"where: {report.get('long_gaps')}"
+    )
 
 
 def test_plain_napari_sample_flow_renders_gene_maps_without_stalls(tmp_path, record_property):
     shot = tmp_path / "flow.png"
-    report = run_flow("--screenshot", str(shot))
+    report = run_flow("--screenshot", str(shot), "--trace")
     check_report(report, record_property)
     assert shot.is_file()
 
@@ -87,5 +83,5 @@ def store_2000(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_plain_napari_2000_spot_store_renders_gene_maps_without_stalls(store_2000, record_property):
-    report = run_flow("--store", str(store_2000), "--epochs", "5")
+    report = run_flow("--store", str(store_2000), "--epochs", "5", "--trace")
     check_report(report, record_property)

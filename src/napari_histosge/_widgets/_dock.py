@@ -83,6 +83,11 @@ class HisToSGEWidget(QWidget):
 
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 100)
+        self._progress_value = 0
+        self._progress_timer = QTimer(self)
+        self._progress_timer.setSingleShot(True)
+        self._progress_timer.setInterval(POLL_MS)
+        self._progress_timer.timeout.connect(self._show_progress)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
         self.status = QLabel(self.session.status)
@@ -216,7 +221,14 @@ class HisToSGEWidget(QWidget):
         return self.features_section.options()
 
     def _on_progress(self, fraction: float | None) -> None:
-        self.progress_bar.setValue(0 if fraction is None else int(100 * fraction))
+        # QProgressBar repaints at once when its value changes (the whole window, composed
+        # through OpenGL): the bar is set on a later turn, not in the one that handled the
+        # click or the worker's message.
+        self._progress_value = 0 if fraction is None else int(100 * fraction)
+        self._progress_timer.start()
+
+    def _show_progress(self) -> None:
+        self.progress_bar.setValue(self._progress_value)
 
     def _on_busy(self, name: str | None) -> None:
         self.cancel_button.setEnabled(name is not None)
