@@ -84,7 +84,7 @@ def main() -> None:
     widget.train_section.mode_combo.value = "superres"
     widget.train()
     idle(widget)
-    widget.scroll_area.ensureWidgetVisible(widget.train_section.train_button)
+    widget.scroll_area.ensureWidgetVisible(widget.train_section.train_button.native)
     widget.grab().save(str(HERE / "dock_superres.png"))
 
     widget.predict()

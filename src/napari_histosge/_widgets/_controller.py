@@ -110,18 +110,19 @@ class Controller:
         extracted spot features.
         """
         payload = {"config": dict(config), "n_top_genes": int(n_top_genes)}
-        if config.get("mode") == "superres":
+        action = "train"
+        if config.get("mode") == "superres":  # no loss curve: the earlier one is cleared
+            action = "fit"
             payload.update(
                 seed=int(config.get("seed") or 0),
                 options=dict(options or {}),
                 resolution_um=resolution_um or None,
             )
-            return self._submit("train", payload, "fit")
-        if self.session.why_not("train"):
-            return self._submit("train", payload)
+        if self.session.why_not(action):
+            return self._submit("train", payload, action)
         self._saved_losses = list(self.session.losses)
         self.session.clear_losses()
-        if not self._submit("train", payload):
+        if not self._submit("train", payload, action):
             self._restore_losses()
             return False
         return True

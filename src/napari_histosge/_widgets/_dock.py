@@ -225,7 +225,8 @@ class HisToSGEWidget(QWidget):
         # through OpenGL): the bar is set on a later turn, not in the one that handled the
         # click or the worker's message.
         self._progress_value = 0 if fraction is None else int(100 * fraction)
-        self._progress_timer.start()
+        if not self._progress_timer.isActive():
+            self._progress_timer.start()
 
     def _show_progress(self) -> None:
         self.progress_bar.setValue(self._progress_value)
