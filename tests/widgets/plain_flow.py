@@ -42,6 +42,13 @@ def main() -> int:  # noqa: C901 - one linear script
 
     viewer = napari.Viewer(show=True)
     app = napari.qt.get_qapp()
+    # Notifications (warnings, errors) pop up animated and repaint the window while shown.
+    from napari.utils.notifications import notification_manager
+
+    notices: list[str] = []
+    notification_manager.notification_ready.connect(
+        lambda event: notices.append(str(event.value.message)[:200])
+    )
 
     def pump(seconds: float) -> None:
         end = time.perf_counter() + seconds
@@ -207,6 +214,7 @@ def main() -> int:  # noqa: C901 - one linear script
         worst_busy_ms=round(max(busy.values(), default=0.0), 1),
         maps=[layer.name for layer in maps],
         heavy_modules=[m for m in HEAVY if m in sys.modules],
+        notifications=notices,
         worker_pid=widget.controller.runner.pid,
     )
     viewer.close()

@@ -8,6 +8,7 @@ memory-mapped ``.npy`` files written by the worker. Nothing here computes.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -227,16 +228,20 @@ class LayerView(QObject):
         if layer not in self.gene_layers.values():
             return
         # Keep the user's layer selection: selecting each new map would also rebuild the layer
-        # controls panel on the way.
+        # controls panel on the way. napari has no public switch for this and warns about the
+        # private one; a warning would also pop up as an animated notification, which repaints
+        # the window for seconds.
         layers = self.viewer.layers
-        activate = getattr(layers, "_activate_on_insert", None)
-        if activate is not None:
-            layers._activate_on_insert = False
-        try:
-            layers.append(layer)
-        finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            activate = getattr(layers, "_activate_on_insert", None)
             if activate is not None:
-                layers._activate_on_insert = activate
+                layers._activate_on_insert = False
+            try:
+                layers.append(layer)
+            finally:
+                if activate is not None:
+                    layers._activate_on_insert = activate
 
     def _reveal(self, layer: Any) -> None:
         if layer in self.viewer.layers:
