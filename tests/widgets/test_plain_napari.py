@@ -7,11 +7,12 @@ without stalling the event loop: a 20 ms timer's longest gap from the dock's ope
 rendered map stays under 100 ms, in every run.
 
 The wall-clock gap is what a user feels, and it is what is checked. Besides the viewer's own work
-it holds the display's: each repaint of napari's window is composed through OpenGL and sent to
-the X server. The dock therefore keeps every turn small and never repaints in the turn that does
-the work (layers are added with the window's repaint held, and it repaints once afterwards). The
-report also records the viewer process's CPU time per gap and, with ``--trace``, where the
-longest gaps were spent; both are recorded as test properties.
+it holds the display's (each repaint of napari's window is composed through OpenGL and sent to
+the X server) and the time other processes hold the CPUs. The dock keeps its turns small and adds
+layers with the window's repaint held back (the window repaints once afterwards, on a turn of its
+own). With ``--trace`` the report gives, for every gap over 50 ms, the viewer process's CPU time,
+the time its main thread waited for a CPU and the sampled stack; they are recorded as test
+properties.
 """
 
 from __future__ import annotations
