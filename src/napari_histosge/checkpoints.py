@@ -64,6 +64,7 @@ def check_features(model: TrainedModel, feature_meta: dict[str, Any]) -> None:
         ("encoder_id", "encoder"),
         ("patch_sizes_spot", "patch sizes (spot diameters)"),
         ("dim", "feature width"),
+        ("pooling", "ViT pooling"),
     ):
         if key in want and key in feature_meta:
             a, b = want[key], feature_meta[key]

@@ -90,6 +90,7 @@ def _feature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
     p.add_argument("--batch-size", type=int, default=32, help="patches per batch (default 32)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the encoder")
+    p.add_argument("--pooling", choices=("auto", "tiles", "patch"), default="auto")  # ViT only
     _cache_arg(p)
 
 
@@ -147,6 +148,7 @@ def _extract_options(args: argparse.Namespace, positions: str = "4x") -> Extract
         bf16=args.bf16,
         positions=positions,
         cache=not args.no_cache,
+        pooling=getattr(args, "pooling", "auto"),
     )
 
 
@@ -312,6 +314,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         positions=args.positions,
         patch_sizes=tuple(sizes) if sizes else None,
         cache=not args.no_cache,
+        pooling=str(meta.get("pooling", "patch")),
     )
     feats = _drive(iter_extract(slide, options=opts), quiet=args.quiet)
     preds = predict_slide(slide, features=feats, model=model, use_measured=False)

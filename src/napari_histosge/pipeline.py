@@ -158,6 +158,10 @@ class ExtractOptions:
         ``"4x"`` (HisToSGE's positions half-way between neighbouring spots) or ``"grid:<µm>"``.
     cache
         Read and write the feature cache in the store.
+    pooling
+        ViT encoders: ``"tiles"`` (patch tokens of tissue tiles embedded once, pooled under
+        each position's patch), ``"patch"`` (one forward pass per position and patch size) or
+        ``"auto"`` (``"tiles"`` for timm ViTs). The built-in encoder ignores it.
     """
 
     encoder: str = "histology"
@@ -168,6 +172,7 @@ class ExtractOptions:
     bf16: bool = False
     positions: str = "4x"
     cache: bool = True
+    pooling: str = "auto"
 
     def build_encoder(self) -> Encoder:
         """Build the encoder these options name, with their weights, device and precision."""
@@ -267,6 +272,7 @@ def iter_extract_at(
             batch_size=options.batch_size,
             cache_name=cache_name,
             cache=options.cache,
+            pooling=options.pooling,
         )
     )
 

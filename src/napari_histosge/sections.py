@@ -204,7 +204,7 @@ def iter_train_sections(
 
 def check_features_like(first: dict[str, Any], other: dict[str, Any]) -> None:
     """Raise ``ValueError`` when two sections' features come from different encoders or sizes."""
-    for key in ("encoder_id", "dim", "patch_sizes_spot"):
+    for key in ("encoder_id", "dim", "patch_sizes_spot", "pooling"):
         if (
             key in first
             and key in other

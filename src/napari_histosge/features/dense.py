@@ -109,27 +109,6 @@ def pool_maps(maps: DenseMaps, positions_px: np.ndarray, size_px: float) -> np.n
     return _box_means(maps.sat, cx - half, cy - half, cx + half, cy + half).astype(np.float32)
 
 
-def _vit_tokens(encoder: TimmEncoder, tiles: np.ndarray) -> np.ndarray:
-    """Patch-token embeddings ``(n, g, g, dim)`` of ``(n, T, T, 3)`` uint8 tiles."""
-    import torch
-
-    model = encoder.model
-    n_prefix = int(getattr(model, "num_prefix_tokens", 1))
-    x = torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2).float() / 255.0
-    x = ((x - encoder.mean) / encoder.std).to(encoder.device)
-    dev_type = torch.device(encoder.device).type
-    with (
-        torch.inference_mode(),
-        torch.autocast(device_type=dev_type, dtype=torch.bfloat16, enabled=encoder.bf16),
-    ):
-        out = model.forward_features(x)
-    tokens = out[:, n_prefix:].float().cpu().numpy()
-    g = int(round(np.sqrt(tokens.shape[1])))
-    if g * g != tokens.shape[1]:
-        raise ValueError(f"Expected a square token grid, found {tokens.shape[1]} tokens.")
-    return tokens.reshape(len(tiles), g, g, -1)
-
-
 def iter_vit_token_maps(
     encoder: TimmEncoder,
     image: Any,
@@ -142,6 +121,10 @@ def iter_vit_token_maps(
     batch_size: int = 8,
 ) -> Generator[Progress, None, DenseMaps]:
     """Patch-token maps of a timm ViT over ``extent`` (scale-0 pixels), tile by tile.
+
+    The tiles lie on the image-anchored lattice of :mod:`.vit_tiles` and are kept in the
+    encoder's tile cache, so tiles that earlier position sets (spots, 4x positions) embedded
+    with the same encoder are not embedded again.
 
     Parameters
     ----------
@@ -167,61 +150,29 @@ def iter_vit_token_maps(
 
     Returns
     -------
-    The token maps: ``cells`` is ``(dim, rows, columns)``, one cell per kept token.
+    The token maps: ``cells`` is ``(dim, rows, columns)``, one cell per kept token, from the
+    lattice tile containing ``extent``'s top-left corner.
     """
-    from napari_histosge.images import image_levels, level_scales
+    from .vit_tiles import iter_fill_tiles, token_tiles
 
-    from .patches import read_regions
-
-    if not (np.isfinite(um_per_px) and um_per_px > 0):
-        raise ValueError(f"Expected a positive `um_per_px`, found `{um_per_px}`.")
-    patch = int(encoder.model.patch_embed.patch_size[0])
-    size = int(encoder.input_size)
-    g = size // patch
-    if not 0 <= context < g // 2:
-        raise ValueError(f"Expected `context` in [0, {g // 2 - 1}], found `{context}`.")
-    t_um = float(token_um) if token_um is not None else 0.5 * patch
-    tok_px = t_um / um_per_px  # scale-0 pixels per token
-    inner = g - 2 * context
-    x0, y0, x1, y1 = (float(v) for v in extent)
-    nx = max(1, int(np.ceil((x1 - x0) / (inner * tok_px))))
-    ny = max(1, int(np.ceil((y1 - y0) / (inner * tok_px))))
-    scales = level_scales(image)
-    want = tok_px / patch  # scale-0 pixels per model pixel
-    ok = [i for i, s in enumerate(scales) if s <= want * 1.001]
-    li = max(ok) if ok else 0
-    level, ds = image_levels(image)[li], scales[li]
-    cells = np.zeros((encoder.dim, ny * inner, nx * inner), dtype=np.float32)
-    tiles = [(ty, tx) for ty in range(ny) for tx in range(nx)]
+    tiles = token_tiles(encoder, image, um_per_px, token_um=token_um, context=context)
+    rng = tiles.tile_range(extent)
+    tx0, ty0, tx1, ty1 = rng
+    keys = [(ty, tx) for ty in range(ty0, ty1) for tx in range(tx0, tx1)]
     if keep is not None:
-        centres = np.array(
-            [
-                [x0 + (tx + 0.5) * inner * tok_px, y0 + (ty + 0.5) * inner * tok_px]
-                for ty, tx in tiles
-            ]
-        ).reshape(-1, 2)
-        tiles = [t for t, k in zip(tiles, np.asarray(keep(centres), bool), strict=True) if k]
-    for b0 in range(0, len(tiles), batch_size):
-        batch = tiles[b0 : b0 + batch_size]
-        boxes = []
-        for ty, tx in batch:
-            bx0 = x0 + (tx * inner - context) * tok_px
-            by0 = y0 + (ty * inner - context) * tok_px
-            boxes.append(
-                tuple(int(round(v / ds)) for v in (bx0, by0, bx0 + g * tok_px, by0 + g * tok_px))
-            )
-        regions = read_regions(level, boxes)
-        arr = np.stack([_resize(r, size) for r in regions])
-        tokens = _vit_tokens(encoder, arr)
-        for (ty, tx), tok in zip(batch, tokens, strict=True):
-            keep_tok = tok[context : context + inner, context : context + inner]
-            cells[:, ty * inner : (ty + 1) * inner, tx * inner : (tx + 1) * inner] = np.moveaxis(
-                keep_tok, -1, 0
-            )
-        yield Progress("features", min(b0 + batch_size, len(tiles)), len(tiles), "ViT tokens")
-    return DenseMaps(
-        cells=cells, cell_px=float(tok_px), origin_px=(x0, y0), image=image, um_per_px=um_per_px
-    )
+        t = tiles.tile_px
+        centres = np.array([[(tx + 0.5) * t, (ty + 0.5) * t] for ty, tx in keys]).reshape(-1, 2)
+        keys = [k for k, ok in zip(keys, np.asarray(keep(centres), bool), strict=True) if ok]
+    yield from iter_fill_tiles(encoder, tiles, keys, batch_size=batch_size, message="ViT tokens")
+    maps = tiles.maps(rng)
+    if keep is not None:  # tiles embedded earlier for other positions stay out of a kept map
+        kept = {(ty - ty0, tx - tx0) for ty, tx in keys}
+        n = tiles.inner
+        for ty in range(ty1 - ty0):
+            for tx in range(tx1 - tx0):
+                if (ty, tx) not in kept:
+                    maps.cells[:, ty * n : (ty + 1) * n, tx * n : (tx + 1) * n] = 0.0
+    return maps
 
 
 def vit_token_maps(
@@ -239,14 +190,3 @@ def vit_token_maps(
     (64, 20, 20)
     """
     return run_generator(iter_vit_token_maps(encoder, image, um_per_px, extent, **kwargs))
-
-
-def _resize(region: np.ndarray, size: int) -> np.ndarray:
-    """Resize an RGB uint8 region to ``size`` x ``size`` (area averaging or bilinear)."""
-    if region.shape[0] == size and region.shape[1] == size:
-        return region
-    import torch
-
-    x = torch.from_numpy(np.ascontiguousarray(region)).permute(2, 0, 1)[None].float()
-    y = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
-    return y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()

@@ -20,7 +20,14 @@ from .registry import get_encoder
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-__all__ = ["DEFAULT_PATCH_SIZES", "extract_features", "FeatureSet", "iter_extract_features"]
+__all__ = [
+    "DEFAULT_PATCH_SIZES",
+    "extract_features",
+    "FeatureSet",
+    "iter_extract_features",
+    "POOLINGS",
+    "resolve_pooling",
+]
 
 
 #: Patch sides in spot diameters. Several context sizes for the built-in encoder (held-out
@@ -29,6 +36,34 @@ DEFAULT_PATCH_SIZES: dict[str, tuple[float, ...]] = {"histology": (1.0, 2.0, 4.0
 
 
 _STAGE = "features"
+
+#: How a ViT embeds positions: ``"tiles"`` pools the patch tokens of tissue tiles embedded once
+#: (the default for ViTs), ``"patch"`` runs one forward pass per position and patch size;
+#: ``"auto"`` picks ``"tiles"`` for timm ViTs and ``"patch"`` for other encoders.
+POOLINGS = ("auto", "patch", "tiles")
+
+
+def resolve_pooling(encoder: Encoder, pooling: str) -> str:
+    """``"tiles"``, ``"patch"`` or ``"maps"`` (the built-in encoder) for ``encoder``.
+
+    Examples
+    --------
+    >>> resolve_pooling(HistologyEncoder(), "auto")
+    'maps'
+    """
+    assert_one_of("pooling", pooling, list(POOLINGS))
+    if isinstance(encoder, HistologyEncoder):
+        return "maps"
+    from .vit import TimmEncoder
+
+    is_vit = isinstance(encoder, TimmEncoder) and hasattr(encoder.model, "patch_embed")
+    if pooling == "tiles" and not is_vit:
+        raise ValueError(
+            f"Expected a timm ViT encoder for `pooling='tiles'`, found `{encoder.id}`."
+        )
+    if pooling == "auto":
+        return "tiles" if is_vit else "patch"
+    return pooling
 
 
 class _Geometry(Protocol):
@@ -96,6 +131,7 @@ def iter_extract_features(
     bf16: bool = False,
     cache_name: str = "spots",
     cache: bool = True,
+    pooling: str = "auto",
 ) -> Generator[Progress, None, FeatureSet]:
     """Embed ``positions_px`` with an encoder, reusing and filling the store's feature cache.
 
@@ -109,7 +145,13 @@ def iter_extract_features(
     The built-in ``histology`` encoder computes dense maps once over the region of the spots
     (yielding one step per tile) and pools every position and patch size from them; pass the
     same encoder instance for the spots and the super-resolution positions so that the maps
-    are computed once. ViT encoders embed one patch per position and size.
+    are computed once. ViT encoders, by default (``pooling="tiles"``), embed the tissue tiles
+    under the positions' patches once (:mod:`.vit_tiles`: tiles of the model's input size at
+    8 µm per token for 16-pixel patches, one token of context on each side) and give each
+    position the mean patch token under each patch box; tiles are kept on the encoder, so
+    the next position set with the same encoder embeds only tiles not seen yet. With
+    ``pooling="patch"`` they embed one patch per position and size, resized to the model's
+    input, and take the model's pooled output (the class token for UNI).
 
     Parameters
     ----------
@@ -141,6 +183,9 @@ def iter_extract_features(
         Name of the position set (``"spots"``, ``"4x"``, ...).
     cache
         Read and write the cache.
+    pooling
+        ``"auto"``, ``"tiles"`` or ``"patch"`` for ViT encoders (see :data:`POOLINGS`); the
+        built-in encoder always pools its dense maps.
 
     Returns
     -------
@@ -175,7 +220,8 @@ def iter_extract_features(
     )
     is_hist = isinstance(enc, HistologyEncoder)
     sizes_px, sizes_spot = _resolve_sizes(patch_sizes, patch_unit, geometry, is_hist)
-    key = cache_key(enc.id, sizes_spot)
+    how = resolve_pooling(enc, pooling)
+    key = cache_key(enc.id, sizes_spot) + ("_tiles" if how == "tiles" else "")
     name = cache_element_name(cache_name)
     digest = positions_digest(xy)
     n = len(xy)
@@ -188,6 +234,7 @@ def iter_extract_features(
     image = sdata.images[image_key]
     n_batches = -(-n // batch_size)
     parts: list[np.ndarray] = []
+    tiles_meta: dict[str, Any] = {}
     yield Progress(_STAGE, 0, n_batches, f"{cache_name}: embedding {n} positions with {enc.id}")
     if is_hist:
         assert isinstance(enc, HistologyEncoder)
@@ -215,6 +262,15 @@ def iter_extract_features(
             yield Progress(
                 _STAGE, b + 1, n_batches, f"{cache_name}: {min(n, (b + 1) * batch_size)}/{n}"
             )
+    elif how == "tiles":
+        tiles = yield from _iter_tiles(enc, image, xy, sizes_px, geometry, batch_size, cache_name)
+        parts.append(tiles.pool(xy, sizes_px))
+        tiles_meta = {
+            "token_um": float(tiles.token_px * tiles.um_per_px),
+            "tile_context_tokens": int(tiles.context),
+            "tile_tokens": int(tiles.grid),
+        }
+        yield Progress(_STAGE, n_batches, n_batches, f"{cache_name}: {n}/{n} pooled from tiles")
     else:
         for b in range(n_batches):
             chunk = xy[b * batch_size : (b + 1) * batch_size]
@@ -239,9 +295,33 @@ def iter_extract_features(
         "dim_per_size": int(enc.dim),
         "positions_digest": digest,
     }
+    if how != "maps":
+        meta["pooling"] = how
+    if how == "tiles":
+        meta.update(tiles_meta)
     if cache:
         store(sdata, name, key, xy, feats, meta)
     return FeatureSet(feats, key, meta, from_cache=False)
+
+
+def _iter_tiles(
+    enc: Any,
+    image: Any,
+    xy: np.ndarray,
+    sizes_px: Sequence[float],
+    geometry: _Geometry,
+    batch_size: int,
+    cache_name: str,
+) -> Generator[Progress, None, Any]:
+    """Embed the tissue tiles under the positions' largest patches (those not embedded yet)."""
+    from .vit_tiles import iter_fill_tiles, token_tiles
+
+    tiles = token_tiles(enc, image, float(geometry.um_per_px))
+    keys = tiles.tiles_under(xy, max(sizes_px))
+    todo = len(tiles.missing(keys))
+    msg = f"{cache_name}: {todo} of {len(keys)} tiles to embed"
+    yield from iter_fill_tiles(enc, tiles, keys, batch_size=batch_size, message=msg)
+    return tiles
 
 
 def extract_features(
@@ -259,6 +339,7 @@ def extract_features(
     bf16: bool = False,
     cache_name: str = "spots",
     cache: bool = True,
+    pooling: str = "auto",
 ) -> FeatureSet:
     """Run :func:`iter_extract_features` to the end (same arguments).
 
@@ -287,5 +368,6 @@ def extract_features(
             bf16=bf16,
             cache_name=cache_name,
             cache=cache,
+            pooling=pooling,
         )
     )

@@ -238,6 +238,8 @@ class TimmEncoder:
                 "network; found none. The built-in `histology` encoder needs no weights."
             )
         self.weights_path: Path | None = None
+        #: Token tiles embedded so far, per image (see :mod:`.vit_tiles`).
+        self.token_tiles_cache: list[Any] = []
         if str(weights) == HUB_WEIGHTS:
             model = self._from_hub(name, model_name, kwargs)
             self.weights_sha256: str | None = HUB_WEIGHTS
