@@ -145,10 +145,16 @@ def _load_into(model: Any, path: str | Path, expected: str, *, assign: bool = Fa
 
 
 def _create_random(model_name: str, kwargs: dict[str, Any]) -> Any:
-    """Untrained model with timm's own initialisation."""
-    import timm
+    """Untrained model with timm's own initialisation, seeded (the same weights every time).
 
-    return timm.create_model(model_name, pretrained=False, **kwargs)
+    The global torch random state is left as it was.
+    """
+    import timm
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return timm.create_model(model_name, pretrained=False, **kwargs)
 
 
 def _create_loaded(model_name: str, kwargs: dict[str, Any], path: Path, expected: str) -> Any:
