@@ -68,14 +68,14 @@ class HisToSGEWidget(QWidget):
         self.viewer = napari_viewer
         self.session = Session()
         self.controller = Controller(self.session, runner or Runner())
-        # The worker starts once the sections are built and imports the core while the user
-        # reads the dock.
+        # The worker starts once the sections are built (on a turn of its own: spawning it forks
+        # the process) and imports the core while the user reads the dock.
         self._start_timer = QTimer(self)
         self._start_timer.setSingleShot(True)
+        self._start_timer.setInterval(START_DELAY_MS)
         self._start_timer.timeout.connect(self.controller.runner.start)
         # The readers' imports run in a thread and would compete with the sections being built.
         self._start_timer.timeout.connect(prefetch_readers)
-        self._start_timer.start(START_DELAY_MS)
         # Layers are added on turns of the event loop without a repaint of the window, which
         # repaints once afterwards (see `_repaint`).
         self.repaint = RepaintHold(lambda: self)
@@ -144,6 +144,8 @@ class HisToSGEWidget(QWidget):
             self._add_section(self._builders.pop(0)())
         if self._builders:
             self._build_timer.start()
+        else:
+            self._start_timer.start()
 
     def _build_data(self) -> QWidget:
         from ._data_section import DataSection
