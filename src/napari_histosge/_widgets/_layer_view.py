@@ -7,6 +7,7 @@ memory-mapped ``.npy`` files written by the worker. Nothing here computes.
 
 from __future__ import annotations
 
+import functools
 import threading
 import warnings
 from collections import deque
@@ -83,20 +84,28 @@ class LayerView(QObject):
     def _later(self, *steps: Callable[[], None]) -> None:
         self._queue.extend(steps)
         if not self._timer.isActive():
-            self._timer.start()
+            self._timer.start(STEP_MS)
 
     def _next(self) -> None:
         # Each change runs on a turn of its own, without repainting the window: a layer's
         # insertion alone costs napari 50-80 ms (its controls and visuals), and the window's
         # repaint (composed through OpenGL, then sent to the display) as much again. The window
         # repaints once, on a turn of its own, when the queue is done.
+        drew = False
         if self._queue:
             self.repaint.hold("layers")
-            self._queue.popleft()()
-        if self._queue:
-            self._timer.start()
-        else:
+            step = self._queue.popleft()
+            drew = getattr(step, "draws", False)
+            step()
+        if not self._queue:
             self.repaint.release("layers", STEP_MS)
+        elif drew:
+            # A layer just became visible: its first draw builds its shaders. Let the window
+            # repaint now, on a turn of its own, so that one repaint never builds several.
+            self.repaint.release("layers", STEP_MS)
+            self._timer.start(3 * STEP_MS)
+        else:
+            self._timer.start(STEP_MS)
 
     def _on_changed(self, name: str) -> None:
         if name == "slide" and self.session.slide is not None:
@@ -221,7 +230,9 @@ class LayerView(QObject):
             visible=False,
         )
         self.gene_layers[gene] = layer
-        self._queue.appendleft(lambda: self._reveal(layer))
+        reveal = functools.partial(self._reveal, layer)
+        reveal.draws = True  # type: ignore[attr-defined]
+        self._queue.appendleft(reveal)
         self._queue.appendleft(lambda: self._insert(layer))
 
     def _insert(self, layer: Any) -> None:
