@@ -156,11 +156,10 @@ def test_checkpoint_over_earlier_checkpoint_killed_at(point, sig, tmp_path, base
 CACHE_POINTS = [
     ("element-staged", "KILL"),
     ("element-unlisted", "KILL"),
-    ("element-moved-aside", "KILL"),
     ("element-moved-in", "KILL"),
     ("element-listed", "KILL"),
     ("element-staged", "INT"),
-    ("element-moved-aside", "INT"),
+    ("element-moved-in", "INT"),
 ]
 
 _CACHE_WRITE = """

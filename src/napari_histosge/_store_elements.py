@@ -1,7 +1,18 @@
-"""Crash-safe writes of one element into an existing SpatialData store (the feature cache).
+"""Crash-safe writes of one element into an existing SpatialData store.
 
-Part of :mod:`napari_histosge.store`, which re-exports :func:`write_table_atomic` and
-:func:`clean_store_leftovers`.
+The feature cache and the in-place export write their ``histosge_*`` elements here, one at a
+time, never touching the store's other elements. Each element is first written in full under a
+hidden folder inside the store, then swapped in:
+
+1. a marker ``.histosge-pending`` is written, then the store's consolidated metadata is
+   dropped from its root ``zarr.json`` (readers then list the store from its folders);
+2. the staged folder replaces the element's folder in one atomic rename (an exchange with the
+   old folder where the platform has one);
+3. the consolidated metadata is written again, listing the new element, and the marker removed.
+
+A kill at any point leaves the store readable with the old element or the new one (never a
+mix); the next write, or :func:`clean_store_leftovers`, removes the staged copies and restores
+the consolidated metadata. Part of :mod:`napari_histosge.store`, which re-exports these.
 """
 
 from __future__ import annotations
@@ -16,14 +27,25 @@ from pathlib import Path
 
 from ._interrupt import deferred_interrupt, fault_point
 
-__all__ = ["STORE_LEFTOVER", "clean_store_leftovers", "write_table_atomic"]
+__all__ = [
+    "PENDING_NAME",
+    "STORE_LEFTOVER",
+    "clean_store_leftovers",
+    "consolidate_store",
+    "write_element_atomic",
+    "write_table_atomic",
+]
 
 
 def _notice(message: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=3)
 
 
-STORE_LEFTOVER = re.compile(r"^\.histosge-(tmp|old)-[0-9a-f]{8}$")
+#: Hidden names an interrupted element write leaves at a store's root.
+STORE_LEFTOVER = re.compile(r"^\.histosge-((tmp|old)-[0-9a-f]{8}|pending)$")
+#: Marker of a swap in progress: the consolidated metadata is to be written again.
+PENDING_NAME = ".histosge-pending"
+_GROUPS = ("images", "labels", "points", "shapes", "tables")
 
 
 def _root_meta(root: Path) -> dict | None:
@@ -45,26 +67,21 @@ def _listed(doc: dict) -> dict | None:
     return cm.get("metadata") if isinstance(cm, dict) else None
 
 
-def _relist(root: Path, prefix: str, entries: dict | None) -> None:
-    """Drop the consolidated entries under ``prefix`` and add ``entries`` (atomic rewrite)."""
-    doc = _root_meta(root)
-    listed = _listed(doc) if doc is not None else None
-    if doc is None or listed is None:
-        return
-    kept = {k: v for k, v in listed.items() if k != prefix and not k.startswith(prefix + "/")}
-    for k, v in (entries or {}).items():
-        kept.setdefault(k, v)
-    doc["consolidated_metadata"]["metadata"] = kept
-    _write_json_atomic(root / "zarr.json", doc)
+def consolidate_store(root: Path) -> None:
+    """Write the consolidated metadata of the whole store ``root`` again (spatialdata's way)."""
+    from spatialdata._io.io_zarr import _write_consolidated_metadata
+
+    _write_consolidated_metadata(root)
 
 
 def clean_store_leftovers(root: str | Path, *, element_prefix: str = "histosge_features_") -> int:
-    """Remove what an interrupted :func:`write_table_atomic` left in the store ``root``.
+    """Remove what an interrupted element write left in the store ``root``; restore its metadata.
 
-    That is hidden ``.histosge-tmp-*``/``.histosge-old-*`` folders at the store's root and
+    That is hidden ``.histosge-tmp-*``/``.histosge-old-*`` folders at the store's root,
     ``tables/<element_prefix>*`` folders the store's metadata does not list (an element caught
-    half-written). Prints one notice; returns how many were removed. Only this package's own
-    names are touched.
+    half-written by an earlier version of this module) and, when a swap was interrupted
+    (``.histosge-pending``), the consolidated metadata, written again from the folders. Warns
+    once; returns how many leftovers were removed. Only this package's own names are touched.
 
     Examples
     --------
@@ -72,7 +89,11 @@ def clean_store_leftovers(root: str | Path, *, element_prefix: str = "histosge_f
     0
     """
     root = Path(root)
-    victims = [p for p in root.iterdir() if STORE_LEFTOVER.match(p.name)] if root.is_dir() else []
+    if not root.is_dir():
+        return 0
+    found = [p for p in root.iterdir() if STORE_LEFTOVER.match(p.name)]
+    pending = root / PENDING_NAME
+    victims = [p for p in found if p != pending]
     doc = _root_meta(root)
     listed = _listed(doc) if doc is not None else None
     tables = root / "tables"
@@ -85,59 +106,154 @@ def clean_store_leftovers(root: str | Path, *, element_prefix: str = "histosge_f
     removed = 0
     for p in victims:
         try:
-            shutil.rmtree(p)
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
             removed += 1
         except OSError:
             continue
+    if pending.exists():
+        with deferred_interrupt():
+            consolidate_store(root)
+            pending.unlink()
     if removed:
-        _notice(f"removed {removed} partial cache copies left in `{root}` by an interrupted run.")
+        _notice(f"removed {removed} partial copies left in `{root}` by an interrupted write.")
     return removed
 
 
-def write_table_atomic(root: str | Path, name: str, table: object) -> None:
-    """Write the table ``name`` into the existing zarr v3 store ``root``; a kill is harmless.
+def _stage(element_type: str, name: str, element: object, stage: Path) -> dict:
+    """Write ``element`` alone into the new store ``stage``; return its consolidated entries."""
+    from spatialdata import SpatialData
 
-    Staged in full under a hidden name inside the store, then swapped in: the metadata stops
-    listing ``name``, the old folder moves aside, the new one moves in, the metadata lists it
-    again. A kill anywhere leaves the store readable with the old table or none. ``OSError``:
-    the store cannot be written (nothing changed); ``ValueError``: not a zarr v3 store.
+    with warnings.catch_warnings():  # a table staged alone annotates an element not beside it
+        warnings.filterwarnings("ignore", message=".*which is not present in the SpatialData")
+        SpatialData(**{element_type: {name: element}}).write(stage, overwrite=False)
+    staged = _listed(_root_meta(stage) or {}) or {}
+    prefix = f"{element_type}/{name}"
+    return {
+        k: v for k, v in staged.items() if k in (prefix, element_type) or k.startswith(prefix + "/")
+    }
+
+
+def write_element_atomic(
+    root: str | Path, element_type: str, name: str, element: object | None
+) -> None:
+    """Write (or, with ``element=None``, delete) one ``histosge_*`` element of the store ``root``.
+
+    Only that element's folder and the store's root metadata change; a kill at any moment leaves
+    a store that ``spatialdata.read_zarr`` opens, with the old element or the new one (see the
+    module's description). ``OSError``: the store cannot be written (nothing changed);
+    ``ValueError``: not a zarr v3 SpatialData store, or not an element name of this package.
+
+    Parameters
+    ----------
+    root
+        The store.
+    element_type
+        ``"images"``, ``"labels"``, ``"points"``, ``"shapes"`` or ``"tables"``.
+    name
+        The element's name; it must start with ``histosge_`` (the user's elements are never
+        replaced).
+    element
+        A parsed SpatialData element, or ``None`` to remove the element.
+
+    Examples
+    --------
+    >>> write_element_atomic("s.zarr", "tables", "histosge_predictions", t)  # doctest: +SKIP
+    """
+    root = Path(root)
+    if element_type not in _GROUPS:
+        raise ValueError(f"Expected an element type in {list(_GROUPS)}, found `{element_type}`.")
+    if not name.startswith("histosge_"):
+        raise ValueError(
+            f"Expected a `histosge_*` element name, found `{name}`; the store's own elements "
+            "are never replaced."
+        )
+    if _root_meta(root) is None:
+        raise ValueError(f"Expected a zarr v3 SpatialData store at `{root}`, found another format.")
+    clean_store_leftovers(root)
+    token = uuid.uuid4().hex[:8]
+    stage = root / f".histosge-tmp-{token}"
+    entries: dict = {}
+    try:
+        if element is None:
+            stage.mkdir()
+        else:
+            entries = _stage(element_type, name, element, stage)
+        fault_point("element-staged")
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    prefix = f"{element_type}/{name}"
+    group, target, new = (
+        root / element_type,
+        root / element_type / name,
+        stage / element_type / name,
+    )
+    before = _root_meta(root) or {}
+    consolidated = _listed(before) is not None
+    with deferred_interrupt():
+        if consolidated:
+            (root / PENDING_NAME).write_text(token)
+            _write_json_atomic(
+                root / "zarr.json",
+                {k: v for k, v in before.items() if k != "consolidated_metadata"},
+            )
+        fault_point("element-unlisted")
+        if element is not None and not (group / "zarr.json").is_file():
+            group.mkdir(exist_ok=True)
+            shutil.copyfile(stage / element_type / "zarr.json", group / "zarr.json")
+        if element is None:
+            if target.exists():
+                os.replace(target, stage / name)
+        elif not target.exists():
+            os.replace(new, target)
+        elif not _exchange(new, target):
+            os.replace(target, stage / name)
+            fault_point("element-moved-aside")
+            os.replace(new, target)
+        fault_point("element-moved-in")
+        if consolidated:
+            _relist(root, before, prefix, entries)
+            fault_point("element-listed")
+            (root / PENDING_NAME).unlink()
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def _relist(root: Path, doc: dict, prefix: str, entries: dict) -> None:
+    """Write ``doc`` (the root metadata before the swap) back, with ``entries`` for ``prefix``."""
+    listed = _listed(doc) or {}
+    kept = {k: v for k, v in listed.items() if k != prefix and not k.startswith(prefix + "/")}
+    for k, v in entries.items():
+        kept.setdefault(k, v)
+    # zarr rebuilds the tree level by level and needs the children of a node together.
+    order = sorted(kept, key=lambda k: (k.count("/"), k.rsplit("/", 1)[0] if "/" in k else ""))
+    doc["consolidated_metadata"]["metadata"] = {k: kept[k] for k in order}
+    _write_json_atomic(root / "zarr.json", doc)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2``); ``False`` where unsupported."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    res = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return res == 0
+
+
+def write_table_atomic(root: str | Path, name: str, table: object) -> None:
+    """Write the table ``name`` into the store ``root`` with :func:`write_element_atomic`.
 
     Examples
     --------
     >>> write_table_atomic("slide.zarr", "histosge_features_spots", adata)  # doctest: +SKIP
     """
-    from spatialdata import SpatialData
-
-    root = Path(root)
-    if _root_meta(root) is None:
-        raise ValueError(f"Expected a zarr v3 store at `{root}`, found another format.")
-    clean_store_leftovers(root)
-    token = uuid.uuid4().hex[:8]
-    stage = root / f".histosge-tmp-{token}"
-    try:
-        SpatialData(tables={name: table}).write(stage, overwrite=False)  # type: ignore[dict-item]
-        fault_point("element-staged")
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    staged = _listed(_root_meta(stage) or {}) or {}
-    prefix = f"tables/{name}"
-    entries = {k: v for k, v in staged.items() if k == prefix or k.startswith(prefix + "/")}
-    target = root / "tables" / name
-    old = root / f".histosge-old-{token}"
-    with deferred_interrupt():
-        _relist(root, prefix, None)
-        fault_point("element-unlisted")
-        if not (root / "tables" / "zarr.json").is_file():
-            (root / "tables").mkdir(exist_ok=True)
-            shutil.copyfile(stage / "tables" / "zarr.json", root / "tables" / "zarr.json")
-            entries.setdefault("tables", staged.get("tables"))
-        if target.exists():
-            os.replace(target, old)
-        fault_point("element-moved-aside")
-        os.replace(stage / "tables" / name, target)
-        fault_point("element-moved-in")
-        _relist(root, prefix, entries)
-        fault_point("element-listed")
-    shutil.rmtree(stage, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
+    write_element_atomic(root, "tables", name, table)

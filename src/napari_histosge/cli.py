@@ -10,6 +10,14 @@ from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._cli_io import (
+    CliError,
+    check_out,
+    in_place_arg,
+    read_lines,
+    resolve_out,
+    write_text_atomic,
+)
 from ._progress import Progress
 
 if TYPE_CHECKING:
@@ -19,10 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 T = TypeVar("T")
-
-
-class CliError(Exception):
-    """An error reported to the user as one line, with exit code 2."""
 
 
 def _drive(gen: Generator[Progress, None, T], *, quiet: bool = False) -> T:
@@ -57,19 +61,6 @@ def _drive(gen: Generator[Progress, None, T], *, quiet: bool = False) -> T:
     finally:
         for bar in bars.values():
             bar.close()
-
-
-def _read_lines(path: str | None, what: str) -> list[str] | None:
-    if path is None:
-        return None
-    p = Path(path)
-    if not p.is_file():
-        raise CliError(f"Expected {what} file `{p}` to exist, found nothing there.")
-    items = [ln.strip() for ln in p.read_text().splitlines()]
-    items = [ln for ln in items if ln and not ln.startswith("#")]
-    if not items:
-        raise CliError(f"Expected {what} in `{p}` (one per line), found an empty file.")
-    return items
 
 
 def _slide_args(p: argparse.ArgumentParser) -> None:
@@ -169,12 +160,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_out(out: str, overwrite: bool, source: Path | None) -> Path:
-    from .store import check_target
-
-    return check_target(out, overwrite=overwrite, kind="store", inputs=[source], allow_input=True)
-
-
 def _check_inputs(args: argparse.Namespace) -> None:
     """Check the options that need no data: device and gene counts."""
     from ._device import check_device
@@ -196,26 +181,13 @@ def _check_inputs(args: argparse.Namespace) -> None:
 def _read_genes(args: argparse.Namespace) -> list[str] | None:
     from .expression import MIN_GENES
 
-    genes = _read_lines(args.genes, "gene")
+    genes = read_lines(args.genes, "gene")
     if genes is not None and len(genes) < MIN_GENES:
         raise CliError(
             f"Expected at least {MIN_GENES} genes in `{args.genes}`, found {len(genes)}; the "
             "model predicts several genes at once, so add genes to the file."
         )
     return genes
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    import os
-    import uuid
-
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _resolution(args: argparse.Namespace) -> float | None:
@@ -238,7 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     src_path = Path(args.store)
-    out_path = _check_out(args.out, args.overwrite, src_path)
+    out_path = check_out(resolve_out(args), args.overwrite, src_path)
     mode = args.mode or ("superres" if not args.checkpoint_out else None)
     if mode == "superres" and args.checkpoint_out:
         raise CliError(
@@ -284,7 +256,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.written.append(
             str(save_checkpoint(model, args.checkpoint_out, overwrite=args.overwrite))
         )
-    n_new = int((preds.kind != "spot").sum())
+    n_new = int((~preds.is_full_size).sum())
     print(  # noqa: T201
         f"wrote {out}: {len(preds.genes)} genes at {len(slide.geometry.spot_ids)} spots + "
         f"{n_new} new positions, maps {maps.data.shape[2]}x{maps.data.shape[1]} px "
@@ -299,7 +271,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .pipeline import ExtractOptions, export_slide, iter_extract, predict_slide, render_maps
     from .sections import open_for_prediction
 
-    _check_out(args.out, args.overwrite, Path(args.store))
+    check_out(resolve_out(args), args.overwrite, Path(args.store))
     _check_inputs(args)
     model = load_checkpoint(args.checkpoint)
     meta = model.feature_meta
@@ -345,7 +317,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if targets[0] == targets[1]:
         raise CliError("Expected --predictions-out and --metrics-out to differ, found one path.")
     _check_inputs(args)
-    holdout = _read_lines(args.holdout_spots, "held-out spot id")
+    holdout = read_lines(args.holdout_spots, "held-out spot id")
     genes = _read_genes(args)
     slide = _open(args, args.store)
     result = _drive(
@@ -359,9 +331,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ),
         quiet=args.quiet,
     )
-    _write_text_atomic(targets[0], result.predictions.to_csv())
+    write_text_atomic(targets[0], result.predictions.to_csv())
     args.written.append(str(targets[0]))
-    _write_text_atomic(targets[1], json.dumps(result.metrics, indent=2, default=float))
+    write_text_atomic(targets[1], json.dumps(result.metrics, indent=2, default=float))
     args.written.append(str(targets[1]))
     summary = ", ".join(
         f"{name} {m['mean_r']:.3f}" for name, m in result.metrics["methods"].items()
@@ -395,9 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="features, training, prediction and export in one go")
     p.add_argument("store", help="input slide: .zarr, Visium folder or ST section folder")
-    p.add_argument(
-        "--out", required=True, help="output .zarr (input elements + histosge_* outputs)"
-    )
+    p.add_argument("--out", help="output .zarr (input elements + histosge_* outputs)")
+    in_place_arg(p)
     p.add_argument(
         "--positions", default="4x", help="4x (between neighbouring spots) or grid:MICRONS"
     )
@@ -420,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", help="input slide")
     p.add_argument("--checkpoint", required=True, help="model saved by run/train --checkpoint-out")
     p.add_argument("--um-per-px", type=float, help="µm per pixel, for an H&E-only section")
-    p.add_argument("--out", required=True, help="output .zarr")
+    p.add_argument("--out", help="output .zarr")
+    in_place_arg(p)
     p.add_argument("--positions", default="4x", help="4x or grid:MICRONS")
     p.add_argument("--resolution-um", type=float, help="map pixel side in µm")
     p.add_argument("--weights", help="encoder weights file, when the model's encoder needs one")

@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._interrupt import fault_point
 from ._json import json_default
+from ._store_elements import consolidate_store
 from .store import (
     EXPRESSION_KEY,
     OUTPUT_KEYS,
     POSITIONS_KEY,
     PREDICTIONS_KEY,
     check_target,
-    foreign_entries,
-    write_atomic,
+    write_element_atomic,
+    write_folder_atomic,
 )
 
 _GROUPS = ("images", "shapes", "tables")
+_GROUPS_ALL = ("images", "labels", "points", "shapes", "tables")
+_METADATA_FILES = frozenset({"zarr.json", ".zattrs", ".zgroup", ".zarray", ".zmetadata"})
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -99,7 +105,9 @@ def build_output(
 
     m = len(predictions.positions_px)
     radius = np.where(
-        predictions.is_spot, predictions.spot_diameter_px / 2.0, predictions.spot_diameter_px / 4.0
+        predictions.is_full_size,
+        predictions.spot_diameter_px / 2.0,
+        predictions.spot_diameter_px / 4.0,
     )
     elements[POSITIONS_KEY] = ShapesModel.parse(
         np.asarray(predictions.positions_px, dtype=float),
@@ -137,27 +145,37 @@ def build_output(
 
 def write_predictions(
     sdata: SpatialData,
-    out: str | Path,
+    out: str | Path | None,
     *,
     image_key: str,
     predictions: Predictions,
     maps: GeneMaps | None = None,
     meta: dict[str, Any] | None = None,
     overwrite: bool = False,
+    in_place: bool = False,
 ) -> Path:
-    """Write the input elements plus the ``histosge_*`` outputs into the store ``out``.
+    """Write the ``histosge_*`` outputs into the input store, or into a new store ``out``.
 
-    The input elements are copied unchanged; the outputs are the image ``histosge_expression``
-    (channels = genes, placed on the H&E), the circles ``histosge_positions`` and the table
-    ``histosge_predictions`` annotating them (config and metrics in ``uns["histosge"]``).
-    The write is atomic: on failure the store at ``out`` is left as it was.
+    The outputs are the image ``histosge_expression`` (channels = genes, placed on the H&E),
+    the circles ``histosge_positions`` and the table ``histosge_predictions`` annotating them
+    (config and metrics in ``uns["histosge"]``).
+
+    - Into the input store (``in_place``, or ``out`` is the store ``sdata`` was read from):
+      only the three elements are written, one at a time and crash-safely
+      (:func:`~napari_histosge.store.write_element_atomic`); nothing else in the store is
+      read, copied or changed except its root metadata.
+    - Into another store: the new store is assembled in a hidden temporary folder and moved
+      into place (:func:`~napari_histosge.store.write_folder_atomic`). Image and label
+      elements read unchanged from the input store are hard-linked file by file (copied where
+      the two paths are on different file systems; metadata files are always copied); every
+      other element is written from memory.
 
     Parameters
     ----------
     sdata
         The input slide; not modified.
     out
-        Output ``.zarr`` path. It may be the store ``sdata`` was read from.
+        Output ``.zarr`` path; ``None`` with ``in_place``.
     image_key
         The H&E image the predictions are placed on.
     predictions
@@ -171,6 +189,8 @@ def write_predictions(
         did not write, nor one holding the input; see
         :func:`~napari_histosge.store.check_target`), or earlier ``histosge_*`` outputs in the
         input store. Without it such a write is refused.
+    in_place
+        Write into the store ``sdata`` was read from.
 
     Returns
     -------
@@ -180,44 +200,141 @@ def write_predictions(
     --------
     >>> write_predictions(sdata, "out.zarr", image_key="he", predictions=p)  # doctest: +SKIP
     """
-    from spatialdata import SpatialData
-
     source = Path(sdata.path).resolve() if getattr(sdata, "path", None) else None
+    if in_place:
+        if source is None:
+            raise ValueError(
+                "Expected a slide read from a .zarr store for an in-place export, found one "
+                "held only in memory; give an output path instead."
+            )
+        if out is not None and Path(out).expanduser().resolve() != source:
+            raise ValueError(
+                f"Expected no output path besides the input with --in-place, found `{out}`."
+            )
+        out = source
+    if out is None:
+        raise ValueError("Expected an output path (or --in-place), found none.")
     out_path = check_target(
         out, overwrite=overwrite, kind="store", inputs=[source], allow_input=True
     )
+    if image_key not in sdata.images:
+        raise KeyError(f"Expected `image_key` in `{list(sdata.images)}`, found `{image_key}`.")
     if source is not None and out_path == source:
-        loaded = [f"{kind}/{name}" for kind, name, _ in sdata.gen_elements()]
-        lost = foreign_entries(
-            source, [*loaded, *(f"{k}/{n}" for k in _GROUPS for n in OUTPUT_KEYS)]
-        )
-        if lost:
-            raise ValueError(
-                f"Expected every element of the input `{source}` to be loaded before it is "
-                f"rewritten with the outputs, found `{lost[0]}` not loaded; choose another --out."
-            )
+        return _write_into(sdata, source, image_key, predictions, maps, meta, overwrite)
     existing_outputs = [k for k in OUTPUT_KEYS if k in sdata]
     if existing_outputs and not overwrite:
         raise FileExistsError(
             f"Expected no earlier outputs in the store, found `{existing_outputs}`; "
             "pass overwrite=True (--overwrite) to replace them."
         )
-    if image_key not in sdata.images:
-        raise KeyError(f"Expected `image_key` in `{list(sdata.images)}`, found `{image_key}`.")
-
     new = build_output(sdata, image_key=image_key, predictions=predictions, maps=maps, meta=meta)
-    images = {k: v for k, v in sdata.images.items() if k not in OUTPUT_KEYS}
-    shapes = {k: v for k, v in sdata.shapes.items() if k not in OUTPUT_KEYS}
-    tables = {k: v for k, v in sdata.tables.items() if k not in OUTPUT_KEYS}
-    if EXPRESSION_KEY in new:
-        images[EXPRESSION_KEY] = new[EXPRESSION_KEY]
-    shapes[POSITIONS_KEY] = new[POSITIONS_KEY]
-    tables[PREDICTIONS_KEY] = new[PREDICTIONS_KEY]
-    combined = SpatialData(
-        images=images,
-        labels=dict(sdata.labels.items()),
-        points=dict(sdata.points.items()),
-        shapes=shapes,
-        tables=tables,
+    return write_folder_atomic(
+        out_path, lambda tmp: _assemble(sdata, source, new, tmp), kind="store"
     )
-    return write_atomic(combined, out_path)
+
+
+def _element_type(name: str) -> str:
+    return "images" if name == EXPRESSION_KEY else "shapes" if name == POSITIONS_KEY else "tables"
+
+
+def _write_into(
+    sdata: SpatialData,
+    root: Path,
+    image_key: str,
+    predictions: Predictions,
+    maps: GeneMaps | None,
+    meta: dict[str, Any] | None,
+    overwrite: bool,
+) -> Path:
+    """Add (or replace) the ``histosge_*`` elements of the store ``root`` one by one."""
+    on_disk = [k for k in OUTPUT_KEYS if (root / _element_type(k) / k).exists()]
+    earlier = sorted({*on_disk, *(k for k in OUTPUT_KEYS if k in sdata)})
+    if earlier and not overwrite:
+        raise FileExistsError(
+            f"Expected no earlier outputs in the store, found `{earlier}`; "
+            "pass overwrite=True (--overwrite) to replace them."
+        )
+    clashes = [
+        f"{kind}/{name}"
+        for kind in _GROUPS
+        for name in OUTPUT_KEYS
+        if kind != _element_type(name) and (root / kind / name).exists()
+    ]
+    if clashes:
+        raise ValueError(
+            f"Expected the `histosge_*` names free in `{root}`, found `{clashes[0]}`; "
+            "choose another --out."
+        )
+    new = build_output(sdata, image_key=image_key, predictions=predictions, maps=maps, meta=meta)
+    # The table last: a store holding it holds the positions it annotates.
+    for name in (EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY):
+        element = new.get(name)
+        if element is None and name not in on_disk:
+            continue
+        write_element_atomic(root, _element_type(name), name, element)
+        fault_point(f"export-wrote-{name}")
+    return root
+
+
+def _linkable(sdata: SpatialData, source: Path | None, kind: str, name: str) -> bool:
+    """Whether the raster element is the input store's on-disk element, unchanged in memory."""
+    if source is None or kind not in ("images", "labels"):
+        return False
+    from spatialdata._io._utils import get_dask_backing_files
+
+    folder = source / kind / name
+    element = sdata[name]
+    try:
+        files = [Path(f).resolve() for f in get_dask_backing_files(element)]
+        scales = [element] if hasattr(element, "data") else [n["image"] for n in element.values()]
+        layers = [k for s in scales for k in s.data.dask.layers]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return False
+    plain = all(k.startswith(("original-from-zarr-", "from-zarr-")) for k in layers)
+    return folder.is_dir() and plain and bool(files) and all(f == folder for f in files)
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Recreate ``src`` at ``dst``: data hard-linked (copied across devices), metadata copied."""
+    for dirpath, _dirs, files in os.walk(src):
+        here = Path(dirpath)
+        target = dst / here.relative_to(src)
+        target.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            if f in _METADATA_FILES:
+                shutil.copy2(here / f, target / f)
+                continue
+            try:
+                os.link(here / f, target / f)
+            except OSError:
+                shutil.copy2(here / f, target / f)
+
+
+def _assemble(sdata: SpatialData, source: Path | None, new: dict[str, Any], tmp: Path) -> None:
+    """Write a new store at ``tmp``: the input's elements (rasters linked) plus ``new``."""
+    from spatialdata import SpatialData
+
+    groups: dict[str, dict[str, Any]] = {k: {} for k in _GROUPS_ALL}
+    linked: list[tuple[str, str]] = []
+    for kind, name, element in sdata.gen_elements():
+        if name in OUTPUT_KEYS:
+            continue
+        if _linkable(sdata, source, kind, name):
+            linked.append((kind, name))
+        else:
+            groups[kind][name] = element
+    for name, element in new.items():
+        groups[_element_type(name)][name] = element
+    SpatialData(**groups, attrs=dict(sdata.attrs)).write(
+        tmp, overwrite=False, update_sdata_path=False
+    )
+    if not linked:
+        return
+    assert source is not None
+    for kind, name in linked:
+        group = tmp / kind
+        if not (group / "zarr.json").is_file():
+            group.mkdir(exist_ok=True)
+            shutil.copy2(source / kind / "zarr.json", group / "zarr.json")
+        _link_tree(source / kind / name, group / name)
+    consolidate_store(tmp)

@@ -381,7 +381,9 @@ def predict_slide(
     _predict_into(
         values[n_spots:], model, features.positions.features, features.positions_px * um, reference
     )
-    kind = np.array(["spot"] * n_spots + [features.positions_name] * n_pos, dtype=object)
+    # The slide's own positions are its spots, or the lattice over an image-only section.
+    base = "spot" if slide.keys.spots_key else "lattice"
+    kind = np.array([base] * n_spots + [features.positions_name] * n_pos, dtype=object)
     ids = np.concatenate(
         [
             np.asarray(slide.geometry.spot_ids, dtype=str),

@@ -8,7 +8,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Predictions"]
+__all__ = ["FULL_SIZE_KINDS", "Predictions"]
+
+#: Kinds of spot-sized positions: the slide's spots, and the square lattice laid over the
+#: tissue of a section that has an image only (``sections.open_for_prediction``).
+FULL_SIZE_KINDS = ("spot", "lattice")
 
 
 @dataclass
@@ -25,9 +29,11 @@ class Predictions:
     values
         ``(m, g)`` predictions in the target space (log1p of counts normalised to 1e4).
     kind
-        ``(m,)`` ``"spot"`` for a measured spot, otherwise the position set (``"4x"``, ``"grid"``).
+        ``(m,)`` ``"spot"`` for the slide's spots (its circles), ``"lattice"`` for the
+        spot-sized lattice laid over an image-only section, otherwise the set of new positions
+        (``"4x"``, ``"grid<µm>um"``).
     ids
-        ``(m,)`` position ids: the spot ids for measured spots, ``"<kind>_<i>"`` for new ones.
+        ``(m,)`` position ids: the spot (or lattice) ids first, ``"<kind>_<i>"`` for new ones.
     spot_diameter_px
         Diameter of a measured spot in H&E pixels.
     meta
@@ -44,8 +50,13 @@ class Predictions:
 
     @property
     def is_spot(self) -> np.ndarray:
-        """Boolean mask of the measured spots."""
+        """Boolean mask of the slide's spots (``kind == "spot"``)."""
         return np.asarray(self.kind) == "spot"
+
+    @property
+    def is_full_size(self) -> np.ndarray:
+        """Boolean mask of the spot-sized positions: the spots, or a section's tissue lattice."""
+        return np.isin(np.asarray(self.kind), FULL_SIZE_KINDS)
 
     @property
     def spot_px(self) -> np.ndarray:

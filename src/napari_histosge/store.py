@@ -4,8 +4,8 @@ Every folder this package writes (exported stores, converted stores, checkpoints
 :func:`write_folder_atomic`: it is written to a hidden temporary sibling, marked as a histosge
 output and moved into place only when complete, so a failure or an interrupt leaves whatever
 was at the target untouched. :func:`check_target` is the one rule deciding whether a path may
-be written or replaced; elements written into an existing store (the feature cache) go through
-:func:`write_element_atomic` (see :mod:`napari_histosge._store_elements`).
+be written or replaced; elements written into an existing store (the feature cache, an in-place
+export) go through :func:`write_element_atomic` (see :mod:`napari_histosge._store_elements`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from ._interrupt import deferred_interrupt, fault_point
-from ._store_elements import STORE_LEFTOVER, clean_store_leftovers, write_table_atomic
+from ._store_elements import (
+    STORE_LEFTOVER,
+    _exchange,
+    clean_store_leftovers,
+    write_element_atomic,
+    write_table_atomic,
+)
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -37,6 +43,7 @@ __all__ = [
     "clean_store_leftovers",
     "is_histosge_output",
     "write_atomic",
+    "write_element_atomic",
     "write_folder_atomic",
     "write_table_atomic",
 ]
@@ -196,7 +203,8 @@ def check_target(
     written when its folder is writable; an existing path is replaced only with ``overwrite``
     and only when it is an empty folder, a histosge output (it holds the marker file) or, for
     ``kind="store"``, a SpatialData store. Paths that are, hold or lie inside an input are
-    refused (``allow_input`` lets an export rewrite the input store itself, whole). Leftover
+    refused (``allow_input`` lets an export add its ``histosge_*`` elements to the input
+    store itself, one by one). Leftover
     temporary siblings of ``out`` from an interrupted write are cleaned first.
 
     Parameters
@@ -249,11 +257,10 @@ def check_target(
     if not p.exists() and not p.is_symlink():
         return p
     if allow_input and ins and p == ins[0]:
-        foreign = foreign_entries(p) if is_spatialdata_store(p) else ["(not a SpatialData store)"]
-        if foreign:
+        if not (p / "zarr.json").is_file() or not is_spatialdata_store(p):
             raise ValueError(
-                f"Expected the input `{p}` to hold only SpatialData elements before it is "
-                f"rewritten with the outputs, found `{foreign[0]}`; choose another {option}."
+                f"Expected the input `{p}` to be a zarr v3 SpatialData store to add the outputs "
+                f"to, found another format; choose another {option}."
             )
         return p
     if kind == "file":
@@ -281,25 +288,6 @@ def check_target(
             "--overwrite (overwrite=True) to replace it."
         )
     return p
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one atomic step (Linux ``renameat2``); ``False`` where unsupported."""
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    res = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
-    return res == 0
 
 
 def write_marker(folder: Path, kind: str) -> None:
