@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import spatialdata as sd
+from safety_helpers import tree_digest
 
 import napari_histosge
 from napari_histosge.batch import is_complete, marker_path, slide_name
@@ -99,7 +100,10 @@ def test_batch_on_a_running_scheduler(tmp_path, scheduler, two_stores):
     out_dir = tmp_path / "out"
     argv = ["batch", str(a), str(b), str(broken), "--out-dir", str(out_dir)]
     argv += ["--scheduler", address, "--epochs", "20", "--n-top-genes", "30"]
+    inputs_before = {p: tree_digest(p) for p in (a, b, broken)}
     assert main(argv) == 1  # C failed, the others ran
+    # The inputs are only read: no feature cache, no temporary folder, nothing touched.
+    assert {p: tree_digest(p) for p in (a, b, broken)} == inputs_before
     report = pd.read_csv(out_dir / "report.csv")
     assert list(report["slide"]) == ["A", "B", "C"]
     assert list(report["status"]) == ["done", "done", "failed"]
@@ -114,6 +118,8 @@ def test_batch_on_a_running_scheduler(tmp_path, scheduler, two_stores):
         back = sd.read_zarr(store)
         for key in (EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY):
             assert key in back
+        # The feature cache went into the output store.
+        assert {"histosge_features_spots", "histosge_features_4x"} <= set(back.tables)
     assert not (out_dir / "C.zarr").exists()
 
     # A rerun skips the complete slides and redoes one whose marker is gone.
@@ -127,6 +133,37 @@ def test_batch_on_a_running_scheduler(tmp_path, scheduler, two_stores):
     assert (out_dir / "A.zarr").stat().st_mtime == stamp
     assert is_complete(out_dir / "B.zarr")
     assert time.perf_counter() - t0 < 600
+
+
+def test_batch_task_reuses_the_cache_of_an_earlier_attempt(tmp_path, two_stores, monkeypatch):
+    """A slide redone after an interrupted attempt takes its features from that output."""
+    from napari_histosge.batch import SlideJob, run_slide
+    from napari_histosge.models import TrainConfig
+
+    a, _ = two_stores
+    before = tree_digest(a)
+    out = tmp_path / "A.zarr"
+    job = SlideJob(config=TrainConfig(epochs=2, ensemble=1), n_top_genes=30, torch_threads=1)
+    run_slide(str(a), str(out), job)
+    marker_path(out).unlink()  # as if killed after the export
+    cached = sd.read_zarr(out).tables["histosge_features_spots"]
+    from napari_histosge.features import extract
+
+    calls = []
+    real = extract.lookup
+
+    def spy(*args, **kwargs):
+        hit = real(*args, **kwargs)
+        calls.append(hit is not None)
+        return hit
+
+    monkeypatch.setattr(extract, "lookup", spy)
+    run_slide(str(a), str(out), job)
+    assert calls
+    assert all(calls)
+    assert tree_digest(a) == before
+    again = sd.read_zarr(out).tables["histosge_features_spots"]
+    assert list(again.obsm) == list(cached.obsm)
 
 
 def test_local_cluster_size_shares_the_cores():

@@ -281,7 +281,7 @@ def test_run_interrupted_while_caching_exporting_and_checkpointing(tmp_path, bas
     res = _interrupt_on(args, (tmp_path, ".o.zarr.tmp-*"), signal.SIGINT)
     assert res.returncode == 130, res.stderr[-800:]
     assert "cancelled; wrote no output" in res.stderr
-    assert "removed 1 partial cache" in res.stderr  # the leftover of step 1 was noticed
+    assert "removed 1 partial copy" in res.stderr  # the leftover of step 1 was noticed
     assert tree_digest(out) == out_before
     assert tree_digest(ck) == ck_before
     sd.read_zarr(src)

@@ -115,7 +115,8 @@ def clean_store_leftovers(root: str | Path, *, element_prefix: str = "histosge_f
             consolidate_store(root)
             pending.unlink()
     if removed:
-        _notice(f"removed {removed} partial copies left in `{root}` by an interrupted write.")
+        what = "copy" if removed == 1 else "copies"
+        _notice(f"removed {removed} partial {what} left in `{root}` by an interrupted write.")
     return removed
 
 

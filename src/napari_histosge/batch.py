@@ -2,7 +2,10 @@
 
 Each task opens one slide, runs the same steps as ``histosge run`` (features, training,
 prediction, maps, export) on a worker, writes ``<out_dir>/<slide name>.zarr`` and then a small
-completion marker ``<out_dir>/<slide name>.done.json``. The marker is written last and
+completion marker ``<out_dir>/<slide name>.done.json``. The inputs are only read: the feature
+cache goes into the output store, and the input's image chunks are hard-linked into it (see
+:func:`~napari_histosge.export.write_predictions`). Each task limits torch and the BLAS
+libraries to its share of the cores (:func:`local_cluster_size`). The marker is written last and
 atomically, so a slide counts as complete only when both exist; a rerun skips complete slides and
 redoes the others (replacing a partial output). A failing slide is recorded in the report and
 does not stop the others.
@@ -25,7 +28,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from .models import TrainConfig
-    from .pipeline import ExtractOptions
+    from .pipeline import ExtractOptions, Slide, SlideFeatures
 
 __all__ = [
     "REPORT_COLUMNS",
@@ -168,15 +171,9 @@ def run_slide(src: str, out: str, job: SlideJob) -> dict[str, Any]:
     """
     import dask
     import torch
+    from threadpoolctl import threadpool_limits
 
-    from .pipeline import (
-        Slide,
-        export_slide,
-        iter_extract,
-        iter_train,
-        predict_slide,
-        render_maps,
-    )
+    from .pipeline import Slide, export_slide, iter_train, predict_slide, render_maps
 
     t0, cpu0 = time.perf_counter(), time.process_time()
     out_path = Path(out)
@@ -185,9 +182,9 @@ def run_slide(src: str, out: str, job: SlideJob) -> dict[str, Any]:
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with dask.config.set(scheduler="synchronous"):
+        with dask.config.set(scheduler="synchronous"), threadpool_limits(threads):
             slide = Slide.open(src, **job.keys)
-            feats = run_generator(iter_extract(slide, options=job.extract))
+            feats = _extract_read_only(slide, out_path, job)
             model = run_generator(
                 iter_train(
                     slide,
@@ -219,6 +216,33 @@ def run_slide(src: str, out: str, job: SlideJob) -> dict[str, Any]:
     }
     _write_marker(out_path, record)
     return record
+
+
+def _extract_read_only(slide: Slide, out: Path, job: SlideJob) -> SlideFeatures:
+    """Extract a slide's features without writing into its input store.
+
+    The feature cache is kept in memory while the task runs and written with the outputs into
+    ``out``; cache tables of an earlier attempt at ``out`` are reused.
+    """
+    from .pipeline import iter_extract
+
+    path = slide.sdata.path
+    cache = job.extract is None or job.extract.cache
+    if cache and out.is_dir():
+        import spatialdata as sd
+
+        try:
+            earlier = sd.read_zarr(out, selection=("tables",)).tables
+        except Exception:  # noqa: BLE001 - an unreadable earlier attempt is simply redone
+            earlier = {}
+        for name, table in earlier.items():
+            if str(name).startswith("histosge_features_") and name not in slide.sdata.tables:
+                slide.sdata.tables[name] = table
+    slide.sdata.path = None  # the cache then lives in memory, and goes out with the outputs
+    try:
+        return run_generator(iter_extract(slide, options=job.extract))
+    finally:
+        slide.sdata.path = path
 
 
 #: Memory a worker is sized for: a Visium slide with a 25k px image peaks near 2 GB.
