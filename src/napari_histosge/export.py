@@ -36,6 +36,16 @@ if TYPE_CHECKING:
 __all__ = ["build_output", "write_predictions"]
 
 
+#: Target size of one chunk of the maps: small maps keep several genes per chunk (one file),
+#: so that a slide's maps are a few files rather than one per gene.
+MAP_CHUNK_BYTES = 4 * 1024**2
+
+
+def _genes_per_chunk(n_genes: int, tile: tuple[int, int]) -> int:
+    """Genes per chunk of the maps: one per 1024 px tile, more when the map is small."""
+    return max(1, min(n_genes, MAP_CHUNK_BYTES // (4 * tile[0] * tile[1])))
+
+
 def _image_transformations(sdata: SpatialData, image_key: str) -> dict[str, Any]:
     from spatialdata.transformations import get_transformation
 
@@ -94,12 +104,13 @@ def build_output(
         h, w = maps.data.shape[1:]
         extra = {"scale_factors": list(maps.scale_factors)} if maps.scale_factors else {}
         lazy = hasattr(maps.data, "dask")
+        tile = (min(h, 1024), min(w, 1024))
         elements[EXPRESSION_KEY] = Image2DModel.parse(
             maps.data if lazy else np.ascontiguousarray(maps.data, dtype=np.float32),
             dims=("c", "y", "x"),
             c_coords=list(maps.genes),
             transformations=map_tf,
-            chunks=(1, min(h, 1024), min(w, 1024)),
+            chunks=(_genes_per_chunk(len(maps.genes), tile), *tile),
             **extra,
         )
 
