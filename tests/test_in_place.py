@@ -218,3 +218,22 @@ def test_in_place_killed_when_staging_appears(tmp_path, with_outputs):
     back = sd.read_zarr(src)
     assert _user_files(src) == user
     assert all(k in back for k in OUTPUT_KEYS)
+
+
+def test_predict_in_place(tmp_path, sample_store):
+    """``histosge predict --in-place`` adds the outputs of a saved model to the input store."""
+    src, model = tmp_path / "s.zarr", tmp_path / "model"
+    shutil.copytree(sample_store, src)
+    res = run_cli(
+        ["run", sample_store, "--out", tmp_path / "o.zarr", "--mode", "improved"]
+        + ["--checkpoint-out", model, "--no-cache", *FAST]
+    )
+    assert res.returncode == 0, res.stderr[-800:]
+    user = _user_files(src)
+    res = run_cli(["predict", src, "--checkpoint", model, "--in-place", "--no-cache", "--quiet"])
+    assert res.returncode == 0, res.stderr[-800:]
+    assert _user_files(src) == user
+    back = sd.read_zarr(src)
+    assert all(k in back for k in OUTPUT_KEYS)
+    kinds = set(back.tables[PREDICTIONS_KEY].obs["kind"])
+    assert kinds == {"spot", "4x"}

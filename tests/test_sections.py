@@ -10,7 +10,7 @@ from scipy.spatial import cKDTree
 from napari_histosge.checkpoints import load_checkpoint
 from napari_histosge.cli import main
 from napari_histosge.sections import place_apart
-from napari_histosge.store import EXPRESSION_KEY, PREDICTIONS_KEY
+from napari_histosge.store import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY
 
 
 def test_sections_are_placed_apart():
@@ -70,6 +70,11 @@ def test_train_on_sections_and_predict_from_the_image(tmp_path, stores, capsys):
     back = sd.read_zarr(out)
     assert back.tables[PREDICTIONS_KEY].n_obs > 20
     assert EXPRESSION_KEY in back
+    # The lattice over the tissue is not a set of measured spots, and says so.
+    kind = back.tables[PREDICTIONS_KEY].obs["kind"]
+    assert set(kind) == {"lattice", "4x"}
+    radius = back.shapes[POSITIONS_KEY]["radius"].to_numpy()
+    assert radius[(kind == "lattice").to_numpy()].min() > radius[(kind == "4x").to_numpy()].max()
 
 
 def test_train_refuses_genes_missing_in_a_section(tmp_path, stores, capsys):
