@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -256,7 +257,9 @@ def _extract_read_only(slide: Slide, out: Path, job: SlideJob) -> SlideFeatures:
         import spatialdata as sd
 
         try:
-            earlier = sd.read_zarr(out, selection=("tables",)).tables
+            with warnings.catch_warnings():  # tables read without the shapes they annotate
+                warnings.simplefilter("ignore", UserWarning)
+                earlier = sd.read_zarr(out, selection=("tables",)).tables
         except Exception:  # noqa: BLE001 - an unreadable earlier attempt is simply redone
             earlier = {}
         for name, table in earlier.items():
