@@ -76,6 +76,7 @@ class HisToSGEWidget(QWidget):
         self._start_timer.timeout.connect(self.controller.runner.start)
         # The readers' imports run in a thread and would compete with the sections being built.
         self._start_timer.timeout.connect(prefetch_readers)
+        self._start_timer.timeout.connect(self._stop_idle_activity_spinner)
         # Layers are added on turns of the event loop without a repaint of the window, which
         # repaints once afterwards (see `_repaint`).
         self.repaint = RepaintHold(lambda: self)
@@ -233,7 +234,24 @@ class HisToSGEWidget(QWidget):
     def _show_progress(self) -> None:
         self.progress_bar.setValue(self._progress_value)
 
+    def _stop_idle_activity_spinner(self) -> None:
+        # napari's status-bar activity spinner can keep running after File > Open has finished
+        # (its progress is gone, the animation is not stopped): it repaints the window about 27
+        # times a second, a third of a CPU core on a software-rendered display. Stop it when no
+        # napari progress is running.
+        from napari.utils import progress
+
+        if len(progress._all_instances) or self.window() is self:
+            return
+        for widget in self.window().findChildren(QWidget):
+            if type(widget).__name__ == "QtActivityDialog":
+                hide = getattr(widget, "maybe_hide_progress_indicator", None)
+                if hide is not None:
+                    hide()
+
     def _on_busy(self, name: str | None) -> None:
+        if name is None:
+            self._stop_idle_activity_spinner()
         self.cancel_button.setEnabled(name is not None)
         self.cancel_button.setToolTip("Stop the running step" if name else "Nothing is running.")
 
