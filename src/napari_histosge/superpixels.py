@@ -334,15 +334,30 @@ def superres_maps(
 
 
 def superres_predictions(slide: Slide, result: SuperResResult, *, chunk: int = 64) -> Predictions:
-    """Per-unit predictions: the map's mean over each unit's footprint (table for export)."""
+    """Per-unit predictions: the map's mean over each unit's footprint (table for export).
+
+    With the exact projection in log space (the default), these means are the units' fitted
+    values by construction. The first ``chunk`` genes are predicted to confirm it (to float32
+    rounding of the maps); the other genes then take the fitted values, so that a whole slide's
+    maps are not computed once more for the table. Otherwise every gene is predicted.
+    """
     from .predict import Predictions
 
     model = result.model
     genes = list(model.genes)
     values = np.empty((model.membership.shape[0], len(genes)), dtype=np.float32)
+    exact = model.config.exact and model.config.aggregate == "log"
     for g0 in range(0, len(genes), chunk):
-        block = model.predict(genes[g0 : g0 + chunk])
-        values[:, g0 : g0 + block.shape[1]] = np.asarray(model.membership @ block)
+        cols = slice(g0, min(g0 + chunk, len(genes)))
+        if exact and g0 > 0:
+            values[:, cols] = model.values[:, cols]
+            continue
+        means = np.asarray(model.membership @ model.predict(genes[cols]))
+        values[:, cols] = means
+        fitted = model.values[:, cols]
+        exact = exact and bool(
+            np.abs(means - fitted).max() <= 1e-5 * max(1.0, float(np.abs(fitted).max()))
+        )
     geom = slide.geometry
     n = len(values)
     return Predictions(

@@ -70,20 +70,41 @@ def outside_fill(
     if gram.nnz != gram.shape[0] or sweeps <= 0:  # overlapping footprints: Shepard only
         return OutsideFill(off, op)
     inside = (a.T @ sp.diags(1.0 / gram.diagonal())).tocsr()  # least-norm corrections
-    pairs = cKDTree(pos).query_pairs(1.01 * spacing, output_type="ndarray")
     n = len(pos)
-    ij = (np.r_[pairs[:, 0], pairs[:, 1]], np.r_[pairs[:, 1], pairs[:, 0]])
-    adj = sp.csr_matrix((np.ones(2 * len(pairs)), ij), shape=(n, n))
     is_off = np.zeros(n, bool)
     is_off[off] = True
-    adj_rows = adj[off]
+    adj_rows = _off_adjacency(pos, off, 1.01 * spacing)
     degree = np.asarray(adj_rows.sum(1)).ravel()
     scale = sp.diags(np.where(degree > 0, 1.0 / np.maximum(degree, 1), 0.0))
     keep = sp.diags((degree == 0).astype(float))  # isolated superpixels keep Shepard
-    step = (scale @ adj_rows[:, off]).tocsr()
+    step = (scale @ adj_rows[:, off] + keep).tocsr()
     fixed = (scale @ adj_rows[:, ~is_off] @ inside[~is_off]).tocsr()
     for _ in range(sweeps):
-        op = (step @ op + fixed + keep @ op).tocsr()
+        op = (step @ op + fixed).tocsr()
         op.data[np.abs(op.data) < 1e-4] = 0.0
         op.eliminate_zeros()
     return OutsideFill(off, op)
+
+
+def _off_adjacency(pos: np.ndarray, off: np.ndarray, radius: float) -> Any:
+    """Neighbours within ``radius`` of the superpixels ``off``: ``(off, superpixels)`` CSR.
+
+    Only the rows of ``off`` are built (int32 indices), not the whole adjacency matrix.
+    """
+    import scipy.sparse as sp
+    from scipy.spatial import cKDTree
+
+    n = len(pos)
+    row_of = np.full(n, -1, np.int32)
+    row_of[off] = np.arange(len(off), dtype=np.int32)
+    pairs = cKDTree(pos).query_pairs(radius, output_type="ndarray").astype(np.int32)
+    rows, cols = [], []
+    for i, j in ((0, 1), (1, 0)):
+        r = row_of[pairs[:, i]]
+        sel = r >= 0
+        rows.append(r[sel])
+        cols.append(pairs[sel, j])
+    del pairs
+    rows_a, cols_a = np.concatenate(rows), np.concatenate(cols)
+    del rows, cols
+    return sp.csr_matrix((np.ones(len(rows_a)), (rows_a, cols_a)), shape=(len(off), n))

@@ -35,7 +35,13 @@ from napari_histosge._progress import Progress, run_generator
 
 from ._superres_depth import DepthMap, expected_log1p, fit_depth
 from ._superres_fill import OutsideFill, outside_fill
-from ._superres_ops import bilinear, neighbour_means, ridge_gcv
+from ._superres_ops import (
+    bilinear,
+    feature_components,
+    footprint_kernel,
+    neighbour_means,
+    ridge_gcv,
+)
 
 __all__ = ["SuperResConfig", "SuperResModel", "fit_superres", "iter_fit_superres"]
 
@@ -166,8 +172,7 @@ class SuperResModel:
     values: np.ndarray  # (units, genes) in the fitting space
     mean: np.ndarray  # (genes,)
     interp: Any  # (superpixels, nodes) CSR bilinear weights
-    kernel: Any  # (nodes, footprint nodes) CSR
-    node_membership: Any  # (units, footprint nodes) CSR
+    kernel: Any  # (nodes, units) CSR: the kernel summed over each unit's footprint nodes
     coef: np.ndarray  # (units, genes) kernel coefficients
     components: np.ndarray | None  # (superpixels, k) standardised feature PCs, centred
     weights: np.ndarray | None  # (k, genes) ridge weights
@@ -194,9 +199,7 @@ class SuperResModel:
 
     def smooth_part(self, cols: np.ndarray) -> np.ndarray:
         """Evaluate the footprint-consistent field of the residuals: ``(superpixels, cols)``."""
-        return np.asarray(
-            self.interp @ (self.kernel @ (self.node_membership.T @ self.coef[:, cols]))
-        )
+        return np.asarray(self.interp @ (self.kernel @ self.coef[:, cols]))
 
     def image_part(self, cols: np.ndarray) -> np.ndarray:
         """Evaluate the image term (scaled by ``image_weight``), ``(superpixels, len(cols))``."""
@@ -306,7 +309,6 @@ def iter_fit_superres(
     """Fit the super-resolution model, yielding :class:`Progress` (see :func:`fit_superres`)."""
     import scipy.sparse as sp
     from scipy.sparse.linalg import splu
-    from scipy.spatial import cKDTree
 
     from napari_histosge.geometry.lattice import lattice_pitch
 
@@ -357,14 +359,9 @@ def iter_fit_superres(
     a_nodes = (a @ interp).tocsc()
     foot = np.flatnonzero(np.diff(a_nodes.indptr) > 0)
     a_f = a_nodes[:, foot].tocsr()
-    pairs = cKDTree(nodes_xy).sparse_distance_matrix(
-        cKDTree(nodes_xy[foot]), cfg.truncate * h, output_type="ndarray"
-    )
-    kernel = sp.csr_matrix(
-        (np.exp(-0.5 * (pairs["v"] / h) ** 2), (pairs["i"], pairs["j"])),
-        shape=(len(used), len(foot)),
-    )
-    gram = sp.csc_matrix(a_f @ (kernel[foot] @ a_f.T))
+    kernel = footprint_kernel(nodes_xy, foot, a_f, h, cfg.truncate, q)
+    gram = sp.csc_matrix(a_f @ kernel[foot])
+    del a_nodes, a_f
 
     yield Progress(_STAGE, 1, 3, "image term")
     mean = y.mean(0)
@@ -372,21 +369,15 @@ def iter_fit_superres(
     alpha = None
     use_depth = depth is not None and cfg.depth_image
     if features is not None and (cfg.image_weight > 0 or use_depth):
-        f = np.asarray(features, dtype=np.float64)
+        f = np.asarray(features)
         if f.ndim != 2 or f.shape[0] != n_sp:
             raise ValueError(
                 f"Expected features of shape ({n_sp}, d) for the superpixels, found {f.shape}."
             )
-        if not np.isfinite(f).all():
-            raise ValueError("Expected finite superpixel features, found NaN or infinite ones.")
         covered = np.asarray(a.sum(0)).ravel() > 0
-        mu, sd = f[covered].mean(0), f[covered].std(0)
-        z = (f - mu) / np.where(sd > 1e-9, sd, 1.0)
-        cov = np.cov(z[covered], rowvar=False).reshape(z.shape[1], z.shape[1])
-        evals, evecs = np.linalg.eigh(cov)
-        k_max = min(max(cfg.n_components, cfg.depth_components), z.shape[1], n_u - 1)
-        order = np.argsort(-evals, kind="stable")[:k_max]
-        all_comps = z @ evecs[:, order]
+        k_max = min(max(cfg.n_components, cfg.depth_components), f.shape[1], n_u - 1)
+        all_comps = feature_components(f, covered, k_max)  # float32, in blocks of rows
+        del f
         depth_comps = all_comps[:, : cfg.depth_components].copy() if use_depth else None
         comps = all_comps[:, : cfg.n_components].copy()
         unit_x = np.asarray(a @ comps)
@@ -428,7 +419,6 @@ def iter_fit_superres(
         mean=mean,
         interp=interp,
         kernel=kernel,
-        node_membership=a_f,
         coef=coef,
         components=comps,
         weights=weights,
