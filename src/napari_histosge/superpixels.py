@@ -280,7 +280,7 @@ def superres_maps(
     result: SuperResResult,
     *,
     genes: Sequence[str] | None = None,
-    chunk: int = 32,
+    chunk: int = 16,
     max_bytes: int = 1 << 30,
 ) -> GeneMaps:
     """Render genes from the superpixel predictions: one map pixel per superpixel.

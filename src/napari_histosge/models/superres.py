@@ -205,7 +205,9 @@ class SuperResModel:
         """Evaluate the image term (scaled by ``image_weight``), ``(superpixels, len(cols))``."""
         if self.components is None or self.weights is None:
             return np.zeros((self.n_superpixels, len(cols)))
-        return self.config.image_weight * (self.components @ self.weights[:, cols])
+        term = self.components @ self.weights[:, cols]
+        term *= self.config.image_weight
+        return term
 
     def predict(
         self, genes: Sequence[str] | None = None, *, exact: bool | None = None
@@ -224,17 +226,20 @@ class SuperResModel:
         float32 values in the units' target space (``log1p`` of normalised counts).
         """
         cols = self.gene_index(genes)
-        p = self.mean[cols] + self.image_part(cols) + self.smooth_part(cols)
+        # In place: a whole slide's block of genes is a few hundred MB per float64 copy.
+        p = np.asarray(self.image_part(cols), dtype=np.float64)
+        p += self.mean[cols]
+        p += self.smooth_part(cols)
         if self.config.exact if exact is None else exact:
             mismatch = self.values[:, cols] - np.asarray(self.membership @ p)
-            inside = self._projection(mismatch)
-            p = p + inside
+            p += self._projection(mismatch)
             if self.outside is not None:
                 # Superpixels under no footprint take a smooth blend of the nearby corrections,
                 # so that the map does not step at the footprints' edges.
                 p[self.outside.off] += self.outside.apply(mismatch)
         if self.config.aggregate == "counts":
-            p = np.log1p(np.maximum(p, 0.0))
+            np.maximum(p, 0.0, out=p)
+            np.log1p(p, out=p)
         return p.astype(np.float32)
 
     def predict_units(self, membership: Any, genes: Sequence[str] | None = None) -> np.ndarray:
