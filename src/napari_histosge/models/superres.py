@@ -367,6 +367,8 @@ def iter_fit_superres(
     kernel = footprint_kernel(nodes_xy, foot, a_f, h, cfg.truncate, q)
     gram = sp.csc_matrix(a_f @ kernel[foot])
     del a_nodes, a_f
+    # Before the gene-sized arrays of the image term and the field, so their peaks do not add.
+    outside = outside_fill(pos, a, centroids, pitch)
 
     yield Progress(_STAGE, 1, 3, "image term")
     mean = y.mean(0)
@@ -408,7 +410,7 @@ def iter_fit_superres(
     # Sparse LU: the truncated kernel is symmetric but not always positive definite.
     system = gram + (cfg.nugget + 1e-9) * diag * sp.identity(n_u, format="csc")
     coef = splu(system.tocsc()).solve(np.ascontiguousarray(resid))
-    outside = outside_fill(pos, a, centroids, pitch)
+    del resid, system
     depth_map = None
     if depth is not None:
         depth_map = fit_depth(
