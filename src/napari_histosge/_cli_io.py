@@ -11,7 +11,6 @@ __all__ = [
     "in_place_arg",
     "read_lines",
     "resolve_out",
-    "write_text_atomic",
 ]
 
 
@@ -85,17 +84,3 @@ def resolve_out(args: argparse.Namespace) -> str:
     elif args.out is None:
         raise CliError("Expected --out OUT.zarr or --in-place, found neither.")
     return str(args.out)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file through a temporary sibling and a rename."""
-    import os
-    import uuid
-
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

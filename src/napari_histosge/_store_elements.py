@@ -34,6 +34,7 @@ __all__ = [
     "consolidate_store",
     "write_element_atomic",
     "write_table_atomic",
+    "write_text_atomic",
 ]
 
 
@@ -56,10 +57,19 @@ def _root_meta(root: Path) -> dict | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _write_json_atomic(path: Path, doc: dict) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file through a temporary sibling and a rename."""
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_json_atomic(path: Path, doc: dict) -> None:
+    write_text_atomic(path, json.dumps(doc, indent=2))
 
 
 def _listed(doc: dict) -> dict | None:

@@ -16,9 +16,9 @@ from ._cli_io import (
     in_place_arg,
     read_lines,
     resolve_out,
-    write_text_atomic,
 )
 from ._progress import Progress
+from ._store_elements import write_text_atomic
 
 if TYPE_CHECKING:
     from .models import TrainConfig

@@ -51,6 +51,12 @@ class Job:
         """Report progress without extra values."""
         self.report({"stage": stage, "step": step, "total": total, "message": message, "info": {}})
 
+    def run(self, gen: Any) -> Any:
+        """Run a core step's generator to its result, reporting its progress, stopping on cancel."""
+        from napari_histosge import run_generator
+
+        return run_generator(gen, progress=self.progress, cancel=self.stop)
+
     def progress(self, item: Any) -> None:
         """Report a core progress record (``stage``, ``step``, ``total``, ``message``, ``info``)."""
         self.report(

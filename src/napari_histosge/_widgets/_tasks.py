@@ -91,12 +91,6 @@ def train_form_defaults() -> tuple[dict[str, Any], list[str]]:
     return asdict(TrainConfig()), modes
 
 
-def _run(gen: Any, job: Job) -> Any:
-    from napari_histosge import run_generator
-
-    return run_generator(gen, progress=job.progress, cancel=job.stop)
-
-
 # ---------------------------------------------------------------------------------------------
 # Rebuilding the session's objects
 
@@ -139,7 +133,7 @@ def _features(state: WorkerState, job: Job, context: dict[str, Any] | None = Non
         raise ValueError("Extract features first.")
     if state.features is None or state.features_spec != spec:
         options = ExtractOptions(**_extract_kwargs(spec))
-        state.features = _run(iter_extract(slide, options=options), job)
+        state.features = job.run(iter_extract(slide, options=options))
         state.features_spec = spec
     return state.features
 
@@ -216,7 +210,7 @@ def train(state: WorkerState, job: Job) -> dict[str, Any]:
     gen = iter_train(
         slide, features=features, config=config, n_top_genes=n_genes, should_stop=job.stop
     )
-    model = _run(gen, job)
+    model = job.run(gen)
     if job.stop():
         raise Cancelled("training was cancelled")
     path = save_checkpoint(model, state.new_path("model"))

@@ -26,12 +26,6 @@ __all__ = [
 ]
 
 
-def _run(gen: Any, job: Job) -> Any:
-    from napari_histosge import run_generator
-
-    return run_generator(gen, progress=job.progress, cancel=job.stop)
-
-
 # ---------------------------------------------------------------------------------------------
 # Slides with an image and no table
 
@@ -97,7 +91,7 @@ def model_features(slide: Any, model: Any, options: dict[str, Any], job: Job) ->
         positions=str(options.get("positions") or "4x"),
         patch_sizes=tuple(float(s) for s in sizes) if sizes else None,
     )
-    return _run(iter_extract(slide, options=opts), job)
+    return job.run(iter_extract(slide, options=opts))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,7 +126,7 @@ def superres_result(state: Any, slide: Any, spec: dict[str, Any], job: Job) -> A
             device=spec["device"],
         )
         gen = iter_superres(slide, n_top_genes=spec["n_top_genes"], options=opts)
-        result = _run(gen, job)
+        result = job.run(gen)
         # One slide's fits, one per resolution (rendering at another resolution refits).
         state.superres = (slide, {**({} if cache is None or cache[0] is not slide else cache[1])})
         state.superres[1][key] = result
