@@ -51,3 +51,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ] || ! "$VPY" -c 'import 
 else
     log "reusing $VENV"
 fi
+
+# 4. Byte-compile the package (as a wheel install does), so that its first import in napari
+#    does not compile it on the event loop's time.
+"$VPY" -m compileall -q src >/dev/null

@@ -99,6 +99,7 @@ def main() -> int:  # noqa: C901 - one linear script
     worst_at: dict[str, float] = {}
     long_gaps: list[tuple[str, float, float, float, float]] = []
     samples: list[tuple[float, str]] = []  # (start of the gap, innermost frames)
+    gc_pauses: list[tuple[str, int, float]] = []  # (step, generation, ms)
     tracing = threading.Event()
     if args.trace:
         main_id = threading.get_ident()
@@ -118,6 +119,19 @@ def main() -> int:  # noqa: C901 - one linear script
                 samples.append((start, " < ".join(names)))
 
         threading.Thread(target=sample, daemon=True).start()
+
+        # The interpreter's collections of cyclic garbage: a full one over napari's objects
+        # takes ~0.2 s, so the report lists those over 5 ms with the step they fell in.
+        import gc
+
+        def collected(phase: str, info: dict) -> None:
+            if phase == "start":
+                state["gc"] = time.perf_counter()
+            elif time.perf_counter() - state.get("gc", 0.0) > 0.005:
+                ms = (time.perf_counter() - state["gc"]) * 1000.0
+                gc_pauses.append((state["step"], info["generation"], round(ms, 1)))
+
+        gc.callbacks.append(collected)
 
     timer = QTimer()
     timer.timeout.connect(tick)
@@ -186,6 +200,7 @@ def main() -> int:  # noqa: C901 - one linear script
             seen = collections.Counter(stack for at, stack in samples if at == start)
             trace[step] = [f"{n} x {stack}" for stack, n in seen.most_common(4)]
         report["trace"] = trace
+        report["gc_pauses"] = gc_pauses
         report["long_gaps"] = [
             [
                 step,

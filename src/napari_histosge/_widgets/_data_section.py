@@ -118,7 +118,9 @@ class DataSection(Section):
             (self.spots_combo, "shapes"),
             (self.table_combo, "tables"),
         ):
-            combo.choices = list(elements.get(kind, []))
+            choices = list(elements.get(kind, []))
+            if list(combo.choices) != choices:  # each change re-lays out the dock
+                combo.choices = choices
         slide = self.session.slide
         if slide is not None:
             for combo, key in (
@@ -126,5 +128,5 @@ class DataSection(Section):
                 (self.spots_combo, "spots_key"),
                 (self.table_combo, "table_key"),
             ):
-                if slide.keys[key] in combo.choices:
+                if slide.keys[key] in combo.choices and combo.value != slide.keys[key]:
                     combo.value = slide.keys[key]

@@ -124,7 +124,7 @@ class HisToSGEWidget(QWidget):
         self._build_timer.timeout.connect(self._build_next)
         self._build_timer.start()
 
-        self.session.status_changed.connect(self.status.setText)
+        self.session.status_changed.connect(self.status.setText, check_nargs=False)
         self.session.progress_changed.connect(self._on_progress)
         self.session.busy_changed.connect(self._on_busy)
         self.session.error.connect(self._on_error)
