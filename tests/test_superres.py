@@ -242,3 +242,23 @@ def test_her2st_c2_beats_copying_the_pseudo_unit(her2st_c2_zarr):
     assert r["default"] >= r["own_unit"]
     assert r["default"] > max(r["knn"], r["linear"], r["smooth_lowrank"])
     assert res["consistency"]["default"] < 1e-4
+
+
+def test_fill_uses_the_grid_spacing_on_large_grids():
+    # The spacing is measured against all superpixels: within a subsample it would be several
+    # times the grid's, and the fill's neighbourhoods and unit radii as many times too large.
+    from napari_histosge.models._superres_fill import grid_spacing, outside_fill
+
+    yy, xx = np.mgrid[0:260, 0:260]
+    pos = 8.0 * np.c_[yy.ravel(), xx.ravel()].astype(float)
+    assert grid_spacing(pos) == pytest.approx(8.0)
+    centroids = np.array([[400.0, 400.0], [1600.0, 1600.0]])
+    inside = [np.linalg.norm(pos - c, axis=1) < 60.0 for c in centroids]
+    a = sp.csr_matrix(np.stack(inside) / np.sum(inside, axis=1, keepdims=True))  # means
+    fill = outside_fill(pos, a, centroids, pitch=1200.0)
+    corrections = fill.apply(np.array([[1.0], [-1.0]])).ravel()
+    # Next to a footprint the fill continues that unit's correction, far away it blends.
+    near = np.linalg.norm(pos[fill.off] - centroids[0], axis=1) < 75.0
+    assert near.any()
+    assert np.all(corrections[near] > 0.8)
+    assert np.all(np.abs(corrections) <= 1.0 + 1e-6)
