@@ -1,7 +1,7 @@
 """Held-out accuracy on her2st C2–C5: the HisToSGE models against no-image baselines.
 
-    .venv/bin/python bench/accuracy.py                 # full run, writes bench/results/accuracy.json
-    .venv/bin/python bench/accuracy.py --quick         # C2 checkerboard only (reproduces its numbers)
+    .venv/bin/python bench/accuracy.py          # full run, writes bench/results/accuracy.json
+    .venv/bin/python bench/accuracy.py --quick  # C2 checkerboard only (reproduces its numbers)
 
 Protocols (every score on held-out spots only; genes, scaling and models fit on training spots):
   checkerboard   50 % held out by array parity ((x + y) odd)
@@ -44,8 +44,11 @@ def convert_sections(work: Path, sections) -> dict[str, Path]:
         if not store.exists():
             folder = work / sec
             folder.mkdir(parents=True, exist_ok=True)
-            files = [d / "ST-cnts" / f"{sec}.tsv.gz", d / "ST-spotfiles" / f"{sec}_selection.tsv",
-                     *sorted((d / "ST-imgs" / "C" / sec).glob("*.jpg"))]
+            files = [
+                d / "ST-cnts" / f"{sec}.tsv.gz",
+                d / "ST-spotfiles" / f"{sec}_selection.tsv",
+                *sorted((d / "ST-imgs" / "C" / sec).glob("*.jpg")),
+            ]
             for f in files:
                 link = folder / f.name
                 if not link.exists():
@@ -103,7 +106,9 @@ class Section:
         g = self.slide.geometry
         self.xy = g.centers_um
         t0 = time.perf_counter()
-        fs = extract_features(self.slide.sdata, g.centers_px, image_key=self.slide.keys.image_key, geometry=g)
+        fs = extract_features(
+            self.slide.sdata, g.centers_px, image_key=self.slide.keys.image_key, geometry=g
+        )
         self.feature_seconds = time.perf_counter() - t0
         self.features, self.meta = fs.features, fs.meta
         table = self.slide.table
@@ -123,11 +128,20 @@ def run_split(sec: Section, train: np.ndarray, cols: np.ndarray, configs: dict) 
     out = {}
     for name, cfg in configs.items():
         t = time.perf_counter()
-        res = recovery(sec.slide.table, sec.features, sec.xy, train, genes=genes, config=cfg,
-                       feature_meta=sec.meta)
+        res = recovery(
+            sec.slide.table,
+            sec.features,
+            sec.xy,
+            train,
+            genes=genes,
+            config=cfg,
+            feature_meta=sec.meta,
+        )
         seconds = time.perf_counter() - t
-        methods = {k: {**{m: v for m, v in met.items() if m != "per_gene"}, "seconds": None}
-                   for k, met in res["methods"].items()}
+        methods = {
+            k: {**{m: v for m, v in met.items() if m != "per_gene"}, "seconds": None}
+            for k, met in res["methods"].items()
+        }
         methods["model"]["seconds"] = round(seconds, 3)
         out[name] = methods["model"]
         if name != "improved":
@@ -136,8 +150,11 @@ def run_split(sec: Section, train: np.ndarray, cols: np.ndarray, configs: dict) 
         for base in ("knn", "smooth_lowrank", "spatial_shuffle"):
             out[base] = methods[base]
         t = time.perf_counter()
-        out["ridge_image"] = score(ridge_image(sec.features[train], y[train], sec.features[test]), y[test],
-                                   time.perf_counter() - t)
+        out["ridge_image"] = score(
+            ridge_image(sec.features[train], y[train], sec.features[test]),
+            y[test],
+            time.perf_counter() - t,
+        )
         t = time.perf_counter()
         image_only = res["model"].predict(sec.features[test], sec.xy[test], reference=None)
         out["improved_image_only"] = score(image_only, y[test], time.perf_counter() - t)
@@ -146,14 +163,24 @@ def run_split(sec: Section, train: np.ndarray, cols: np.ndarray, configs: dict) 
 
 def run_superres(sec: Section, cols: np.ndarray, configs: dict) -> dict:
     """Train on 2x2 pooled pseudo-spots, predict the measured spots."""
-    from napari_histosge.evaluate import knn_interpolate, pool_pseudospots, ridge_image, smooth_lowrank
+    from napari_histosge.evaluate import (
+        knn_interpolate,
+        pool_pseudospots,
+        ridge_image,
+        smooth_lowrank,
+    )
     from napari_histosge.features import extract_features
     from napari_histosge.train import fit
 
     g = sec.slide.geometry
     centres_px, pooled, _ = pool_pseudospots(g.centers_px, sec.counts, 2)
-    fs = extract_features(sec.slide.sdata, centres_px, image_key=sec.slide.keys.image_key, geometry=g,
-                          cache_name="pseudo2x2")
+    fs = extract_features(
+        sec.slide.sdata,
+        centres_px,
+        image_key=sec.slide.keys.image_key,
+        geometry=g,
+        cache_name="pseudo2x2",
+    )
     pxy = centres_px * g.um_per_px
     py = log_norm(pooled)[:, cols]
     y = sec.values[:, cols]
@@ -161,9 +188,13 @@ def run_superres(sec: Section, cols: np.ndarray, configs: dict) -> dict:
     t = time.perf_counter()
     out["knn"] = score(knn_interpolate(pxy, py, sec.xy, 4), y, time.perf_counter() - t)
     t = time.perf_counter()
-    out["smooth_lowrank"] = score(smooth_lowrank(pxy, py).predict(sec.xy), y, time.perf_counter() - t)
+    out["smooth_lowrank"] = score(
+        smooth_lowrank(pxy, py).predict(sec.xy), y, time.perf_counter() - t
+    )
     t = time.perf_counter()
-    out["ridge_image"] = score(ridge_image(fs.features, py, sec.features), y, time.perf_counter() - t)
+    out["ridge_image"] = score(
+        ridge_image(fs.features, py, sec.features), y, time.perf_counter() - t
+    )
     genes = [str(x) for x in sec.genes[cols]]
     for name, cfg in configs.items():
         t = time.perf_counter()
@@ -184,8 +215,10 @@ def run_loso(sections: dict, target: str, configs: dict, n_genes: int) -> dict:
         common &= set(s.genes)
     common = sorted(common)
     idx = {s.name: {g: i for i, g in enumerate(s.genes)} for s in [*others, test]}
+
     def take(s):
         return s.values[:, [idx[s.name][g] for g in common]]
+
     train_y = np.concatenate([take(s) for s in others])
     cols = top_variance(train_y, n_genes)
     train_y = train_y[:, cols]
@@ -195,17 +228,23 @@ def run_loso(sections: dict, target: str, configs: dict, n_genes: int) -> dict:
     train_xy = np.concatenate([s.xy + 1e6 * i for i, s in enumerate(others)])
     out = {}
     t = time.perf_counter()
-    out["ridge_image"] = score(ridge_image(train_f, train_y, test.features), test_y, time.perf_counter() - t)
+    out["ridge_image"] = score(
+        ridge_image(train_f, train_y, test.features), test_y, time.perf_counter() - t
+    )
     t = time.perf_counter()
     mean_pred = np.tile(train_y.mean(0), (len(test_y), 1))
-    out["train_mean"] = score(mean_pred + 1e-9 * np.random.default_rng(0).normal(size=mean_pred.shape), test_y,
-                              time.perf_counter() - t)
+    out["train_mean"] = score(
+        mean_pred + 1e-9 * np.random.default_rng(0).normal(size=mean_pred.shape),
+        test_y,
+        time.perf_counter() - t,
+    )
     genes = [common[i] for i in cols]
     cfg = configs.get("improved", TrainConfig())
     t = time.perf_counter()
     model = fit(train_f, train_xy, train_y, genes=genes, config=cfg, feature_meta=test.meta)
-    out["improved_image_only"] = score(model.predict(test.features, test.xy + 5e6, reference=None), test_y,
-                                       time.perf_counter() - t)
+    out["improved_image_only"] = score(
+        model.predict(test.features, test.xy + 5e6, reference=None), test_y, time.perf_counter() - t
+    )
     return out
 
 
@@ -227,7 +266,9 @@ def summarise(results: dict) -> dict:
                 "median_r": round(float(np.mean([v[m]["median_r"] for v in per_sec.values()])), 4),
                 "mse": round(float(np.mean([v[m]["mse"] for v in per_sec.values()])), 4),
                 "mae": round(float(np.mean([v[m]["mae"] for v in per_sec.values()])), 4),
-                "n_genes_r_gt_0.3": round(float(np.mean([v[m]["n_genes_r_gt_0.3"] for v in per_sec.values()])), 1),
+                "n_genes_r_gt_0.3": round(
+                    float(np.mean([v[m]["n_genes_r_gt_0.3"] for v in per_sec.values()])), 1
+                ),
                 "seconds": _mean_seconds([v[m]["seconds"] for v in per_sec.values()]),
             }
             for m in methods
@@ -240,13 +281,17 @@ def environment(argv) -> dict:
     import timm
     import torch
 
-    cpu = subprocess.run(["bash", "-c", "lscpu | grep 'Model name' | cut -d: -f2"], capture_output=True,
-                         text=True).stdout.strip()
+    cpu = subprocess.run(
+        ["bash", "-c", "lscpu | grep 'Model name' | cut -d: -f2"], capture_output=True, text=True
+    ).stdout.strip()
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{cpu}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores",
+        "machine": f"{cpu}, {nproc} cores",
         "python": platform.python_version(),
-        "torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
         "spatialdata": spatialdata.__version__,
         "command": " ".join([".venv/bin/python", "bench/accuracy.py", *argv]),
     }
@@ -256,10 +301,17 @@ def main(argv=None) -> int:
     from napari_histosge.evaluate import random_mask
     from napari_histosge.train import TrainConfig
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="C2 only, checkerboard only (default models: reproduces the C2 numbers)")
-    p.add_argument("--work", default=str(ROOT / "bench" / "results" / "tmp"), help="converted stores")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="C2 only, checkerboard only (default models: reproduces the C2 numbers)",
+    )
+    p.add_argument(
+        "--work", default=str(ROOT / "bench" / "results" / "tmp"), help="converted stores"
+    )
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "accuracy.json"))
     args = p.parse_args(argv)
     warnings.simplefilter("ignore")
@@ -280,28 +332,48 @@ def main(argv=None) -> int:
         for split, train in splits.items():
             cols = top_variance(sec.values[train], 250)
             results.setdefault(f"{split}/top250", {})[name] = run_split(sec, train, cols, configs)
-            print(name, split, "top250", {k: round(v["mean_r"], 3) for k, v in results[f"{split}/top250"][name].items()},
-                  flush=True)
+            print(
+                name,
+                split,
+                "top250",
+                {k: round(v["mean_r"], 3) for k, v in results[f"{split}/top250"][name].items()},
+                flush=True,
+            )
         lookup = {g: i for i, g in enumerate(sec.genes)}
         panel_cols = np.array([lookup[g] for g in panel if g in lookup])
-        results.setdefault("checkerboard/her2st785", {})[name] = run_split(sec, splits["checkerboard"], panel_cols, configs)
+        results.setdefault("checkerboard/her2st785", {})[name] = run_split(
+            sec, splits["checkerboard"], panel_cols, configs
+        )
         ceilings[name] = {
-            "top250": noise_ceiling(sec.counts, top_variance(sec.values[splits["checkerboard"]], 250)),
+            "top250": noise_ceiling(
+                sec.counts, top_variance(sec.values[splits["checkerboard"]], 250)
+            ),
             "her2st785": noise_ceiling(sec.counts, panel_cols),
         }
         if not args.quick:
             cols = top_variance(sec.values, 250)
             results.setdefault("superres/top250", {})[name] = run_superres(sec, cols, configs)
-            print(name, "superres", {k: round(v["mean_r"], 3) for k, v in results["superres/top250"][name].items()},
-                  flush=True)
+            print(
+                name,
+                "superres",
+                {k: round(v["mean_r"], 3) for k, v in results["superres/top250"][name].items()},
+                flush=True,
+            )
     if not args.quick:
         for name in sections:
             results.setdefault("loso/top250", {})[name] = run_loso(sections, name, configs, 250)
-            print(name, "loso", {k: round(v["mean_r"], 3) for k, v in results["loso/top250"][name].items()}, flush=True)
+            print(
+                name,
+                "loso",
+                {k: round(v["mean_r"], 3) for k, v in results["loso/top250"][name].items()},
+                flush=True,
+            )
     summary = summarise(results)
     doc = {
         "environment": environment(sys.argv[1:] if argv is None else argv),
-        "feature_seconds_per_section": {k: round(s.feature_seconds, 2) for k, s in sections.items()},
+        "feature_seconds_per_section": {
+            k: round(s.feature_seconds, 2) for k, s in sections.items()
+        },
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "noise_ceiling": ceilings,
         "summary": summary,
@@ -310,12 +382,19 @@ def main(argv=None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1))
     for key, methods in summary.items():
-        print(f"\n### {key}\n\n| method | " + " | ".join(secs) + " | mean | median | MSE | MAE | genes r>0.3 | s |")
+        print(
+            f"\n### {key}\n\n| method | "
+            + " | ".join(secs)
+            + " | mean | median | MSE | MAE | genes r>0.3 | s |"
+        )
         print("|---" * (len(secs) + 7) + "|")
         for m, v in methods.items():
-            print(f"| {m} | " + " | ".join(f"{v['per_section'][s]:.3f}" for s in secs)
-                  + f" | {v['mean_r']:.3f} | {v['median_r']:.3f} | {v['mse']:.3f} | {v['mae']:.3f} "
-                  f"| {v['n_genes_r_gt_0.3']} | {v['seconds']} |")
+            print(
+                f"| {m} | "
+                + " | ".join(f"{v['per_section'][s]:.3f}" for s in secs)
+                + f" | {v['mean_r']:.3f} | {v['median_r']:.3f} | {v['mse']:.3f} | {v['mae']:.3f} "
+                f"| {v['n_genes_r_gt_0.3']} | {v['seconds']} |"
+            )
     print("\nnoise ceiling:", json.dumps(ceilings))
     return 0
 
