@@ -35,6 +35,21 @@ def test_help_documents_every_option():
                 assert opt in out
 
 
+def test_every_argument_has_help_text():
+    import argparse
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert {"convert", "run", "evaluate", "predict", "demo", "batch", "train"} <= set(commands)
+    for cmd, sub in commands.items():
+        for action in sub._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"`histosge {cmd} {action.option_strings or action.dest}`"
+    pooling = next(a for a in commands["run"]._actions if "--pooling" in a.option_strings)
+    for word in ("tiles", "patch", "auto", "ViT"):
+        assert word in pooling.help
+
+
 def test_run_on_sample_end_to_end(tmp_path, sample_store):
     out = tmp_path / "out.zarr"
     ckpt = tmp_path / "model"

@@ -81,7 +81,15 @@ def _feature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
     p.add_argument("--batch-size", type=int, default=32, help="patches per batch (default 32)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the encoder")
-    p.add_argument("--pooling", choices=("auto", "tiles", "patch"), default="auto")  # ViT only
+    p.add_argument(
+        "--pooling",
+        choices=("auto", "tiles", "patch"),
+        default="auto",
+        help="how a ViT encoder embeds positions: tiles (one forward pass per tissue tile, its "
+        "token embeddings pooled under each position's patch), patch (one forward pass per "
+        "position and patch size) or auto (default: tiles for timm ViTs, patch for other timm "
+        "models); the built-in histology encoder ignores it, and superres mode always pools tiles",
+    )
     _cache_arg(p)
 
 
@@ -397,10 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution-um", type=float, help="map pixel side in µm")
     p.add_argument("--weights", help="encoder weights file, when the model's encoder needs one")
     p.add_argument("--device", help="cpu, cuda or mps")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="patches per batch (default 32)")
     _cache_arg(p)
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     _slide_args(p)
     p.set_defaults(func=cmd_predict)
 
@@ -416,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--predictions-out", required=True, help="CSV: held-out spots x genes")
     p.add_argument("--metrics-out", required=True, help="JSON: per-gene r, MSE, MAE and means")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     _slide_args(p)
     _feature_args(p)
     _train_args(p)
