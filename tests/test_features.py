@@ -278,3 +278,23 @@ def test_her2st_tissue_versus_glass(her2st_c2_zarr):
     assert np.isfinite(fs.features).all()
     tissue = fs.features[:, HistologyEncoder.channels.index("tissue")]
     assert np.median(tissue[:-1]) > tissue[-1] + 0.3
+
+
+def test_cache_lookup_checks_required_provenance(synthetic):
+    from napari_histosge.features.cache import lookup, positions_digest, store
+
+    sdata, _, xy = synthetic
+    name, key, digest = cache_element_name("probe"), "X_probe_p1", positions_digest(xy)
+    feats = np.arange(len(xy) * 2, dtype=np.float32).reshape(-1, 2)
+    old = {"dim": 2, "positions_digest": digest, "patch_sizes_px": [20.0]}
+    store(sdata, name, key, xy, feats, old)
+    tiling = {"tiles_version": 2, "token_um": 8.0, "tile_context_tokens": 1}
+    assert lookup(sdata, name, key, digest, [20.0]) is not None
+    # An entry written before the tiling was recorded is a miss, not an error.
+    assert lookup(sdata, name, key, digest, [20.0], require=tiling) is None
+    store(sdata, name, key, xy, feats, {**old, **tiling, "token_um": 8.0 + 1e-12})
+    hit = lookup(sdata, name, key, digest, [20.0], require=tiling)
+    assert hit is not None
+    np.testing.assert_array_equal(hit[0], feats)
+    for field, other in (("tiles_version", 3), ("token_um", 4.0), ("tile_context_tokens", 0)):
+        assert lookup(sdata, name, key, digest, [20.0], require={**tiling, field: other}) is None

@@ -214,3 +214,45 @@ def test_superpixel_features_are_cached_in_the_store(tmp_path, sample_sdata):
     assert second.meta["features"]["from_cache"] is True
     assert second.meta["features"]["encoder_id"] == "histology@v2"
     np.testing.assert_array_equal(first.model.predict(), second.model.predict())
+
+
+def test_vit_superpixel_features_of_another_tiling_are_recomputed(tmp_path, sample_sdata):
+    import json
+
+    from napari_histosge._progress import run_generator
+    from napari_histosge.features.cache import write_cache_table
+    from napari_histosge.features.vit_tiles import TILES_VERSION
+    from napari_histosge.pipeline import Slide
+    from napari_histosge.superpixels import SuperResOptions, iter_superres
+
+    store = tmp_path / "s.zarr"
+    sample_sdata.write(store)
+    opts = SuperResOptions(
+        resolution_um=24.0, encoder="timm:test_vit", weights="random", device="cpu"
+    )
+    name = "histosge_features_superpixels_24um"
+
+    def features() -> dict:
+        slide = Slide.open(sd.read_zarr(store))
+        return run_generator(iter_superres(slide, genes=["Gfap", "Nrgn"], options=opts)).meta[
+            "features"
+        ]
+
+    first = features()
+    assert first["from_cache"] is False
+    assert (first["pooling"], first["tiles_version"]) == ("tiles", TILES_VERSION)
+    assert features()["from_cache"] is True  # same settings: reused
+    # An entry cached before the tile lattice was image-anchored records no tiling.
+    tiling = ("pooling", "tiles_version", "token_um", "tile_tokens", "tile_context_tokens")
+    table = sd.read_zarr(store).tables[name]
+    entries = dict(table.uns["histosge_features"])
+    (key,) = entries
+    entries[key] = json.dumps(
+        {k: v for k, v in json.loads(entries[key]).items() if k not in tiling}
+    )
+    table.uns["histosge_features"] = entries
+    assert write_cache_table(store, name, table)
+    again = features()
+    assert again["from_cache"] is False
+    assert again["tiles_version"] == TILES_VERSION
+    assert features()["from_cache"] is True  # the recomputed entry replaced the old one

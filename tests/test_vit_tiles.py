@@ -144,3 +144,31 @@ def test_a_model_refuses_features_of_the_other_pooling():
     check_features(model, {"encoder_id": "uni@abc", "dim": 8, "pooling": "patch"})
     with pytest.raises(ValueError, match="ViT pooling"):
         check_features(model, {"encoder_id": "uni@abc", "dim": 8, "pooling": "tiles"})
+
+
+def test_spot_features_cached_under_another_tiling_are_recomputed(slide):
+    import json
+
+    from napari_histosge.features.cache import cache_element_name
+    from napari_histosge.features.vit_tiles import TILES_VERSION
+
+    sdata, geom, xy = slide
+    enc = get_encoder("timm:test_vit", weights="random", device="cpu")
+    first = extract_features(sdata, xy, image_key="he", geometry=geom, encoder=enc)
+    assert first.meta["tiles_version"] == TILES_VERSION
+    assert extract_features(sdata, xy, image_key="he", geometry=geom, encoder=enc).from_cache
+    table = sdata.tables[cache_element_name("spots")]
+    for field in ("tiles_version", "tile_context_tokens"):
+        entries = dict(table.uns["histosge_features"])
+        meta = json.loads(entries[first.key])
+        if field == "tiles_version":
+            del meta[field]  # written before the version was recorded
+        else:
+            meta[field] += 1  # another tiling
+        entries[first.key] = json.dumps(meta)
+        table.uns["histosge_features"] = entries
+        again = extract_features(sdata, xy, image_key="he", geometry=geom, encoder=enc)
+        assert not again.from_cache
+        np.testing.assert_allclose(again.features, first.features, rtol=1e-5, atol=1e-6)
+        table = sdata.tables[cache_element_name("spots")]
+        assert json.loads(table.uns["histosge_features"][first.key]) == first.meta

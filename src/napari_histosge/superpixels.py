@@ -217,19 +217,23 @@ def _cached_features(
     um = slide.geometry.um_per_px
     lo, hi = box
     enc: Any = None
+    tiling: dict[str, Any] = {}  # the ViT tiling the features depend on, checked on lookup
     if opts.encoder == "histology":
         encoder_id = HistologyEncoder().id
         sizes_um = [float(v) for v in opts.scales_um]
     else:
+        from .features.vit_tiles import tiles_provenance, token_tiles
+
         enc = get_encoder(opts.encoder, weights=opts.weights, device=opts.device, bf16=opts.bf16)
         encoder_id = enc.id
         own = max(step * um, 0.5 * int(enc.model.patch_embed.patch_size[0]))
         sizes_um = [own, 3 * own]
+        tiling = tiles_provenance(token_tiles(enc, slide.sdata.images[slide.keys.image_key], um))
     sizes_px = [v / um for v in sizes_um]
     name = cache_element_name(f"superpixels_{res_um:g}um".replace(".", "p"))
     key = cache_key(encoder_id, sizes_um)
     digest = positions_digest(pos)
-    hit = lookup(slide.sdata, name, key, digest, sizes_px) if opts.cache else None
+    hit = lookup(slide.sdata, name, key, digest, sizes_px, require=tiling) if opts.cache else None
     if hit is not None:
         return hit[0], {**hit[1], "from_cache": True}
     if enc is None:
@@ -248,6 +252,7 @@ def _cached_features(
         "patch_sizes_um": sizes_um,
         "resolution_um": res_um,
         "positions": "superpixels",
+        **tiling,
     }
     if opts.cache:
         store(slide.sdata, name, key, pos, feats, meta)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,9 +54,21 @@ def positions_digest(xy: np.ndarray) -> str:
 
 
 def lookup(
-    sdata: SpatialData, name: str, key: str, digest: str, sizes_px: Sequence[float]
+    sdata: SpatialData,
+    name: str,
+    key: str,
+    digest: str,
+    sizes_px: Sequence[float],
+    *,
+    require: Mapping[str, Any] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]] | None:
-    """Return cached features and provenance for ``key`` at these positions, or ``None``."""
+    """Return cached features and provenance for ``key`` at these positions, or ``None``.
+
+    ``require`` lists provenance the features depend on beyond the key (for example the
+    tiling of ViT token features, :func:`~.vit_tiles.tiles_provenance`): an entry that lacks
+    one of these fields, as entries written before it was recorded do, or holds another value
+    is a miss, so that its features are computed again.
+    """
     root = Path(sdata.path) if sdata.is_backed() and sdata.path is not None else None
     if root is not None and root.is_dir() and os.access(root, os.W_OK):
         from napari_histosge.store import clean_store_leftovers
@@ -75,10 +87,19 @@ def lookup(
         meta.get("patch_sizes_px", []), list(sizes_px), rtol=1e-4
     ):
         return None
+    if not all(k in meta and _same(meta[k], v) for k, v in (require or {}).items()):
+        return None
     feats = np.asarray(table.obsm[key], dtype=np.float32)
     if feats.shape != (table.n_obs, int(meta.get("dim", -1))) or not np.isfinite(feats).all():
         return None
     return feats, meta
+
+
+def _same(found: Any, wanted: Any) -> bool:
+    """Provenance values equal, floats to a relative 1e-9 (they went through JSON)."""
+    if isinstance(wanted, float) and isinstance(found, int | float):
+        return bool(np.isclose(float(found), wanted, rtol=1e-9, atol=0.0))
+    return bool(found == wanted)
 
 
 def store(

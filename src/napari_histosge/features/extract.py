@@ -137,7 +137,8 @@ def iter_extract_features(
 
     The cache is the table ``histosge_features_<cache_name>`` (``obsm[key]`` = features,
     ``obsm["spatial"]`` = positions, ``uns["histosge_features"][key]`` = provenance), keyed by
-    encoder id, weights checksum and patch sizes, and valid for the exact positions. It is
+    encoder id, weights checksum and patch sizes, and valid for the exact positions (and, for
+    ``pooling="tiles"``, the tiling of :func:`.vit_tiles.tiles_provenance`). It is
     written only after the last batch, so a cancelled run (the generator closed between two
     yields) leaves no partial cache; a store on disk gets the element written through
     ``write_element``.
@@ -225,16 +226,20 @@ def iter_extract_features(
     name = cache_element_name(cache_name)
     digest = positions_digest(xy)
     n = len(xy)
+    image = sdata.images[image_key]
+    tiling: dict[str, Any] = {}  # the ViT tiling the features depend on, checked on lookup
+    if how == "tiles":
+        from .vit_tiles import tiles_provenance, token_tiles
+
+        tiling = tiles_provenance(token_tiles(enc, image, float(geometry.um_per_px)))
     if cache:
-        hit = lookup(sdata, name, key, digest, sizes_px)
+        hit = lookup(sdata, name, key, digest, sizes_px, require=tiling)
         if hit is not None:
             yield Progress(_STAGE, n, n, f"{cache_name}: reused cached features ({key})")
             return FeatureSet(hit[0], key, hit[1], from_cache=True)
 
-    image = sdata.images[image_key]
     n_batches = -(-n // batch_size)
     parts: list[np.ndarray] = []
-    tiles_meta: dict[str, Any] = {}
     yield Progress(_STAGE, 0, n_batches, f"{cache_name}: embedding {n} positions with {enc.id}")
     if is_hist:
         assert isinstance(enc, HistologyEncoder)
@@ -265,11 +270,6 @@ def iter_extract_features(
     elif how == "tiles":
         tiles = yield from _iter_tiles(enc, image, xy, sizes_px, geometry, batch_size, cache_name)
         parts.append(tiles.pool(xy, sizes_px))
-        tiles_meta = {
-            "token_um": float(tiles.token_px * tiles.um_per_px),
-            "tile_context_tokens": int(tiles.context),
-            "tile_tokens": int(tiles.grid),
-        }
         yield Progress(_STAGE, n_batches, n_batches, f"{cache_name}: {n}/{n} pooled from tiles")
     else:
         for b in range(n_batches):
@@ -297,8 +297,7 @@ def iter_extract_features(
     }
     if how != "maps":
         meta["pooling"] = how
-    if how == "tiles":
-        meta.update(tiles_meta)
+    meta.update(tiling)
     if cache:
         store(sdata, name, key, xy, feats, meta)
     return FeatureSet(feats, key, meta, from_cache=False)

@@ -28,7 +28,13 @@ from .histology import DenseMaps, _box_means
 if TYPE_CHECKING:
     from .vit import TimmEncoder
 
-__all__ = ["TokenTiles", "iter_fill_tiles", "token_tiles"]
+__all__ = ["TILES_VERSION", "TokenTiles", "iter_fill_tiles", "tiles_provenance", "token_tiles"]
+
+#: Version of the tiling that token features are pooled from. Version 1 (never recorded) laid
+#: the tiles from the corner of each requested extent; version 2 lays them on the lattice
+#: anchored at the image's origin. Bump it whenever the tiling changes the features, so that
+#: features cached under another version are computed again.
+TILES_VERSION = 2
 
 #: Largest summed-area table (bytes) built at once when pooling positions.
 _BLOCK_BYTES = 256 << 20
@@ -165,6 +171,24 @@ class TokenTiles:
                 parts.append(_box_means(sat, cx - hs, cy - hs, cx + hs, cy + hs))
             out[idx] = np.concatenate(parts, axis=1)
         return out
+
+
+def tiles_provenance(tiles: TokenTiles) -> dict[str, Any]:
+    """Describe the tiling that features pooled from ``tiles`` depend on (cache provenance).
+
+    Examples
+    --------
+    >>> tiles = TokenTiles(image=None, um_per_px=0.5, token_px=16.0, grid=14, context=1, dim=8)
+    >>> tiles_provenance(tiles)["token_um"], tiles_provenance(tiles)["tile_context_tokens"]
+    (8.0, 1)
+    """
+    return {
+        "pooling": "tiles",
+        "tiles_version": TILES_VERSION,
+        "token_um": float(tiles.token_px * tiles.um_per_px),
+        "tile_tokens": int(tiles.grid),
+        "tile_context_tokens": int(tiles.context),
+    }
 
 
 def token_tiles(
