@@ -7,10 +7,12 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import resource
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -78,6 +80,46 @@ def peak_rss_mb(children: bool = False) -> float:
     """Peak resident set size of this process (or of its waited-for children) in MiB."""
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     return resource.getrusage(who).ru_maxrss / 1024.0
+
+
+def drop_cached_features(store: Path) -> list[str]:
+    """Delete the feature caches (``histosge_features_*`` tables) from a store; their names."""
+    import spatialdata as sd
+
+    sdata = sd.read_zarr(store)
+    names = [k for k in sdata.tables if k.startswith("histosge_features_")]
+    for name in names:
+        sdata.delete_element_from_disk(name)
+    return names
+
+
+def time_histosge_run(args: Sequence[str]) -> dict[str, Any]:
+    """Run ``histosge run ARGS`` in a child process under ``/usr/bin/time -v``.
+
+    Returns ``command`` (the interpreter on), ``wall_s``, ``peak_rss_kb`` (the child's
+    maximum resident set size), ``load_before`` (1-minute load average at the start) and
+    ``stdout``, unrounded.
+    """
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "napari_histosge.cli", "run", *args]
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"`histosge run` exited with {proc.returncode}:\n{proc.stderr[-3000:]}")
+    found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    if found is None:
+        raise RuntimeError(
+            "Expected the 'Maximum resident set size' line of `/usr/bin/time -v` in the "
+            f"run's stderr, found none:\n{proc.stderr[-1000:]}"
+        )
+    return {
+        "command": " ".join(cmd[2:]),
+        "wall_s": wall,
+        "peak_rss_kb": int(found.group(1)),
+        "load_before": load,
+        "stdout": proc.stdout,
+    }
 
 
 class PeakRSS:

@@ -12,40 +12,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from _common import drop_cached_features, time_histosge_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def drop_cached_features(store: Path) -> list[str]:
-    import spatialdata as sd
-
-    sdata = sd.read_zarr(store)
-    names = [k for k in sdata.tables if k.startswith("histosge_features_")]
-    for name in names:
-        sdata.delete_element_from_disk(name)
-    return names
-
-
 def timed_run(store: Path, out: Path, extra: list[str]) -> dict:
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "napari_histosge.cli", "run", str(store),
-           "--out", str(out), "--overwrite", "--quiet", *extra]  # fmt: skip
-    load = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(proc.stderr[-2000:])
-    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
-    summary = [ln for ln in proc.stdout.splitlines() if ln.startswith("wrote")]
-    return {"command": " ".join(cmd[2:]), "wall_s": round(wall, 1),
-            "peak_rss_mb": round(rss / 1024, 1), "load_before": round(load, 2),
+    r = time_histosge_run([str(store), "--out", str(out), "--overwrite", "--quiet", *extra])
+    summary = [ln for ln in r["stdout"].splitlines() if ln.startswith("wrote")]
+    return {"command": r["command"], "wall_s": round(r["wall_s"], 1),
+            "peak_rss_mb": round(r["peak_rss_kb"] / 1024, 1),
+            "load_before": round(r["load_before"], 2),
             "summary": summary[-1] if summary else ""}  # fmt: skip
 
 

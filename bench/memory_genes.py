@@ -12,15 +12,16 @@ stores alternating, under `/usr/bin/time -v`.
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from _common import markdown_table, run_metadata, write_json
+from _common import (
+    drop_cached_features,
+    markdown_table,
+    run_metadata,
+    time_histosge_run,
+    write_json,
+)
 
 
 def derive_500(src: Path, dst: Path, n: int = 500) -> Path:
@@ -45,44 +46,17 @@ def derive_500(src: Path, dst: Path, n: int = 500) -> Path:
     return dst
 
 
-def drop_cache(store: Path) -> None:
-    import spatialdata as sd
-
-    sdata = sd.read_zarr(store)
-    for name in [k for k in sdata.tables if k.startswith("histosge_features_")]:
-        sdata.delete_element_from_disk(name)
-
-
 def timed(store: Path, out: Path, genes: int) -> dict:
-    cmd = [
-        "/usr/bin/time",
-        "-v",
-        sys.executable,
-        "-m",
-        "napari_histosge.cli",
-        "run",
-        str(store),
-        "--out",
-        str(out),
-        "--overwrite",
-        "--quiet",
-        "--n-top-genes",
-        str(genes),
-    ]
-    load = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-3000:])
-    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
+    r = time_histosge_run(
+        [str(store), "--out", str(out), "--overwrite", "--quiet", "--n-top-genes", str(genes)]
+    )
     return {
         "genes": genes,
-        "wall_s": round(wall, 1),
-        "peak_rss_mb": round(rss / 1024),
-        "load_before": round(load, 1),
-        "stdout": proc.stdout.strip().splitlines()[-1],
-        "command": " ".join(cmd[2:]),
+        "wall_s": round(r["wall_s"], 1),
+        "peak_rss_mb": round(r["peak_rss_kb"] / 1024),
+        "load_before": round(r["load_before"], 1),
+        "stdout": r["stdout"].strip().splitlines()[-1],
+        "command": r["command"],
     }
 
 
@@ -99,7 +73,7 @@ def main() -> None:
     for cached in [f == "cached" for f in args.features]:
         for genes, store in stores.items():
             if not cached:
-                drop_cache(store)
+                drop_cached_features(store)
             r = timed(store, args.work / f"out_{genes}.zarr", genes)
             r["features"] = "cached" if cached else "cold"
             print(r, flush=True)

@@ -29,7 +29,9 @@ import argparse
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from _common import RESULTS_DIR, markdown_table, peak_rss_mb, run_metadata, write_json
@@ -78,6 +80,19 @@ def _median_dim_r(a: np.ndarray, b: np.ndarray) -> float:
     from napari_histosge.metrics import pearson_per_gene
 
     return float(np.nanmedian(pearson_per_gene(a.astype(np.float64), b.astype(np.float64))))
+
+
+def _timed_steps(steps: dict[str, Callable[[], Any]]) -> tuple[list, dict[str, float], float]:
+    """Run ``steps`` in order: their results, wall seconds per step and in total, CPU seconds."""
+    results, seconds = [], {}
+    c0 = time.process_time()
+    t0 = t = time.perf_counter()
+    for name, step in steps.items():
+        results.append(step())
+        now = time.perf_counter()
+        seconds[name], t = now - t, now
+    seconds["total"] = t - t0
+    return results, seconds, time.process_time() - c0
 
 
 def timing(slide, model: str, n_spots: int, batch_size: int) -> dict:
@@ -140,34 +155,27 @@ def timing(slide, model: str, n_spots: int, batch_size: int) -> dict:
     )
     run_generator(iter_fill_tiles(enc, token_tiles(enc, image, g.um_per_px), [(0, 0)]))
     out["tiles_alone_s"], out["n_tiles"] = tiles_alone("tiles_alone")
+
+    def features(xy: np.ndarray, name: str, pooling: str) -> Callable[[], Any]:
+        return lambda: extract_features(slide.sdata, xy, cache_name=name, pooling=pooling, **kw)
+
     # Tiles path: spots, then 4x, then the superpixel grid, one encoder (tiles shared).
     enc.token_tiles_cache = []
-    c0 = time.process_time()
-    t0 = time.perf_counter()
-    f_spots = extract_features(slide.sdata, spots, cache_name="spots", pooling="tiles", **kw)
-    t1 = time.perf_counter()
-    f_sub = extract_features(slide.sdata, sub, cache_name="4x", pooling="tiles", **kw)
-    t2 = time.perf_counter()
-    f_grid = run_generator(_vit_features(slide, enc, pos, sp_sizes, box, batch_size))
-    t3 = time.perf_counter()
-    cpu["tiles_path"] = time.process_time() - c0
-    out["tiles_path_s"] = {
-        "spots": t1 - t0,
-        "4x": t2 - t1,
-        "superpixels": t3 - t2,
-        "total": t3 - t0,
-    }
+    (f_spots, f_sub, f_grid), out["tiles_path_s"], cpu["tiles_path"] = _timed_steps(
+        {
+            "spots": features(spots, "spots", "tiles"),
+            "4x": features(sub, "4x", "tiles"),
+            "superpixels": lambda: run_generator(
+                _vit_features(slide, enc, pos, sp_sizes, box, batch_size)
+            ),
+        }
+    )
     out["tiles_path_n_tiles"] = len(enc.token_tiles_cache[0].tokens)
     assert f_grid.shape == (len(pos), 2 * enc.dim)
     # Per-position path for the same spots and 4x positions.
-    c0 = time.process_time()
-    t0 = time.perf_counter()
-    p_spots = extract_features(slide.sdata, spots, cache_name="spots", pooling="patch", **kw)
-    t1 = time.perf_counter()
-    p_sub = extract_features(slide.sdata, sub, cache_name="4x", pooling="patch", **kw)
-    t2 = time.perf_counter()
-    cpu["patch_path"] = time.process_time() - c0
-    out["patch_path_s"] = {"spots": t1 - t0, "4x": t2 - t1, "total": t2 - t0}
+    (p_spots, p_sub), out["patch_path_s"], cpu["patch_path"] = _timed_steps(
+        {"spots": features(spots, "spots", "patch"), "4x": features(sub, "4x", "patch")}
+    )
     out["tiles_alone_again_s"], _ = tiles_alone("tiles_alone_again")
     alone = 0.5 * (out["tiles_alone_s"] + out["tiles_alone_again_s"])
     out["ratio_tiles_path_to_tiles_alone"] = out["tiles_path_s"]["total"] / alone
