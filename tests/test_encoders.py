@@ -6,7 +6,8 @@ import torch
 import xarray as xr
 
 from napari_histosge.features import get_encoder
-from napari_histosge.features.histology import HistologyEncoder, _box_means, _summed_area
+from napari_histosge.features._boxes import box_means, summed_area
+from napari_histosge.features.histology import HistologyEncoder
 from napari_histosge.features.vit import TimmEncoder, load_state_dict
 
 
@@ -70,15 +71,15 @@ def test_histology_separates_tissue_from_glass():
 def test_summed_area_pooling_is_exact():
     rng = np.random.default_rng(0)
     cells = rng.random((3, 20, 30)).astype(np.float32)
-    sat = _summed_area(cells)
-    got = _box_means(sat, np.array([2.0]), np.array([3.0]), np.array([12.0]), np.array([9.0]))
+    sat = summed_area(cells)
+    got = box_means(sat, np.array([2.0]), np.array([3.0]), np.array([12.0]), np.array([9.0]))
     np.testing.assert_allclose(got[0], cells[:, 3:9, 2:12].mean(axis=(1, 2)), rtol=1e-6)
     # Fractional boxes: compare with the mean over a 4x finer copy of the maps.
     fine = cells.repeat(4, axis=1).repeat(4, axis=2)
-    got = _box_means(sat, np.array([2.25]), np.array([3.5]), np.array([11.75]), np.array([9.0]))
+    got = box_means(sat, np.array([2.25]), np.array([3.5]), np.array([11.75]), np.array([9.0]))
     np.testing.assert_allclose(got[0], fine[:, 14:36, 9:47].mean(axis=(1, 2)), rtol=1e-6)
     # Outside the maps is left out of the mean.
-    got = _box_means(sat, np.array([-5.0]), np.array([-5.0]), np.array([2.0]), np.array([2.0]))
+    got = box_means(sat, np.array([-5.0]), np.array([-5.0]), np.array([2.0]), np.array([2.0]))
     np.testing.assert_allclose(got[0], cells[:, :2, :2].mean(axis=(1, 2)), rtol=1e-6)
 
 

@@ -298,3 +298,24 @@ def test_cache_lookup_checks_required_provenance(synthetic):
     np.testing.assert_array_equal(hit[0], feats)
     for field, other in (("tiles_version", 3), ("token_um", 4.0), ("tile_context_tokens", 0)):
         assert lookup(sdata, name, key, digest, [20.0], require={**tiling, field: other}) is None
+
+
+def test_box_means_on_a_grid_equal_the_scattered_boxes():
+    from napari_histosge.features._boxes import box_means, summed_area
+
+    rng = np.random.default_rng(0)
+    sat = summed_area(rng.random((3, 40, 50)))
+    yy, xx = np.mgrid[0:20, 0:25]
+    keep = rng.random(yy.size) < 0.9  # a grid with holes, as tissue superpixels are
+    cx, cy = (0.3 + 2.1 * xx.ravel())[keep], (-0.4 + 2.1 * yy.ravel())[keep]
+    for half in (0.7, 1.6, 4.0):  # boxes inside, straddling and past the map's edges
+        box = (cx - half, cy - half, cx + half, cy + half)
+        grid = box_means(sat, *box)
+        # Fewer than 64 boxes at a time take the four-corner path.
+        scattered = np.concatenate(
+            [box_means(sat, *(b[i : i + 50] for b in box)) for i in range(0, len(cx), 50)]
+        )
+        np.testing.assert_allclose(grid, scattered, rtol=1e-10, atol=1e-12)
+    direct = rng.random((1, 40, 50))
+    mean = box_means(summed_area(direct), *(np.array([v] * 100) for v in (2.0, 3.0, 7.0, 9.0)))
+    np.testing.assert_allclose(mean[0], direct[0, 3:9, 2:7].mean())

@@ -136,12 +136,12 @@ class SyntheticSlide:
         -------
         ``(n, genes)``: ``log1p(1e4 x rates)`` of the mixture under each square.
         """
-        from napari_histosge.features.histology import _box_means, _summed_area
+        from napari_histosge.features._boxes import box_means, summed_area
 
         xy = np.asarray(positions_px, dtype=float).reshape(-1, 2)
-        sat = _summed_area(self.fractions)
+        sat = summed_area(self.fractions)
         h = float(side_px) / 2.0
-        frac = _box_means(sat, xy[:, 0] - h, xy[:, 1] - h, xy[:, 0] + h, xy[:, 1] + h)
+        frac = box_means(sat, xy[:, 0] - h, xy[:, 1] - h, xy[:, 0] + h, xy[:, 1] + h)
         rates = frac @ self.profiles
         return np.log1p(1e4 * rates / rates.sum(1, keepdims=True))
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from napari_histosge._progress import Progress, run_generator
 
-from .histology import DenseMaps, HistologyEncoder, _box_means
+from ._boxes import box_means
+from .histology import DenseMaps, HistologyEncoder
 
 if TYPE_CHECKING:
     from .vit import TimmEncoder
@@ -106,7 +107,7 @@ def pool_maps(maps: DenseMaps, positions_px: np.ndarray, size_px: float) -> np.n
     cx = (c[:, 0] - maps.origin_px[0]) / maps.cell_px
     cy = (c[:, 1] - maps.origin_px[1]) / maps.cell_px
     half = float(size_px) / (2.0 * maps.cell_px)
-    return _box_means(maps.sat, cx - half, cy - half, cx + half, cy + half).astype(np.float32)
+    return box_means(maps.sat, cx - half, cy - half, cx + half, cy + half).astype(np.float32)
 
 
 def iter_vit_token_maps(

@@ -11,6 +11,7 @@ import numpy as np
 from napari_histosge._validation import assert_positive
 from napari_histosge.images import image_levels, level_scales
 
+from ._boxes import box_means, summed_area
 from .base import patches_extent
 from .patches import read_regions
 
@@ -50,7 +51,7 @@ class DenseMaps:
     def sat(self) -> np.ndarray:
         """Summed-area tables of :attr:`cells`, computed once on first use."""
         if self._sat is None:
-            self._sat = _summed_area(self.cells)
+            self._sat = summed_area(self.cells)
         return self._sat
 
     def covers(self, extent: tuple[float, float, float, float]) -> bool:
@@ -64,46 +65,6 @@ class DenseMaps:
             and extent[2] <= x1 + 1e-6
             and extent[3] <= y1 + 1e-6
         )
-
-
-def _summed_area(cells: np.ndarray) -> np.ndarray:
-    """Summed-area tables ``(C, h + 1, w + 1)`` float64 of ``(C, h, w)`` maps."""
-    n_c, h, w = cells.shape
-    sat = np.zeros((n_c, h + 1, w + 1), dtype=np.float64)
-    for c in range(n_c):
-        np.cumsum(cells[c], axis=0, dtype=np.float64, out=sat[c, 1:, 1:])
-        np.cumsum(sat[c, 1:, 1:], axis=1, out=sat[c, 1:, 1:])
-    return sat
-
-
-def _box_means(
-    sat: np.ndarray, x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray
-) -> np.ndarray:
-    """Means over fractional boxes (cell units) from summed-area tables ``(C, h + 1, w + 1)``.
-
-    The summed-area table of a piecewise-constant map is bilinear within each cell, so
-    bilinear interpolation of the table at fractional corners gives exact box integrals.
-    Parts of a box outside the map are left out of the mean.
-    """
-    _, hp, wp = sat.shape
-    h, w = hp - 1, wp - 1
-    x0, x1 = np.clip(x0, 0, w), np.clip(x1, 0, w)
-    y0, y1 = np.clip(y0, 0, h), np.clip(y1, 0, h)
-    area = np.maximum((x1 - x0) * (y1 - y0), 1e-12)
-
-    def at(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-        ix = np.clip(np.floor(xs).astype(np.int64), 0, max(w - 1, 0))
-        iy = np.clip(np.floor(ys).astype(np.int64), 0, max(h - 1, 0))
-        fx, fy = xs - ix, ys - iy
-        return (
-            sat[:, iy, ix] * ((1 - fx) * (1 - fy))
-            + sat[:, iy, ix + 1] * (fx * (1 - fy))
-            + sat[:, iy + 1, ix] * ((1 - fx) * fy)
-            + sat[:, iy + 1, ix + 1] * (fx * fy)
-        )
-
-    total = at(x1, y1) - at(x0, y1) - at(x1, y0) + at(x0, y0)
-    return (total / area).T
 
 
 def _hed_lut() -> tuple[np.ndarray, np.ndarray]:
@@ -418,7 +379,7 @@ class HistologyEncoder:
         feats = []
         for size in sizes_px:
             half = float(size) / (2.0 * maps.cell_px)
-            means = _box_means(maps.sat, cx - half, cy - half, cx + half, cy + half)
+            means = box_means(maps.sat, cx - half, cy - half, cx + half, cy + half)
             feats.append(self._stats(means))
         return np.concatenate(feats, axis=1) if feats else np.zeros((len(centers), 0), np.float32)
 

@@ -23,7 +23,8 @@ import numpy as np
 
 from napari_histosge._progress import Progress
 
-from .histology import DenseMaps, _box_means
+from ._boxes import box_means
+from .histology import DenseMaps
 
 if TYPE_CHECKING:
     from .vit import TimmEncoder
@@ -168,7 +169,7 @@ class TokenTiles:
             parts = []
             for s in sizes_px:
                 hs = float(s) / (2.0 * self.token_px)
-                parts.append(_box_means(sat, cx - hs, cy - hs, cx + hs, cy + hs))
+                parts.append(box_means(sat, cx - hs, cy - hs, cx + hs, cy + hs))
             out[idx] = np.concatenate(parts, axis=1)
         return out
 
