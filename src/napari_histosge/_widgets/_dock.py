@@ -17,6 +17,7 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
@@ -93,7 +94,14 @@ class HisToSGEWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.status = QLabel(self.session.status)
         self.status.setWordWrap(True)
+        # A new status never resizes the dock (and with it napari's canvas, a full repaint):
+        # the label takes the dock's width and three lines, whatever the text.
+        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.status.setFixedHeight(3 * self.status.fontMetrics().lineSpacing() + 4)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # The dock's width is set once, so that the sections built later and the status texts
+        # never resize it (each resize of the dock resizes napari's canvas: a full repaint).
+        self.setMinimumWidth(40 * self.fontMetrics().averageCharWidth())
         outer = QVBoxLayout(self)
         outer.setContentsMargins(4, 4, 4, 0)
         row = QHBoxLayout()
