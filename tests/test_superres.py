@@ -247,11 +247,12 @@ def test_her2st_c2_beats_copying_the_pseudo_unit(her2st_c2_zarr):
 def test_fill_uses_the_grid_spacing_on_large_grids():
     # The spacing is measured against all superpixels: within a subsample it would be several
     # times the grid's, and the fill's neighbourhoods and unit radii as many times too large.
-    from napari_histosge.models._superres_fill import grid_spacing, outside_fill
+    from napari_histosge.geometry.lattice import lattice_pitch
+    from napari_histosge.models._superres_fill import outside_fill
 
     yy, xx = np.mgrid[0:260, 0:260]
     pos = 8.0 * np.c_[yy.ravel(), xx.ravel()].astype(float)
-    assert grid_spacing(pos) == pytest.approx(8.0)
+    assert lattice_pitch(pos, max_queries=20000) == pytest.approx(8.0)
     centroids = np.array([[400.0, 400.0], [1600.0, 1600.0]])
     inside = [np.linalg.norm(pos - c, axis=1) < 60.0 for c in centroids]
     a = sp.csr_matrix(np.stack(inside) / np.sum(inside, axis=1, keepdims=True))  # means

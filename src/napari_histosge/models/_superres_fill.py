@@ -14,25 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["OutsideFill", "grid_spacing", "outside_fill"]
-
-
-def grid_spacing(pos: np.ndarray, n_queries: int = 20000) -> float:
-    """Return the median distance from a superpixel to its nearest neighbour.
-
-    Up to ``n_queries`` evenly spread superpixels are queried against all of them (a spacing
-    measured within a subsample would be that of the subsample, several times the grid's).
-
-    Examples
-    --------
-    >>> yy, xx = np.mgrid[0:300, 0:300]
-    >>> grid_spacing(8.0 * np.c_[yy.ravel(), xx.ravel()])
-    8.0
-    """
-    from scipy.spatial import cKDTree
-
-    queries = pos[:: max(1, len(pos) // n_queries)]
-    return float(np.median(cKDTree(pos).query(queries, k=2)[0][:, 1]))
+__all__ = ["OutsideFill", "outside_fill"]
 
 
 @dataclass
@@ -68,11 +50,13 @@ def outside_fill(
     import scipy.sparse as sp
     from scipy.spatial import cKDTree
 
+    from napari_histosge.geometry.lattice import lattice_pitch
+
     a = sp.csr_matrix(a)
     off = np.flatnonzero(np.diff(sp.csc_matrix(a).indptr) == 0)
     if not len(off):
         return None
-    spacing = grid_spacing(pos)
+    spacing = lattice_pitch(pos, max_queries=20000)  # the superpixel grid's step
     radius = np.sqrt(np.diff(a.indptr) * spacing**2 / np.pi)
     k = min(6, len(centroids))
     dist, idx = cKDTree(centroids).query(pos[off], k=k)
