@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 __all__ = ["box_means", "summed_area"]
@@ -40,19 +42,18 @@ def box_means(
     x0, x1 = np.clip(x0, 0, w), np.clip(x1, 0, w)
     y0, y1 = np.clip(y0, 0, h), np.clip(y1, 0, h)
     area = np.maximum((x1 - x0) * (y1 - y0), 1e-12)
-    cols, rows = _edges(x0, x1), _edges(y0, y1)
-    if len(x0) > 64 and cols is not None and rows is not None:
+    cols = _edges(x0, x1) if len(x0) > 64 else None
+    rows = _edges(y0, y1) if cols is not None else None
+    if cols is not None and rows is not None and len(cols[0]) * len(rows[0]) <= 4 * len(x0):
         (cx0, cx1, col_of), (ry0, ry1, row_of) = cols, rows
-        if len(cx0) * len(ry0) <= 4 * len(x0):
-            dy = _interp(ry1, h) - _interp(ry0, h)  # (rows, h + 1)
-            dx = _interp(cx1, w) - _interp(cx0, w)  # (cols, w + 1)
-            grid = np.stack([dy @ (dx @ s.T).T for s in sat], axis=-1)  # (rows, cols, C)
-            return grid[row_of, col_of] / area[:, None]
+        dy = _interp(ry1, h) - _interp(ry0, h)  # (rows, h + 1)
+        dx = _interp(cx1, w) - _interp(cx0, w)  # (cols, w + 1)
+        grid = np.stack([dy @ (dx @ s.T).T for s in sat], axis=-1)  # (rows, cols, C)
+        return grid[row_of, col_of] / area[:, None]
 
     def at(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-        ix = np.clip(np.floor(xs).astype(np.int64), 0, max(w - 1, 0))
-        iy = np.clip(np.floor(ys).astype(np.int64), 0, max(h - 1, 0))
-        fx, fy = xs - ix, ys - iy
+        ix, fx = _cell_and_fraction(xs, w)
+        iy, fy = _cell_and_fraction(ys, h)
         return (
             sat[:, iy, ix] * ((1 - fx) * (1 - fy))
             + sat[:, iy, ix + 1] * (fx * (1 - fy))
@@ -73,12 +74,17 @@ def _edges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return (ulo, uhi, index) if np.array_equal(uhi[index], hi) else None
 
 
-def _interp(coords: np.ndarray, n: int):  # noqa: ANN202 - scipy sparse matrix
+def _cell_and_fraction(coords: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Table cell ``i`` in ``[0, n - 1]`` at ``coords`` in ``[0, n]``, and the fraction past it."""
+    i = np.clip(np.floor(coords).astype(np.int64), 0, max(n - 1, 0))
+    return i, coords - i
+
+
+def _interp(coords: np.ndarray, n: int) -> Any:
     """Linear interpolation weights ``(len(coords), n + 1)`` at ``coords`` in ``[0, n]``."""
     import scipy.sparse as sp
 
-    i = np.clip(np.floor(coords).astype(np.int64), 0, max(n - 1, 0))
-    f = coords - i
+    i, f = _cell_and_fraction(coords, n)
     rows = np.repeat(np.arange(len(coords)), 2)
     cols = np.c_[i, i + 1].ravel()
     vals = np.c_[1.0 - f, f].ravel()
