@@ -33,7 +33,7 @@ class Section(QGroupBox):
         self.controller = controller
         self.session = controller.session
         self.buttons: list[tuple[str, PushButton, str]] = []
-        self._shown: dict[int, tuple[bool, str]] = {}  # what each button shows (enabled, tip)
+        self._shown: dict[int, tuple[bool, str | None]] = {}  # each widget's (enabled, tip)
         self._layout = QVBoxLayout(self)
         self._layout.setContentsMargins(4, 4, 4, 4)
         self.session.changed.connect(self.refresh)
@@ -57,11 +57,19 @@ class Section(QGroupBox):
 
     def refresh(self, *_: Any) -> None:
         """Enable what can run now."""
-        # Only what changed is set: each change restyles the button, and the session's changes
-        # come several at a time (a new slide clears the features, model and predictions).
         for action, button, tip in self.buttons:
             why = self.session.why_not(action)
-            state = (not why, why or tip)
-            if self._shown.get(id(button)) != state:
-                button.enabled, button.tooltip = state
-                self._shown[id(button)] = state
+            self.show_state(button, not why, why or tip)
+
+    def show_state(self, widget: Widget, enabled: bool, tooltip: str | None = None) -> None:
+        """Enable ``widget`` (and set its tooltip) unless it already shows that.
+
+        Each change restyles the widget, and the session's changes come several at a time (a new
+        slide clears the features, model and predictions): only what changed is set.
+        """
+        state = (enabled, tooltip)
+        if self._shown.get(id(widget)) != state:
+            widget.enabled = enabled
+            if tooltip is not None:
+                widget.tooltip = tooltip
+            self._shown[id(widget)] = state

@@ -68,7 +68,6 @@ class TrainSection(Section):
         self.device: Any = lambda: None
         self.options: Any = lambda: {}
         self.resolution_um: Any = lambda: None
-        self._spins_enabled: bool | None = None
         self.mode_combo.changed.connect(self.refresh)
         self.session.changed.connect(self._on_changed)
         self.session.loss_added.connect(self.loss_plot.add)
@@ -97,10 +96,8 @@ class TrainSection(Section):
                 "Train with a live loss curve; Cancel keeps the old model",
             )
         super().refresh()
-        if self._spins_enabled != (not self.superres):
-            self._spins_enabled = not self.superres
-            for spin in (self.epochs_spin, self.lr_spin, self.val_spin):
-                spin.enabled = not self.superres
+        for spin in (self.epochs_spin, self.lr_spin, self.val_spin):
+            self.show_state(spin, not self.superres)
 
     def config(self, device: str | None = None) -> dict[str, Any]:
         """Training options (fields of the core's ``TrainConfig``)."""
