@@ -287,12 +287,9 @@ class LayerView(QObject):
     def _insert(self, layer: Any) -> None:
         if layer not in self.gene_layers.values():
             return
-        # Keep the user's layer selection: selecting each new map would also rebuild the layer
-        # controls panel on the way. napari has no public switch for this and warns about the
-        # private one; a warning would also pop up as an animated notification, which repaints
-        # the window for seconds.
         # napari builds the layer's visuals and controls in the insertion's turn; here each is
-        # built on a turn of its own, right after (the window does not repaint in between).
+        # built on a turn of its own, right after (the window does not repaint in between),
+        # then the garbage the insertion left is collected on a turn of its own.
         layers = self.viewer.layers
         parts = _deferrable_parts(self.viewer)
         later: list[Callable[[], None]] = [
@@ -302,6 +299,10 @@ class LayerView(QObject):
         with warnings.catch_warnings(), collection_deferred(), contextlib.ExitStack() as stack:
             for handler, _ in parts:
                 stack.enter_context(layers.events.inserted.blocker(handler))
+            # Keep the user's layer selection: selecting each new map would also rebuild the
+            # layer controls panel on the way. napari has no public switch for this and warns
+            # about the private one; a warning would also pop up as an animated notification,
+            # which repaints the window for seconds.
             warnings.simplefilter("ignore", FutureWarning)
             activate = getattr(layers, "_activate_on_insert", None)
             if activate is not None:
