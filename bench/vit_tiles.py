@@ -48,24 +48,15 @@ def _window(slide, n_spots: int) -> np.ndarray:
 
 def _superres_area(slide, idx: np.ndarray, res_um: float = 8.0):
     """The superpixel grid and box ``iter_superres`` would lay over these spots."""
-    from scipy import ndimage
-    from scipy.spatial import cKDTree
-
     from napari_histosge.geometry import lattice_pitch
-    from napari_histosge.geometry.footprints import SuperpixelGrid, superpixel_grid
+    from napari_histosge.superpixels import units_superpixel_grid
 
     g = slide.geometry
-    centres = g.centers_px[idx]
     step = res_um / g.um_per_px
-    reach = max(0.75 * lattice_pitch(g.centers_px), g.diameter_px / 2.0)
-    lo, hi = centres.min(0) - reach - step, centres.max(0) + reach + step
-    tree = cKDTree(centres)
-    grid = superpixel_grid(
-        (lo[0], lo[1], hi[0], hi[1]), step, keep=lambda p: tree.query(p)[0] <= reach
+    grid, box = units_superpixel_grid(
+        g.centers_px[idx], g.diameter_px, step, pitch=lattice_pitch(g.centers_px)
     )
-    closed = ndimage.binary_closing(grid.mask, np.ones((3, 3), bool), border_value=0)
-    grid = SuperpixelGrid(grid.origin, grid.step, grid.mask | closed)
-    return grid, (lo, hi), step
+    return grid, box, step
 
 
 def _cka(a: np.ndarray, b: np.ndarray) -> float:

@@ -35,6 +35,7 @@ __all__ = [
     "export_superres",
     "superres_maps",
     "superres_predictions",
+    "units_superpixel_grid",
 ]
 
 #: Superpixel side (µm) unless the units are smaller than four times this.
@@ -113,6 +114,32 @@ def _unit_pitch(centres: np.ndarray) -> float:
     return lattice_pitch(centres) if len(centres) >= 2 else 1.0
 
 
+def units_superpixel_grid(
+    centres: np.ndarray, diameter_px: float, step: float, *, pitch: float | None = None
+) -> tuple[SuperpixelGrid, tuple[np.ndarray, np.ndarray]]:
+    """Return the superpixel grid over measured units, and the box ``(lo, hi)`` it was laid in.
+
+    Superpixels of side ``step`` (scale-0 pixels) are kept within reach of a unit centre (three
+    quarters of the units' ``pitch``, measured from ``centres`` by default, or the units'
+    radius if larger), with pinholes in that mask closed.
+    """
+    from scipy import ndimage
+    from scipy.spatial import cKDTree
+
+    from .geometry.footprints import SuperpixelGrid, superpixel_grid
+
+    pitch = _unit_pitch(centres) if pitch is None else pitch
+    reach = max(0.75 * pitch, diameter_px / 2.0)
+    lo, hi = centres.min(0) - reach - step, centres.max(0) + reach + step
+    tree = cKDTree(centres)
+    grid = superpixel_grid(
+        (lo[0], lo[1], hi[0], hi[1]), step, keep=lambda p: tree.query(p)[0] <= reach
+    )
+    # Close pinholes in the mask (lattice points a little farther than `reach` from a unit).
+    closed = ndimage.binary_closing(grid.mask, np.ones((3, 3), bool), border_value=0)
+    return SuperpixelGrid(grid.origin, grid.step, grid.mask | closed), (lo, hi)
+
+
 def iter_superres(
     slide: Slide,
     *,
@@ -141,16 +168,7 @@ def iter_superres(
     --------
     >>> res = run_generator(iter_superres(slide, genes=["Gfap"]))  # doctest: +SKIP
     """
-    from scipy import ndimage
-    from scipy.spatial import cKDTree
-
-    from .geometry.footprints import (
-        SuperpixelGrid,
-        default_resolution,
-        superpixel_grid,
-        unit_footprints,
-        unit_membership,
-    )
+    from .geometry.footprints import default_resolution, unit_footprints, unit_membership
     from .models.superres import iter_fit_superres
 
     opts = options or SuperResOptions()
@@ -167,16 +185,7 @@ def iter_superres(
         if not (np.isfinite(res_um) and res_um > 0):
             raise ValueError(f"Expected a positive resolution in µm, found `{res_um}`.")
     step = res_um / um
-    centres = geom.centers_px
-    reach = max(0.75 * _unit_pitch(centres), float(diam_px.max()) / 2.0)
-    lo, hi = centres.min(0) - reach - step, centres.max(0) + reach + step
-    tree = cKDTree(centres)
-    grid = superpixel_grid(
-        (lo[0], lo[1], hi[0], hi[1]), step, keep=lambda p: tree.query(p)[0] <= reach
-    )
-    # Close pinholes in the mask (lattice points a little farther than `reach` from a unit).
-    closed = ndimage.binary_closing(grid.mask, np.ones((3, 3), bool), border_value=0)
-    grid = SuperpixelGrid(grid.origin, grid.step, grid.mask | closed)
+    grid, (lo, hi) = units_superpixel_grid(geom.centers_px, float(diam_px.max()), step)
     pos = grid.positions
     yield Progress("superres", 0, 3, f"{grid.n} superpixels of {res_um:g} µm")
     feats, fmeta = yield from _cached_features(slide, opts, pos, step, (lo, hi), res_um)
