@@ -100,6 +100,7 @@ def main() -> int:  # noqa: C901 - one linear script
     long_gaps: list[tuple[str, float, float, float, float]] = []
     samples: list[tuple[float, str]] = []  # (start of the gap, innermost frames)
     gc_pauses: list[tuple[str, int, float]] = []  # (step, generation, ms)
+    repaints: dict[str, int] = {}  # window repaints per step
     tracing = threading.Event()
     if args.trace:
         main_id = threading.get_ident()
@@ -132,6 +133,19 @@ def main() -> int:  # noqa: C901 - one linear script
                 gc_pauses.append((state["step"], info["generation"], round(ms, 1)))
 
         gc.callbacks.append(collected)
+
+        # Repaints of napari's window (each one is composed through OpenGL): counted per step.
+        from qtpy.QtCore import QEvent, QObject
+
+        class Repaints(QObject):
+            def eventFilter(self, obj, event):  # noqa: N802 - Qt API
+                kind = event.type()
+                if kind == QEvent.Type.UpdateRequest and obj.isWidgetType() and obj.isWindow():
+                    repaints[state["step"]] = repaints.get(state["step"], 0) + 1
+                return False
+
+        repaint_filter = Repaints()
+        app.installEventFilter(repaint_filter)
 
     timer = QTimer()
     timer.timeout.connect(tick)
@@ -201,6 +215,7 @@ def main() -> int:  # noqa: C901 - one linear script
             trace[step] = [f"{n} x {stack}" for stack, n in seen.most_common(4)]
         report["trace"] = trace
         report["gc_pauses"] = gc_pauses
+        report["repaints"] = repaints
         report["long_gaps"] = [
             [
                 step,

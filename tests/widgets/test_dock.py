@@ -101,7 +101,7 @@ def test_full_workflow_alignment_and_export(extracted, qtbot, tmp_path, monkeypa
     assert widget.extract()
     wait_idle(qtbot, widget)
     assert session.features.from_cache
-    assert "reused" in widget.status.text()
+    qtbot.waitUntil(lambda: "reused" in widget.status.text(), timeout=2_000)
     _train(qtbot, widget)
     plot = widget.train_section.loss_plot
     assert len(plot.train) >= 3
@@ -180,7 +180,7 @@ def test_full_workflow_alignment_and_export(extracted, qtbot, tmp_path, monkeypa
     assert widget.export()
     wait_idle(qtbot, widget)
     assert session.last_export == str(out.resolve()), session.last_error
-    assert str(out.resolve()) in widget.status.text()
+    qtbot.waitUntil(lambda: str(out.resolve()) in widget.status.text(), timeout=2_000)
     back = sd.read_zarr(out)
     assert EXPRESSION_KEY in back
     assert back.tables[PREDICTIONS_KEY].n_vars == len(preds.genes)
@@ -192,7 +192,7 @@ def test_full_workflow_alignment_and_export(extracted, qtbot, tmp_path, monkeypa
     assert not widget.export()
     assert asked
     assert session.running is None
-    assert "skipped" in widget.status.text()
+    qtbot.waitUntil(lambda: "skipped" in widget.status.text(), timeout=2_000)
     monkeypatch.setattr(widget.export_section, "confirm_overwrite", lambda what: True)
     assert widget.export()
     wait_idle(qtbot, widget)
@@ -244,7 +244,7 @@ def test_cancel_training_returns_control_within_a_second_and_keeps_the_model(ext
     assert time.perf_counter() - start < 1.0
     assert widget.session.model is model
     assert widget.train_section.loss_plot.train == curve
-    assert "cancelled" in widget.status.text()
+    qtbot.waitUntil(lambda: "cancelled" in widget.status.text(), timeout=2_000)
     assert widget.predict_section.predict_button.enabled
 
 

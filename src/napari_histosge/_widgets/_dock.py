@@ -8,16 +8,15 @@ the layer view (:mod:`._layer_view`) shows results, and each section is a small 
 from __future__ import annotations
 
 import gc
+import time
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QHBoxLayout,
-    QLabel,
     QProgressBar,
     QPushButton,
     QScrollArea,
-    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
@@ -27,6 +26,7 @@ from ._layer_view import LayerView, prefetch_readers
 from ._repaint import RepaintHold
 from ._runner import Runner
 from ._session import Session
+from ._status_line import StatusLine
 
 if TYPE_CHECKING:
     import napari
@@ -35,11 +35,21 @@ __all__ = ["HisToSGEWidget"]
 
 #: Milliseconds between two reads of the worker's messages.
 POLL_MS = 25
+#: The status line and the progress bar change at most this often (milliseconds): each change
+#: repaints napari's window, composed through OpenGL, which is slow on a software-rendered display.
+SHOW_MS = 250
 #: Each section is built on its own turn of the event loop, this far apart, so that napari can
 #: repaint in between instead of once for all of them.
 BUILD_INTERVAL_MS = 30
 #: The worker process starts once the sections are built (spawning it costs the viewer a turn).
 START_DELAY_MS = 250
+
+
+def _slow_parts(viewer: napari.viewer.Viewer) -> list[QWidget]:
+    # napari's layer list paints an SVG icon for each row and button (10-20 ms for a few layers):
+    # it repaints a turn after the rest of the window. Private napari attributes, guarded.
+    layer_list = getattr(getattr(viewer.window, "_qt_viewer", None), "layers", None)
+    return [layer_list] if isinstance(layer_list, QWidget) else []
 
 
 class HisToSGEWidget(QWidget):
@@ -80,25 +90,22 @@ class HisToSGEWidget(QWidget):
         self._start_timer.timeout.connect(self._stop_idle_activity_spinner)
         # Layers are added on turns of the event loop without a repaint of the window, which
         # repaints once afterwards (see `_repaint`).
-        self.repaint = RepaintHold(lambda: self)
+        self.repaint = RepaintHold(lambda: self, lambda: _slow_parts(napari_viewer))
         self.layer_view = LayerView(napari_viewer, self.session, self.repaint)
 
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 100)
-        self._progress_value = 0
-        self._progress_timer = QTimer(self)
-        self._progress_timer.setSingleShot(True)
-        self._progress_timer.setInterval(POLL_MS)
-        self._progress_timer.timeout.connect(self._show_progress)
+        self._shown = {"progress": 0, "status": self.session.status}
+        self._to_show = dict(self._shown)
+        self._last_shown = 0.0
+        self._show_timer = QTimer(self)
+        self._show_timer.setSingleShot(True)
+        self._show_timer.timeout.connect(self._show_status)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
-        self.status = QLabel(self.session.status)
-        self.status.setWordWrap(True)
         # A new status never resizes the dock (and with it napari's canvas, a full repaint):
-        # the label takes the dock's width and three lines, whatever the text.
-        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-        self.status.setFixedHeight(3 * self.status.fontMetrics().lineSpacing() + 4)
-        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # the line takes the dock's width and three lines, whatever the text.
+        self.status = StatusLine(self.session.status)
         # The dock's width is set once, so that the sections built later and the status texts
         # never resize it (each resize of the dock resizes napari's canvas: a full repaint).
         self.setMinimumWidth(40 * self.fontMetrics().averageCharWidth())
@@ -132,7 +139,7 @@ class HisToSGEWidget(QWidget):
         self._build_timer.timeout.connect(self._build_next)
         self._build_timer.start()
 
-        self.session.status_changed.connect(self.status.setText, check_nargs=False)
+        self.session.status_changed.connect(self._on_status)
         self.session.progress_changed.connect(self._on_progress)
         self.session.busy_changed.connect(self._on_busy)
         self.session.error.connect(self._on_error)
@@ -142,8 +149,8 @@ class HisToSGEWidget(QWidget):
         self.poll_timer.timeout.connect(self.controller.poll)
         self.poll_timer.start()
         # A plain callable (not a bound method of this widget) still runs while Qt destroys it.
-        controller = self.controller
-        self.destroyed.connect(lambda *_: controller.close())
+        controller, repaint = self.controller, self.repaint
+        self.destroyed.connect(lambda *_: (controller.close(), repaint.release_all()))
 
     def _add_section(self, section: QWidget) -> None:
         self._body_layout.insertWidget(self._body_layout.count() - 1, section)
@@ -232,15 +239,29 @@ class HisToSGEWidget(QWidget):
         return self.features_section.options()
 
     def _on_progress(self, fraction: float | None) -> None:
-        # QProgressBar repaints at once when its value changes (the whole window, composed
-        # through OpenGL): the bar is set on a later turn, not in the one that handled the
-        # click or the worker's message.
-        self._progress_value = 0 if fraction is None else int(100 * fraction)
-        if not self._progress_timer.isActive():
-            self._progress_timer.start()
+        self._to_show["progress"] = 0 if fraction is None else int(100 * fraction)
+        self._schedule_show()
 
-    def _show_progress(self) -> None:
-        self.progress_bar.setValue(self._progress_value)
+    def _on_status(self, text: str) -> None:
+        self._to_show["status"] = text
+        self._schedule_show()
+
+    def _schedule_show(self) -> None:
+        # A QProgressBar or QLabel repaints at once when it changes (the whole window, composed
+        # through OpenGL): both are set together on a later turn, not in the one that handled
+        # the click or the worker's message, and at most once per SHOW_MS.
+        if self._show_timer.isActive() or self._to_show == self._shown:
+            return
+        since = 1000.0 * (time.monotonic() - self._last_shown)
+        self._show_timer.start(int(max(POLL_MS, SHOW_MS - since)))
+
+    def _show_status(self) -> None:
+        self._last_shown = time.monotonic()
+        if self._to_show["status"] != self._shown["status"]:
+            self.status.setText(self._to_show["status"])
+        if self._to_show["progress"] != self._shown["progress"]:
+            self.progress_bar.setValue(self._to_show["progress"])
+        self._shown = dict(self._to_show)
 
     def _stop_idle_activity_spinner(self) -> None:
         # napari's status-bar activity spinner can keep running after File > Open has finished
@@ -308,5 +329,6 @@ class HisToSGEWidget(QWidget):
         """Stop the worker before closing."""
         self.poll_timer.stop()
         self._start_timer.stop()
+        self.repaint.release_all()
         self.controller.close()
         super().closeEvent(event)
