@@ -260,7 +260,11 @@ class HisToSGEWidget(QWidget):
         if self._to_show["status"] != self._shown["status"]:
             self.status.setText(self._to_show["status"])
         if self._to_show["progress"] != self._shown["progress"]:
+            # QProgressBar.setValue repaints at once (the whole window): with its updates off
+            # it only schedules a repaint, which joins the status line's.
+            self.progress_bar.setUpdatesEnabled(False)
             self.progress_bar.setValue(self._to_show["progress"])
+            self.progress_bar.setUpdatesEnabled(True)
         self._shown = dict(self._to_show)
 
     def _stop_idle_activity_spinner(self) -> None:

@@ -59,7 +59,9 @@ def warm_up() -> dict[str, Any]:
     """Import the core and its heavy libraries, before the first task needs them."""
     import os
 
+    import scipy.linalg  # noqa: F401 - loads scipy's own BLAS, limited below
     import torch
+    from threadpoolctl import threadpool_limits
 
     import napari_histosge.expression  # noqa: F401
     import napari_histosge.features  # noqa: F401
@@ -67,8 +69,11 @@ def warm_up() -> dict[str, Any]:
     import napari_histosge.pipeline  # noqa: F401
     import napari_histosge.train  # noqa: F401
 
-    # Leave a core to the viewer.
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    # Leave a core to the viewer: torch's threads and those of the BLAS and OpenMP libraries
+    # loaded so far (the superres fit is numpy and scipy), for the worker's lifetime.
+    threads = max(1, (os.cpu_count() or 2) - 1)
+    torch.set_num_threads(threads)
+    threadpool_limits(limits=threads)
     return {"pid": os.getpid()}
 
 
