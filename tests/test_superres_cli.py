@@ -97,6 +97,12 @@ def test_run_on_multipolygon_units_writes_superpixel_maps(tmp_path, sample_sdata
     table = back.tables[PREDICTIONS_KEY]
     assert list(table.var_names) == genes
     assert table.n_obs == back.tables["table"].n_obs
+    # Raw counts: the units' depths fit the count-density map of the measurement model.
+    import json
+
+    meta = json.loads(table.uns["histosge"]["meta_json"])
+    assert meta["model"]["measurement"] == "poisson"
+    assert np.isfinite(meta["model"]["depth_r2"])
 
     # --resolution-um overrides the default.
     out2 = tmp_path / "out2.zarr"

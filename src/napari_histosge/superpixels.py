@@ -140,6 +140,29 @@ def units_superpixel_grid(
     return SuperpixelGrid(grid.origin, grid.step, grid.mask | closed), (lo, hi)
 
 
+def unit_depths(table: Any) -> np.ndarray | None:
+    """Total counts of each unit (row of ``table``), or ``None`` when they are not known.
+
+    They are not known when the table holds log-normalised values instead of raw counts, or
+    when a unit has no counts (the count-density map needs positive depths).
+
+    Examples
+    --------
+    >>> import anndata as ad
+    >>> unit_depths(ad.AnnData(np.array([[1.0, 2.0], [0.0, 5.0]]))).tolist()
+    [3.0, 5.0]
+    >>> unit_depths(ad.AnnData(np.array([[0.5, 2.0], [0.0, 5.0]]))) is None
+    True
+    """
+    from .expression import count_matrix, is_log_normalized
+
+    if is_log_normalized(table):
+        return None
+    counts, _ = count_matrix(table)
+    depth = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    return depth if bool(np.all(depth > 0)) else None
+
+
 def iter_superres(
     slide: Slide,
     *,
@@ -198,6 +221,7 @@ def iter_superres(
         np.asarray(targets.values, dtype=np.float64),
         genes=list(targets.genes),
         config=opts.config,
+        depth=unit_depths(slide.table) if opts.config.measurement == "poisson" else None,
     )
     meta = {
         "model": model.config_dict(),
