@@ -83,6 +83,7 @@ def resolve_keys(
 
     Examples
     --------
+    >>> from napari_histosge.io import load_sample
     >>> keys = resolve_keys(load_sample())
     >>> keys.image_key, keys.spots_key, keys.table_key
     ('V1_Adult_Mouse_Brain_image', 'V1_Adult_Mouse_Brain_spots', 'table')

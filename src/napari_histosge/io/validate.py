@@ -37,6 +37,7 @@ def validate_slide(sdata: SpatialData, keys: SlideKeys) -> None:
 
     Examples
     --------
+    >>> from napari_histosge.io import load_sample, resolve_keys
     >>> sdata = load_sample()
     >>> validate_slide(sdata, resolve_keys(sdata))
     """
