@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,15 @@ import pandas as pd
 SRC = Path(__file__).resolve().parents[1] / "src"
 CLI = [sys.executable, "-m", "napari_histosge.cli"]
 FAST = ["--epochs", "1", "--n-top-genes", "5", "--quiet"]
+
+
+def written_sample(factory: Any, name: str) -> Path:
+    """The bundled sample written as a store in a new folder of pytest's ``tmp_path_factory``."""
+    from napari_histosge.io import load_sample
+
+    path = factory.mktemp(name) / "s.zarr"
+    load_sample().write(path)
+    return path
 
 
 def tree_digest(root: Path, *, hidden: bool = True) -> dict[str, str]:

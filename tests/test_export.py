@@ -1,12 +1,11 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import spatialdata as sd
-from anndata import AnnData
-from spatialdata.models import Image2DModel, ShapesModel, TableModel
+from spatialdata.models import Image2DModel
 from spatialdata.transformations import Scale, get_transformation
+from store_helpers import spots_sdata
 
 from napari_histosge.export import write_predictions
 from napari_histosge.maps import rasterize
@@ -20,24 +19,8 @@ def _sdata(scale: float = 1.0) -> sd.SpatialData:
     tf = {"global": Scale([scale, scale], axes=("x", "y"))}
     xs, ys = np.meshgrid(np.arange(20, 160, 30), np.arange(20, 120, 30))
     xy = np.stack([xs.ravel(), ys.ravel()], 1).astype(float) * scale
-    shapes = ShapesModel.parse(xy, geometry=0, radius=np.full(len(xy), 6.0 * scale))
-    table = TableModel.parse(
-        AnnData(
-            X=rng.poisson(3, (len(xy), 4)).astype(np.float32),
-            obs=pd.DataFrame(
-                {"region": pd.Categorical(["spots"] * len(xy)), "instance_id": np.arange(len(xy))},
-                index=[f"s{i}" for i in range(len(xy))],
-            ),
-        ),
-        region="spots",
-        region_key="region",
-        instance_key="instance_id",
-    )
-    return sd.SpatialData(
-        images={"he": Image2DModel.parse(img, dims=("c", "y", "x"), transformations=tf)},
-        shapes={"spots": shapes},
-        tables={"table": table},
-    )
+    image = Image2DModel.parse(img, dims=("c", "y", "x"), transformations=tf)
+    return spots_sdata(image, xy, 6.0 * scale, rng, 4, instance_key="instance_id")
 
 
 def _predictions(n_genes: int = 2) -> Predictions:

@@ -22,11 +22,8 @@ DIAMETER = 20.0
 @pytest.fixture
 def synthetic():
     """A 256 x 256 H&E-like image (tissue on the left, glass on the right) and 30 spots."""
-    import anndata as ad
-    import geopandas as gpd
-    import pandas as pd
-    from shapely.geometry import Point
-    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+    from spatialdata.models import Image2DModel
+    from store_helpers import spots_sdata
 
     rng = np.random.default_rng(0)
     img = np.full((256, 256, 3), 242, np.uint8)
@@ -38,24 +35,7 @@ def synthetic():
     image = Image2DModel.parse(np.moveaxis(img, 2, 0), dims=("c", "y", "x"), chunks=(3, 64, 64))
     gx, gy = np.meshgrid(np.arange(24.0, 256, 40), np.arange(24.0, 256, 48))
     xy = np.c_[gx.ravel(), gy.ravel()][:30]
-    shapes = ShapesModel.parse(
-        gpd.GeoDataFrame(
-            {"radius": np.full(len(xy), DIAMETER / 2)}, geometry=[Point(p) for p in xy]
-        ),
-    )
-    table = TableModel.parse(
-        ad.AnnData(
-            rng.poisson(3, (len(xy), 5)).astype(np.float32),
-            obs=pd.DataFrame(
-                {"region": pd.Categorical(["spots"] * len(xy)), "spot": np.arange(len(xy))},
-                index=[f"s{i}" for i in range(len(xy))],
-            ),
-        ),
-        region="spots",
-        region_key="region",
-        instance_key="spot",
-    )
-    sdata = sd.SpatialData(images={"he": image}, shapes={"spots": shapes}, tables={"table": table})
+    sdata = spots_sdata(image, xy, DIAMETER / 2, rng, 5)
     geom = SimpleNamespace(diameter_px=DIAMETER, um_per_px=2.0, centers_px=xy)
     return sdata, geom, xy
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import spatialdata as sd
-from safety_helpers import FAST, env, error_lines, run_cli, tree_digest
+from safety_helpers import FAST, env, error_lines, run_cli, tree_digest, written_sample
 
 from napari_histosge.store import OUTPUT_KEYS, PREDICTIONS_KEY
 
@@ -27,11 +27,7 @@ IMAGE = "V1_Adult_Mouse_Brain_image"
 
 @pytest.fixture(scope="module")
 def sample_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from napari_histosge.io import load_sample
-
-    path = tmp_path_factory.mktemp("inplace") / "s.zarr"
-    load_sample().write(path)
-    return path
+    return written_sample(tmp_path_factory, "inplace")
 
 
 @pytest.fixture(scope="module")

@@ -13,25 +13,21 @@ from pathlib import Path
 
 import pytest
 from safety_helpers import (
+    FAST,
     error_lines,
     fake_section,
     small_model,
     tree_digest,
     with_counts,
+    written_sample,
 )
 
 from napari_histosge.cli import main
 
-FAST = ["--epochs", "1", "--n-top-genes", "5", "--quiet"]
-
 
 @pytest.fixture(scope="module")
 def base_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from napari_histosge.io import load_sample
-
-    path = tmp_path_factory.mktemp("base") / "s.zarr"
-    load_sample().write(path)
-    return path
+    return written_sample(tmp_path_factory, "base")
 
 
 @pytest.fixture(scope="module")

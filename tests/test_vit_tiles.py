@@ -16,12 +16,8 @@ from napari_histosge.features.vit_tiles import token_tiles
 @pytest.fixture
 def slide():
     """A 320 x 320 textured image, 2 µm per pixel, and 16 spots of 20 px."""
-    import anndata as ad
-    import geopandas as gpd
-    import pandas as pd
-    import spatialdata as sd
-    from shapely.geometry import Point
-    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+    from spatialdata.models import Image2DModel
+    from store_helpers import spots_sdata
 
     rng = np.random.default_rng(1)
     img = rng.integers(40, 230, size=(3, 320, 320), dtype=np.uint8)
@@ -29,22 +25,7 @@ def slide():
     image = Image2DModel.parse(img, dims=("c", "y", "x"), chunks=(3, 128, 128))
     gx, gy = np.meshgrid(np.arange(70.0, 260, 40), np.arange(70.0, 260, 40))
     xy = np.c_[gx.ravel(), gy.ravel()][:16]
-    shapes = ShapesModel.parse(
-        gpd.GeoDataFrame({"radius": np.full(len(xy), 10.0)}, geometry=[Point(p) for p in xy])
-    )
-    table = TableModel.parse(
-        ad.AnnData(
-            rng.poisson(3, (len(xy), 4)).astype(np.float32),
-            obs=pd.DataFrame(
-                {"region": pd.Categorical(["spots"] * len(xy)), "spot": np.arange(len(xy))},
-                index=[f"s{i}" for i in range(len(xy))],
-            ),
-        ),
-        region="spots",
-        region_key="region",
-        instance_key="spot",
-    )
-    sdata = sd.SpatialData(images={"he": image}, shapes={"spots": shapes}, tables={"table": table})
+    sdata = spots_sdata(image, xy, 10.0, rng, 4)
     geom = SimpleNamespace(diameter_px=20.0, um_per_px=2.0, centers_px=xy)
     return sdata, geom, xy
 
