@@ -43,6 +43,8 @@ SHOW_MS = 250
 BUILD_INTERVAL_MS = 30
 #: The worker process starts once the sections are built (spawning it costs the viewer a turn).
 START_DELAY_MS = 250
+#: On X11 the dock gets a native window of its own this long after the worker starts.
+NATIVE_DELAY_MS = 150
 
 
 def _slow_parts(viewer: napari.viewer.Viewer) -> list[QWidget]:
@@ -88,6 +90,11 @@ class HisToSGEWidget(QWidget):
         # The readers' imports run in a thread and would compete with the sections being built.
         self._start_timer.timeout.connect(prefetch_readers)
         self._start_timer.timeout.connect(self._stop_idle_activity_spinner)
+        self._native_timer = QTimer(self)
+        self._native_timer.setSingleShot(True)
+        self._native_timer.setInterval(NATIVE_DELAY_MS)
+        self._native_timer.timeout.connect(self._make_native)
+        self._start_timer.timeout.connect(self._native_timer.start)
         # Layers are added on turns of the event loop without a repaint of the window, which
         # repaints once afterwards (see `_repaint`).
         self.repaint = RepaintHold(lambda: self, lambda: _slow_parts(napari_viewer))
@@ -266,6 +273,17 @@ class HisToSGEWidget(QWidget):
             self.progress_bar.setValue(self._to_show["progress"])
             self.progress_bar.setUpdatesEnabled(True)
         self._shown = dict(self._to_show)
+
+    def _make_native(self) -> None:
+        # napari's window holds an OpenGL canvas, so each of its repaints is composed through
+        # OpenGL with the canvas (on a software-rendered display, gaps of the event loop of up
+        # to 180 ms were measured at a new status while a busy worker shared the CPUs). On X11
+        # the dock becomes a native child window: its repaints are sent for its own area only.
+        # Done on a turn of its own once the dock is built; other platforms keep the default.
+        from qtpy.QtGui import QGuiApplication
+
+        if QGuiApplication.platformName() == "xcb" and self.window() is not self:
+            self.winId()
 
     def _stop_idle_activity_spinner(self) -> None:
         # napari's status-bar activity spinner can keep running after File > Open has finished
