@@ -156,8 +156,10 @@ class HisToSGEWidget(QWidget):
         self.poll_timer.timeout.connect(self.controller.poll)
         self.poll_timer.start()
         # A plain callable (not a bound method of this widget) still runs while Qt destroys it.
-        controller, repaint = self.controller, self.repaint
-        self.destroyed.connect(lambda *_: (controller.close(), repaint.release_all()))
+        controller, repaint, layer_view = self.controller, self.repaint, self.layer_view
+        self.destroyed.connect(
+            lambda *_: (controller.close(), layer_view.close(), repaint.release_all())
+        )
 
     def _add_section(self, section: QWidget) -> None:
         self._body_layout.insertWidget(self._body_layout.count() - 1, section)
@@ -351,6 +353,7 @@ class HisToSGEWidget(QWidget):
         """Stop the worker before closing."""
         self.poll_timer.stop()
         self._start_timer.stop()
+        self.layer_view.close()
         self.repaint.release_all()
         self.controller.close()
         super().closeEvent(event)

@@ -29,6 +29,9 @@ __all__ = ["LayerView", "prefetch_readers"]
 
 #: Milliseconds between two queued layer changes.
 STEP_MS = 30
+#: Milliseconds after the last change before garbage collection resumes (the window and then
+#: its layer list have repainted by then).
+GC_RESUME_MS = 5 * STEP_MS
 
 #: Colormaps for several genes shown together with additive blending (one hue per gene).
 MULTI_GENE_COLORMAPS = ("magenta", "green", "cyan", "yellow", "red", "blue")
@@ -123,6 +126,13 @@ class LayerView(QObject):
         # Room for a repaint between two layer changes.
         self._timer.setInterval(STEP_MS)
         self._timer.timeout.connect(self._next)
+        # Cyclic garbage collection is paused while layers change and resumes (with one
+        # collection, on a turn of its own) once the window has repainted after the last change.
+        self._gc_paused = False
+        self._gc_timer = QTimer(self)
+        self._gc_timer.setSingleShot(True)
+        self._gc_timer.setInterval(GC_RESUME_MS)
+        self._gc_timer.timeout.connect(self._resume_collection)
         session.changed.connect(self._on_changed)
 
     @property
@@ -142,12 +152,14 @@ class LayerView(QObject):
         # repaints once, on a turn of its own, when the queue is done.
         drew = False
         if self._queue:
+            self._pause_collection()
             self.repaint.hold("layers")
             step = self._queue.popleft()
             drew = getattr(step, "draws", False)
             step()
         if not self._queue:
             self.repaint.release("layers", STEP_MS)
+            self._gc_timer.start()
         elif drew:
             # A layer just became visible: its first draw builds its shaders. Let the window
             # repaint now, on a turn of its own, so that one repaint never builds several.
@@ -155,6 +167,31 @@ class LayerView(QObject):
             self._timer.start(3 * STEP_MS)
         else:
             self._timer.start(STEP_MS)
+
+    def _pause_collection(self) -> None:
+        # A collection of the objects napari made since the dock opened takes 15-30 ms; one
+        # falling into the repaint that first draws a new map made that turn reach 100 ms.
+        self._gc_timer.stop()
+        if not self._gc_paused and gc.isenabled():
+            gc.disable()
+            self._gc_paused = True
+
+    def _resume_collection(self) -> None:
+        if self._queue or not self._gc_paused:
+            return
+        self._gc_paused = False
+        gc.enable()
+        gc.collect()
+
+    def close(self) -> None:
+        """Stop changing layers; cyclic garbage collection runs again if it was paused."""
+        self._queue.clear()
+        with contextlib.suppress(RuntimeError):  # Qt deleted the timers already
+            self._timer.stop()
+            self._gc_timer.stop()
+        if self._gc_paused:
+            self._gc_paused = False
+            gc.enable()
 
     def _on_changed(self, name: str) -> None:
         if name == "slide" and self.session.slide is not None:
