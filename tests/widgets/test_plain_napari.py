@@ -7,7 +7,7 @@ without stalling the event loop: a 20 ms timer's longest gap from the dock's ope
 rendered map stays under 100 ms, in every run (a failure gives the measured gaps, where they
 were spent and the machine's load). On the 2,000-spot store a run over the limit is reported as
 an expected failure (XFAIL, with the measured gaps) instead: most of its runs stay under 70-90
-ms, but on a 2-vCPU virtual machine 2 of 16 runs (2026-12-02) still reached 102-148 ms, in napari's
+ms, but on a 2-vCPU virtual machine 4 of 21 runs (2026-12-02) still reached 102-148 ms, in napari's
 own turns (building a map layer's visuals, 35-45 ms, took 97 ms in one such run; a window
 repaint while the worker computes waited 30-40 ms for a CPU in another); the crash, the maps
 and the heavy imports fail that test outright as well.
