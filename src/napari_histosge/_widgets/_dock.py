@@ -256,9 +256,9 @@ class HisToSGEWidget(QWidget):
         self._schedule_show()
 
     def _schedule_show(self) -> None:
-        # A QProgressBar or QLabel repaints at once when it changes (the whole window, composed
-        # through OpenGL): both are set together on a later turn, not in the one that handled
-        # the click or the worker's message, and at most once per SHOW_MS.
+        # Each change of the status line or the progress bar repaints napari's window: both are
+        # set together on a later turn, not in the one that handled the click or the worker's
+        # message, and at most once per SHOW_MS.
         if self._show_timer.isActive() or self._to_show == self._shown:
             return
         since = 1000.0 * (time.monotonic() - self._last_shown)
