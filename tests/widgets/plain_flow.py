@@ -142,17 +142,18 @@ def main() -> int:  # noqa: C901 - one linear script
         gc.callbacks.append(collected)
 
         # Repaints of napari's window (each one is composed through OpenGL): counted per step.
+        # The filter watches the window only; one on the application would run Python for
+        # every event of every widget, on the thread whose gaps are measured.
         from qtpy.QtCore import QEvent, QObject
 
         class Repaints(QObject):
             def eventFilter(self, obj, event):  # noqa: N802 - Qt API
-                kind = event.type()
-                if kind == QEvent.Type.UpdateRequest and obj.isWidgetType() and obj.isWindow():
+                if event.type() == QEvent.Type.UpdateRequest:
                     repaints[state["step"]] = repaints.get(state["step"], 0) + 1
                 return False
 
         repaint_filter = Repaints()
-        app.installEventFilter(repaint_filter)
+        viewer.window._qt_window.installEventFilter(repaint_filter)
 
     timer = QTimer()
     timer.timeout.connect(tick)
