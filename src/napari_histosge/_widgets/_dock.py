@@ -38,9 +38,13 @@ POLL_MS = 25
 #: The status line and the progress bar change at most this often (milliseconds): each change
 #: repaints napari's window, composed through OpenGL, which is slow on a software-rendered display.
 SHOW_MS = 250
-#: Each section is built on its own turn of the event loop, this far apart, so that napari can
-#: repaint in between instead of once for all of them.
+#: Each section is built on its own turn of the event loop, this far apart and only once the
+#: dock has been painted since the previous one, so that napari's window repaints in between
+#: instead of in the same turn as the build (its first repaint after the dock opens, with the
+#: canvas resized, is the longest: 45-65 ms on a software-rendered display).
 BUILD_INTERVAL_MS = 30
+#: A section is built anyway after this many intervals without a paint of the dock.
+BUILD_MAX_WAITS = 10
 #: The worker process starts once the sections are built (spawning it costs the viewer a turn).
 START_DELAY_MS = 250
 #: On X11 the dock gets a native window of its own this long after the worker starts.
@@ -140,6 +144,8 @@ class HisToSGEWidget(QWidget):
             self._build_predict,
             self._build_export,
         ]
+        self._painted = False
+        self._build_waits = 0
         self._build_timer = QTimer(self)
         self._build_timer.setSingleShot(True)
         self._build_timer.setInterval(BUILD_INTERVAL_MS)
@@ -164,7 +170,17 @@ class HisToSGEWidget(QWidget):
     def _add_section(self, section: QWidget) -> None:
         self._body_layout.insertWidget(self._body_layout.count() - 1, section)
 
+    def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
+        self._painted = True
+        super().paintEvent(event)
+
     def _build_next(self) -> None:
+        if self.isVisible() and not self._painted and self._build_waits < BUILD_MAX_WAITS:
+            self._build_waits += 1
+            self._build_timer.start()
+            return
+        self._build_waits = 0
+        self._painted = False
         if self._builders:
             self._add_section(self._builders.pop(0)())
         if self._builders:
@@ -213,8 +229,12 @@ class HisToSGEWidget(QWidget):
 
     def build_all(self) -> None:
         """Build the sections not built yet, at once."""
+        if not self._builders:
+            return
         while self._builders:
-            self._build_next()
+            self._add_section(self._builders.pop(0)())
+        self._build_timer.stop()
+        self._start_timer.start()
 
     @property
     def sections(self) -> tuple[QWidget, ...]:
@@ -281,11 +301,25 @@ class HisToSGEWidget(QWidget):
         # OpenGL with the canvas (on a software-rendered display, gaps of the event loop of up
         # to 180 ms were measured at a new status while a busy worker shared the CPUs). On X11
         # the dock becomes a native child window: its repaints are sent for its own area only.
-        # Done on a turn of its own once the dock is built; other platforms keep the default.
+        # Only the dock: by default Qt makes its ancestors and all their siblings native too
+        # (18 widgets of napari's window, 60-80 ms of the viewer's CPU on the next turn), so the
+        # application attribute is set for this one call and restored. Done on a turn of its
+        # own once the dock is built; other platforms keep the default.
+        from qtpy.QtCore import Qt
         from qtpy.QtGui import QGuiApplication
+        from qtpy.QtWidgets import QApplication
 
-        if QGuiApplication.platformName() == "xcb" and self.window() is not self:
+        if QGuiApplication.platformName() != "xcb" or self.window() is self:
+            return
+        app = QApplication.instance()
+        siblings = Qt.ApplicationAttribute.AA_DontCreateNativeWidgetSiblings
+        before = app.testAttribute(siblings)
+        self.setAttribute(Qt.WidgetAttribute.WA_DontCreateNativeAncestors)
+        app.setAttribute(siblings, True)
+        try:
             self.winId()
+        finally:
+            app.setAttribute(siblings, before)
 
     def _stop_idle_activity_spinner(self) -> None:
         # napari's status-bar activity spinner can keep running after File > Open has finished
