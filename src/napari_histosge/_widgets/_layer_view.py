@@ -151,19 +151,27 @@ class LayerView(QObject):
         # repaint (composed through OpenGL, then sent to the display) as much again. The window
         # repaints once, on a turn of its own, when the queue is done.
         drew = False
-        if self._queue:
+        if self._queue and getattr(self._queue[0], "draws", False):
+            # A layer is about to be shown: its first draw builds its shaders (napari's own
+            # 60-110 ms on a software-rendered display). The window first repaints what the
+            # earlier turns changed, on turns of their own; then the layer is shown with the
+            # window's updates on, so that its first draw repaints the canvas, not the window.
+            if self.repaint.active:
+                self.repaint.release("layers", 0)
+                self._timer.start(STEP_MS)
+                return
+            self._pause_collection()
+            self._queue.popleft()()
+            drew = True
+        elif self._queue:
             self._pause_collection()
             self.repaint.hold("layers")
-            step = self._queue.popleft()
-            drew = getattr(step, "draws", False)
-            step()
+            self._queue.popleft()()
         if not self._queue:
             self.repaint.release("layers", STEP_MS)
             self._gc_timer.start()
         elif drew:
-            # A layer just became visible: its first draw builds its shaders. Let the window
-            # repaint now, on a turn of its own, so that one repaint never builds several.
-            self.repaint.release("layers", STEP_MS)
+            # Room for that first draw before the next change holds the window again.
             self._timer.start(3 * STEP_MS)
         else:
             self._timer.start(STEP_MS)
