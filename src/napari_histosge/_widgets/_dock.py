@@ -93,6 +93,10 @@ class HisToSGEWidget(QWidget):
         self._start_timer.timeout.connect(self.controller.runner.start)
         # The readers' imports run in a thread and would compete with the sections being built.
         self._start_timer.timeout.connect(prefetch_readers)
+        # napari's activity spinner is stopped as soon as the dock is in napari's window (left
+        # running, it repaints the window about 27 times a second while the sections are
+        # built), and again once they are built.
+        QTimer.singleShot(BUILD_INTERVAL_MS, self._stop_idle_activity_spinner)
         self._start_timer.timeout.connect(self._stop_idle_activity_spinner)
         self._native_timer = QTimer(self)
         self._native_timer.setSingleShot(True)
