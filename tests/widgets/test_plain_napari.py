@@ -6,10 +6,10 @@ layers over the tissue, without torch, timm, scanpy or scikit-learn in the viewe
 without stalling the event loop: a 20 ms timer's longest gap from the dock's opening to the
 rendered map stays under 100 ms (a failure gives the measured gaps, where they were spent and
 the machine's load). Every map layer pays napari's own first draw (its shaders are built then):
-at the end of the flow, ``plain_flow.py`` times that draw for an image layer like the first map,
-shown by napari alone in the same window (worst of three). On a 2-vCPU virtual machine with a
+at the end of the flow, ``plain_flow.py`` times that draw for image layers like the maps, shown
+by napari alone in the same window (worst of four). On a 2-vCPU virtual machine with a
 software-rendered display it measured 84-112 ms (2026-12-02), so the floor of the Render step
-itself can be over the limit there. A run over 100 ms whose longest gap is at most 1.25 times
+itself can be over the limit there. A run over 100 ms whose longest gap is at most 1.3 times
 that floor is reported as an expected failure (XFAIL, with the measured gaps and the floor);
 anything longer fails. On the 2,000-spot store any overrun is reported as an expected failure:
 most runs stay under 70-90 ms, but 4 of 21 runs (2026-12-02) reached 102-148 ms in napari's own
@@ -39,7 +39,7 @@ FLOW = Path(__file__).with_name("plain_flow.py")
 LIMIT_MS = 100.0
 #: An overrun no longer than this times napari's own first draw of an image layer, measured in
 #: the same window at the end of the flow, is reported as an expected failure (see above).
-FLOOR_FACTOR = 1.25
+FLOOR_FACTOR = 1.3
 
 
 def run_flow(*args: str, timeout: float = 900) -> dict:
