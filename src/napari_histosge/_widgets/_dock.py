@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QTimer
@@ -58,6 +59,15 @@ def _slow_parts(viewer: napari.viewer.Viewer) -> list[QWidget]:
     return [layer_list] if isinstance(layer_list, QWidget) else []
 
 
+def _one_shot(parent: QWidget, interval_ms: int, *slots: Callable[[], Any]) -> QTimer:
+    timer = QTimer(parent)
+    timer.setSingleShot(True)
+    timer.setInterval(interval_ms)
+    for slot in slots:
+        timer.timeout.connect(slot)
+    return timer
+
+
 class HisToSGEWidget(QWidget):
     """Dock widget running the HisToSGE workflow on one slide.
 
@@ -87,21 +97,17 @@ class HisToSGEWidget(QWidget):
         self.controller = Controller(self.session, runner or Runner())
         # The worker starts once the sections are built (on a turn of its own: spawning it forks
         # the process) and imports the core while the user reads the dock.
-        self._start_timer = QTimer(self)
-        self._start_timer.setSingleShot(True)
-        self._start_timer.setInterval(START_DELAY_MS)
-        self._start_timer.timeout.connect(self.controller.runner.start)
         # The readers' imports run in a thread and would compete with the sections being built.
-        self._start_timer.timeout.connect(prefetch_readers)
+        self._start_timer = _one_shot(
+            self, START_DELAY_MS, self.controller.runner.start, prefetch_readers
+        )
         # napari's activity spinner is stopped as soon as the dock is in napari's window (left
         # running, it repaints the window about 27 times a second while the sections are
         # built), and again once they are built.
-        QTimer.singleShot(BUILD_INTERVAL_MS, self._stop_idle_activity_spinner)
+        self._spinner_timer = _one_shot(self, BUILD_INTERVAL_MS, self._stop_idle_activity_spinner)
+        self._spinner_timer.start()
         self._start_timer.timeout.connect(self._stop_idle_activity_spinner)
-        self._native_timer = QTimer(self)
-        self._native_timer.setSingleShot(True)
-        self._native_timer.setInterval(NATIVE_DELAY_MS)
-        self._native_timer.timeout.connect(self._make_native)
+        self._native_timer = _one_shot(self, NATIVE_DELAY_MS, self._make_native)
         self._start_timer.timeout.connect(self._native_timer.start)
         # Layers are added on turns of the event loop without a repaint of the window, which
         # repaints once afterwards (see `_repaint`).
@@ -113,9 +119,7 @@ class HisToSGEWidget(QWidget):
         self._shown = {"progress": 0, "status": self.session.status}
         self._to_show = dict(self._shown)
         self._last_shown = 0.0
-        self._show_timer = QTimer(self)
-        self._show_timer.setSingleShot(True)
-        self._show_timer.timeout.connect(self._show_status)
+        self._show_timer = _one_shot(self, 0, self._show_status)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
         # A new status never resizes the dock (and with it napari's canvas, a full repaint):
@@ -150,10 +154,7 @@ class HisToSGEWidget(QWidget):
         ]
         self._painted = False
         self._build_waits = 0
-        self._build_timer = QTimer(self)
-        self._build_timer.setSingleShot(True)
-        self._build_timer.setInterval(BUILD_INTERVAL_MS)
-        self._build_timer.timeout.connect(self._build_next)
+        self._build_timer = _one_shot(self, BUILD_INTERVAL_MS, self._build_next)
         self._build_timer.start()
 
         self.session.status_changed.connect(self._on_status)
@@ -391,6 +392,7 @@ class HisToSGEWidget(QWidget):
         """Stop the worker before closing."""
         self.poll_timer.stop()
         self._start_timer.stop()
+        self._spinner_timer.stop()
         self.layer_view.close()
         self.repaint.release_all()
         self.controller.close()
