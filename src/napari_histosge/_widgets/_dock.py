@@ -306,10 +306,11 @@ class HisToSGEWidget(QWidget):
         # OpenGL with the canvas (on a software-rendered display, gaps of the event loop of up
         # to 180 ms were measured at a new status while a busy worker shared the CPUs). On X11
         # the dock becomes a native child window: its repaints are sent for its own area only.
-        # Only the dock: by default Qt makes its ancestors and all their siblings native too
-        # (18 widgets of napari's window, 60-80 ms of the viewer's CPU on the next turn), so the
-        # application attribute is set for this one call and restored. Done on a turn of its
-        # own once the dock is built; other platforms keep the default.
+        # By default Qt makes its ancestors and all their siblings native too (18 widgets of
+        # napari's window, 60-80 ms of the viewer's CPU on the next turn); with the application
+        # attribute set for this one call, only the dock and its dock widget become native (a
+        # native dock without native ancestors is placed wrongly on the display). Done on a
+        # turn of its own once the dock is built; other platforms keep the default.
         from qtpy.QtCore import Qt
         from qtpy.QtGui import QGuiApplication
         from qtpy.QtWidgets import QApplication
@@ -319,7 +320,6 @@ class HisToSGEWidget(QWidget):
         app = QApplication.instance()
         siblings = Qt.ApplicationAttribute.AA_DontCreateNativeWidgetSiblings
         before = app.testAttribute(siblings)
-        self.setAttribute(Qt.WidgetAttribute.WA_DontCreateNativeAncestors)
         app.setAttribute(siblings, True)
         try:
             self.winId()
