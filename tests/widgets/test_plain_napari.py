@@ -8,7 +8,7 @@ rendered map stays under 100 ms (a failure gives the measured gaps, where they w
 the machine's load). Every map layer pays napari's own first draw (its shaders are built then):
 at the end of the flow, ``plain_flow.py`` times that draw for image layers like the maps, shown
 by napari alone in the same window (worst of four). On a 2-vCPU virtual machine with a
-software-rendered display it measured 84-112 ms (2026-12-02), so the floor of the Render step
+software-rendered display it measured 55-112 ms (2026-12-02), so the floor of the Render step
 itself can be over the limit there. A run over 100 ms whose longest gap is at most 1.3 times
 that floor is reported as an expected failure (XFAIL, with the measured gaps and the floor);
 anything longer fails. On the 2,000-spot store any overrun is reported as an expected failure:
