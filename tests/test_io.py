@@ -79,12 +79,24 @@ def test_sample_has_expected_elements(sample_sdata):
 
 
 def test_sample_is_detected_as_log_normalised(sample_sdata):
+    import warnings
+
     table = sample_sdata.tables["table"]
     assert is_log_normalized(table)
-    with pytest.warns(UserWarning, match="already log-normalised"):
+    # The sample declares its values log-normalised: no warning on every run.
+    assert table.uns[SLIDE_META_KEY]["values"] == "log1p-normalised"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         x, lognorm = counts_or_lognorm(table)
     assert lognorm
     assert x.shape == (49, 1999)
+    # Without that declaration the same values are used as they are, with a warning.
+    undeclared = table.copy()
+    undeclared.uns[SLIDE_META_KEY] = {
+        k: v for k, v in table.uns[SLIDE_META_KEY].items() if k != "values"
+    }
+    with pytest.warns(UserWarning, match="already log-normalised"):
+        assert counts_or_lognorm(undeclared)[1]
 
 
 def test_is_log_normalized_and_counts_or_lognorm():

@@ -34,12 +34,31 @@ __all__ = [
     "consolidate_store",
     "write_element_atomic",
     "write_table_atomic",
+    "write_sdata",
     "write_text_atomic",
 ]
 
 
 def _notice(message: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def write_sdata(sdata: object, path: Path | str, **kwargs: object) -> None:
+    """``sdata.write(path, **kwargs)`` with tables written unsharded, without anndata's notice.
+
+    anndata 0.12 warns on every table written to zarr v3 unless its ``auto_shard_zarr_v3``
+    setting is chosen ("autosharding will be the default in the next minor release"). Tables
+    are small: they stay unsharded (anndata's present behaviour, which every spatialdata
+    reader opens). A setting the user chose is left as it is.
+    """
+    import contextlib
+
+    import anndata as ad
+
+    settings = getattr(ad, "settings", None)
+    choose = getattr(settings, "auto_shard_zarr_v3", True) is None and hasattr(settings, "override")
+    with settings.override(auto_shard_zarr_v3=False) if choose else contextlib.nullcontext():
+        sdata.write(path, **kwargs)  # type: ignore[attr-defined]
 
 
 #: Hidden names an interrupted element write leaves at a store's root.
@@ -136,7 +155,7 @@ def _stage(element_type: str, name: str, element: object, stage: Path) -> dict:
 
     with warnings.catch_warnings():  # a table staged alone annotates an element not beside it
         warnings.filterwarnings("ignore", message=".*which is not present in the SpatialData")
-        SpatialData(**{element_type: {name: element}}).write(stage, overwrite=False)
+        write_sdata(SpatialData(**{element_type: {name: element}}), stage, overwrite=False)
     staged = _listed(_root_meta(stage) or {}) or {}
     prefix = f"{element_type}/{name}"
     return {

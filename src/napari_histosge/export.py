@@ -21,6 +21,7 @@ from .store import (
     check_target,
     write_element_atomic,
     write_folder_atomic,
+    write_sdata,
 )
 
 _GROUPS = ("images", "shapes", "tables")
@@ -336,9 +337,8 @@ def _assemble(sdata: SpatialData, source: Path | None, new: dict[str, Any], tmp:
             groups[kind][name] = element
     for name, element in new.items():
         groups[_element_type(name)][name] = element
-    SpatialData(**groups, attrs=dict(sdata.attrs)).write(
-        tmp, overwrite=False, update_sdata_path=False
-    )
+    out_sdata = SpatialData(**groups, attrs=dict(sdata.attrs))
+    write_sdata(out_sdata, tmp, overwrite=False, update_sdata_path=False)
     if not linked:
         return
     assert source is not None

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from napari_histosge._validation import assert_one_of
+from napari_histosge.store import SLIDE_META_KEY
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -72,8 +73,9 @@ def counts_or_lognorm(adata: AnnData) -> tuple[Any, bool]:
     """Return the expression matrix and whether it is already log-normalised.
 
     Raw counts (``layers["counts"]`` when present, else ``X``) are returned as they are with
-    ``False``. Non-integer values are returned with ``True`` and a ``UserWarning``: they must
-    be used as they are, never normalised a second time.
+    ``False``. Non-integer values are returned with ``True`` and a ``UserWarning`` (unless the
+    slide's metadata declares them ``"log1p-normalised"``, as the bundled sample does): they
+    must be used as they are, never normalised a second time.
 
     Parameters
     ----------
@@ -107,7 +109,8 @@ def counts_or_lognorm(adata: AnnData) -> tuple[Any, bool]:
             f"{where}, found {int((data < 0).sum())} negative values (scaled data?); store raw "
             "counts in X or layers['counts']."
         )
-    if lognorm:
+    declared = (adata.uns.get(SLIDE_META_KEY) or {}).get("values") == "log1p-normalised"
+    if lognorm and not declared:
         warnings.warn(
             f"The table's {where} holds non-integer values: treated as already log-normalised "
             "expression and used as is (no second normalisation).",

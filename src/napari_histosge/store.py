@@ -26,6 +26,7 @@ from ._store_elements import (
     _exchange,
     clean_store_leftovers,
     write_element_atomic,
+    write_sdata,
     write_table_atomic,
 )
 
@@ -45,6 +46,7 @@ __all__ = [
     "write_atomic",
     "write_element_atomic",
     "write_folder_atomic",
+    "write_sdata",
     "write_table_atomic",
 ]
 
@@ -360,5 +362,7 @@ def write_atomic(sdata: SpatialData, out: str | Path) -> Path:
     >>> write_atomic(sdata, "slide.zarr")  # doctest: +SKIP
     """
     return write_folder_atomic(
-        out, lambda tmp: sdata.write(tmp, overwrite=False, update_sdata_path=False), kind="store"
+        out,
+        lambda tmp: write_sdata(sdata, tmp, overwrite=False, update_sdata_path=False),
+        kind="store",
     )

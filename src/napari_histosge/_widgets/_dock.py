@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
 
 from ._controller import Controller
 from ._layer_view import LayerView, prefetch_readers
+from ._napari_private import private_attr
 from ._repaint import RepaintHold
 from ._runner import Runner
 from ._session import Session
@@ -55,7 +56,7 @@ NATIVE_DELAY_MS = 150
 def _slow_parts(viewer: napari.viewer.Viewer) -> list[QWidget]:
     # napari's layer list paints an SVG icon for each row and button (10-20 ms for a few layers):
     # it repaints a turn after the rest of the window. Private napari attributes, guarded.
-    layer_list = getattr(getattr(viewer.window, "_qt_viewer", None), "layers", None)
+    layer_list = getattr(private_attr(viewer.window, "_qt_viewer"), "layers", None)
     return [layer_list] if isinstance(layer_list, QWidget) else []
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QObject, QTimer
 
+from ._napari_private import private_attr
 from ._repaint import RepaintHold
 from ._session import MapsInfo, MeasuredInfo, Session, SlideInfo
 
@@ -74,24 +75,27 @@ def _deferrable_parts(viewer: Any) -> list[tuple[Callable[..., None], Callable[[
     ``inserted`` event, what builds that part later); a part this napari does not expose is
     left to the insertion itself.
     """
-    qt_viewer = getattr(viewer.window, "_qt_viewer", None)
+    qt_viewer = private_attr(viewer.window, "_qt_viewer")
     parts = []
-    if all(hasattr(qt_viewer, n) for n in ("_on_add_layer_change", "_add_layer", "canvas")):
-        canvas = qt_viewer.canvas
+    on_insert = private_attr(qt_viewer, "_on_add_layer_change")
+    add_visual = private_attr(qt_viewer, "_add_layer")
+    canvas = getattr(qt_viewer, "canvas", None)
+    if on_insert is not None and add_visual is not None and canvas is not None:
 
         def visuals(layer: Any) -> None:
             if layer not in getattr(canvas, "layer_to_visual", {}):
-                qt_viewer._add_layer(layer)
+                add_visual(layer)
 
-        parts.append((qt_viewer._on_add_layer_change, visuals))
+        parts.append((on_insert, visuals))
     controls = getattr(qt_viewer, "controls", None)
-    if all(hasattr(controls, name) for name in ("_add", "widgets")):
+    add_controls = private_attr(controls, "_add")
+    if add_controls is not None and hasattr(controls, "widgets"):
 
         def panel(layer: Any) -> None:
             if layer not in controls.widgets:
-                controls._add(SimpleNamespace(value=layer))
+                add_controls(SimpleNamespace(value=layer))
 
-        parts.append((controls._add, panel))
+        parts.append((add_controls, panel))
     return parts
 
 

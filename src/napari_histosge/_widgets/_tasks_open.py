@@ -26,6 +26,7 @@ def open_slide(state: Any, job: Job) -> dict[str, Any]:
 
     from napari_histosge.io import convert, load_sample, read_slide, resolve_keys, validate_slide
     from napari_histosge.pipeline import Slide
+    from napari_histosge.store import write_sdata
 
     source = str(job.payload["source"])
     keys = {k: v or None for k, v in dict(job.payload.get("keys") or {}).items()}
@@ -33,7 +34,7 @@ def open_slide(state: Any, job: Job) -> dict[str, Any]:
     if source == SAMPLE:
         store = state.session_dir / "sample.zarr"
         if not store.exists():
-            load_sample().write(store)
+            write_sdata(load_sample(), store)
     else:
         path = Path(source).expanduser().resolve()
         if not path.exists():
