@@ -316,7 +316,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "super-resolution model is evaluated by bench/superres.py (pooled footprints)."
         )
     targets = [
-        check_target(path, overwrite=True, kind="file", inputs=[args.store], option=option)
+        check_target(
+            path, overwrite=args.overwrite, kind="file", inputs=[args.store], option=option
+        )
         for path, option in (
             (args.predictions_out, "--predictions-out"),
             (args.metrics_out, "--metrics-out"),
@@ -424,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--predictions-out", required=True, help="CSV: held-out spots x genes")
     p.add_argument("--metrics-out", required=True, help="JSON: per-gene r, MSE, MAE and means")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace existing --predictions-out/--metrics-out"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _slide_args(p)
     _feature_args(p)

@@ -203,11 +203,11 @@ def check_target(
 
     The one overwrite rule of every writer (export, convert, checkpoints, batch): a new path is
     written when its folder is writable; an existing path is replaced only with ``overwrite``
-    and only when it is an empty folder, a histosge output (it holds the marker file) or, for
-    ``kind="store"``, a SpatialData store. Paths that are, hold or lie inside an input are
-    refused (``allow_input`` lets an export add its ``histosge_*`` elements to the input
-    store itself, one by one). Leftover
-    temporary siblings of ``out`` from an interrupted write are cleaned first.
+    and only when it is an empty folder, a histosge output (it holds the marker file), for
+    ``kind="store"`` a SpatialData store, or for ``kind="file"`` a file. Paths that are, hold
+    or lie inside an input are refused (``allow_input`` lets an export add its ``histosge_*``
+    elements to the input store itself, one by one). Leftover temporary siblings of ``out``
+    from an interrupted write are cleaned first.
 
     Parameters
     ----------
@@ -269,6 +269,11 @@ def check_target(
         if p.is_dir():
             raise ValueError(
                 f"Expected {option} `{p}` to be a file, found a folder; choose another path."
+            )
+        if not overwrite:
+            raise FileExistsError(
+                f"Expected {option} `{p}` not to exist, found a file there; pass --overwrite "
+                "(overwrite=True) to replace it, or choose another path."
             )
         return p
     if p.is_symlink() or not p.is_dir():
