@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 
 from ._controller import Controller
 from ._layer_view import LayerView, prefetch_readers
-from ._napari_private import private_attr
+from ._napari_private import slow_parts
 from ._repaint import RepaintHold
 from ._runner import Runner
 from ._session import Session
@@ -49,15 +49,10 @@ BUILD_INTERVAL_MS = 30
 BUILD_MAX_WAITS = 10
 #: The worker process starts once the sections are built (spawning it costs the viewer a turn).
 START_DELAY_MS = 250
+#: The dock's width in average character widths.
+DOCK_WIDTH_CHARS = 60
 #: On X11 the dock gets a native window of its own this long after the worker starts.
 NATIVE_DELAY_MS = 150
-
-
-def _slow_parts(viewer: napari.viewer.Viewer) -> list[QWidget]:
-    # napari's layer list paints an SVG icon for each row and button (10-20 ms for a few layers):
-    # it repaints a turn after the rest of the window. Private napari attributes, guarded.
-    layer_list = getattr(private_attr(viewer.window, "_qt_viewer"), "layers", None)
-    return [layer_list] if isinstance(layer_list, QWidget) else []
 
 
 def _one_shot(parent: QWidget, interval_ms: int, *slots: Callable[[], Any]) -> QTimer:
@@ -112,7 +107,7 @@ class HisToSGEWidget(QWidget):
         self._start_timer.timeout.connect(self._native_timer.start)
         # Layers are added on turns of the event loop without a repaint of the window, which
         # repaints once afterwards (see `_repaint`).
-        self.repaint = RepaintHold(lambda: self, lambda: _slow_parts(napari_viewer))
+        self.repaint = RepaintHold(lambda: self, lambda: slow_parts(napari_viewer))
         self.layer_view = LayerView(napari_viewer, self.session, self.repaint)
 
         self.progress_bar = QProgressBar()
@@ -126,9 +121,11 @@ class HisToSGEWidget(QWidget):
         # A new status never resizes the dock (and with it napari's canvas, a full repaint):
         # the line takes the dock's width and three lines, whatever the text.
         self.status = StatusLine(self.session.status)
-        # The dock's width is set once, so that the sections built later and the status texts
-        # never resize it (each resize of the dock resizes napari's canvas: a full repaint).
-        self.setMinimumWidth(40 * self.fontMetrics().averageCharWidth())
+        # The dock's width is set once, wide enough for the widest section (Features: 56
+        # average character widths, plus the scroll bar), so that the sections built later and
+        # the status texts never resize it (each resize of the dock resizes napari's canvas: a
+        # full repaint) and no section scrolls sideways.
+        self.setMinimumWidth(DOCK_WIDTH_CHARS * self.fontMetrics().averageCharWidth())
         outer = QVBoxLayout(self)
         outer.setContentsMargins(4, 4, 4, 0)
         row = QHBoxLayout()
