@@ -144,34 +144,22 @@ def test_errors_exit_with_one_line(tmp_path, sample_store, capsys):
     assert err[0].startswith("histosge: error:")
     assert not (tmp_path / "o.zarr").exists()
     (tmp_path / "held.txt").write_text("nope\n")
-    code = main(
-        [
-            "evaluate",
-            str(sample_store),
-            "--holdout-spots",
-            str(tmp_path / "held.txt"),
-            "--predictions-out",
-            str(tmp_path / "p.csv"),
-            "--metrics-out",
-            str(tmp_path / "m.json"),
-        ]
-    )
+    evaluate = [
+        "evaluate",
+        str(sample_store),
+        "--holdout-spots",
+        str(tmp_path / "held.txt"),
+        "--predictions-out",
+        str(tmp_path / "p.csv"),
+        "--metrics-out",
+        str(tmp_path / "m.json"),
+    ]
+    code = main(evaluate)
     assert code == 2
     assert "unknown" in capsys.readouterr().err
     # A file that is already there is the user's: replaced only with --overwrite.
     (tmp_path / "p.csv").write_text("mine\n")
-    code = main(
-        [
-            "evaluate",
-            str(sample_store),
-            "--holdout-spots",
-            str(tmp_path / "held.txt"),
-            "--predictions-out",
-            str(tmp_path / "p.csv"),
-            "--metrics-out",
-            str(tmp_path / "m.json"),
-        ]
-    )
+    code = main(evaluate)
     assert code == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (tmp_path / "p.csv").read_text() == "mine\n"
