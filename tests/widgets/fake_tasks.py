@@ -61,4 +61,19 @@ def crash(state, job):
     return {}
 
 
-TASKS = {"echo": echo, "count": count, "stubborn": stubborn, "fail": fail, "crash": crash}
+def slow_teardown(state, job):
+    # Like a worker with torch and scanpy loaded: the interpreter's teardown takes seconds.
+    import atexit
+
+    atexit.register(time.sleep, 5.0)
+    return {"pid": os.getpid()}
+
+
+TASKS = {
+    "echo": echo,
+    "count": count,
+    "stubborn": stubborn,
+    "fail": fail,
+    "crash": crash,
+    "slow_teardown": slow_teardown,
+}

@@ -84,6 +84,19 @@ def test_runner_streams_progress_and_results_from_a_spawned_low_priority_process
     assert got[1][1]["calls"] == 1  # the same process keeps its state between tasks
 
 
+def test_close_lets_an_idle_worker_leave_by_itself_at_once(runner):
+    got = []
+    runner.finished.connect(lambda name, result: got.append(name))
+    assert runner.submit("slow_teardown", {}, {})
+    wait_for(runner, lambda: got)
+    process = runner._process
+    t0 = time.perf_counter()
+    runner.close()
+    # The worker exits on "quit" without its interpreter's teardown (5 s here): not terminated.
+    assert time.perf_counter() - t0 < 0.4
+    assert process.exitcode == 0
+
+
 def test_runner_reports_errors_and_keeps_working(runner):
     failed, got = [], []
     runner.failed.connect(lambda name, message: failed.append((name, message)))

@@ -56,7 +56,13 @@ def serve(conn: Any, stop: Any, session_dir: str, tasks_module: str) -> None:
         except (EOFError, OSError):
             return
         if message[0] == "quit":
-            return
+            # Nothing is left to write (every result is already in the store or sent), and
+            # the interpreter's teardown with torch and scanpy loaded outlasts the viewer's
+            # wait: leave at once instead of being terminated.
+            conn.close()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         _, task_id, name, payload, context = message
 
         def report(item: dict[str, Any], task_id: int = task_id) -> None:
