@@ -36,12 +36,8 @@ def config_grid(quick: bool) -> dict:
         return {"default": TrainConfig(), "dims8": TrainConfig(feature_dims=8)}
     grid = {}
     for dims, nn, epochs in itertools.product((8, 16, 32), (8, 16), (30, 100)):
-        name = f"dims{dims}_nn{nn}_ep{epochs}"
-        grid[name] = TrainConfig(feature_dims=dims, n_neighbors=nn, epochs=epochs)
-    default = TrainConfig()
-    grid = {
-        ("default" if cfg == default else name): cfg for name, cfg in grid.items()
-    }  # fmt: skip
+        cfg = TrainConfig(feature_dims=dims, n_neighbors=nn, epochs=epochs)
+        grid["default" if cfg == TrainConfig() else f"dims{dims}_nn{nn}_ep{epochs}"] = cfg
     return grid
 
 
