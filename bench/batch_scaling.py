@@ -6,9 +6,10 @@ Each round starts a LocalCluster of N single-threaded worker processes, warms ev
 (``napari_histosge.batch.warm_up``: the imports a task needs, timed apart as start-up), then runs
 ``run_batch`` over fresh copies of the inputs (no cached features; ``run_batch`` never writes
 into its inputs) and times it. Rounds alternate 1, 2, 1, 2 workers, so drift in the load of
-a shared machine hits both settings alike; the ratio is of the summed times. First, the same
-ratio is measured on fixed single-threaded work (pure Python; numpy sorting, which leans on
-memory): what two processes can get from this machine at all.
+a shared machine hits both settings alike; the ratio is of the summed times. An untimed round
+with 2 workers goes first (file caches, the first run of each code path on this machine).
+First, the same ratio is measured on fixed single-threaded work (pure Python; numpy sorting,
+which leans on memory): what two processes can get from this machine at all.
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="histosge_batch_bench_") as tmp:
         root = Path(tmp)
         stores = make_stores(root, args.stores)
+        one_round(stores, root, 2, args.epochs, args.genes)  # untimed: caches warm for both
         for n in (int(x) for x in args.order.split(",")):
             r = one_round(stores, root, n, args.epochs, args.genes)
             print(r, flush=True)

@@ -176,3 +176,26 @@ def test_local_cluster_size_shares_the_cores():
     assert local_cluster_size(1)[1] == max(1, os.cpu_count() or 1)
     with pytest.raises(ValueError, match="n_workers"):
         local_cluster_size(0)
+
+
+def test_warm_up_leaves_a_slide_task_nothing_to_import(tmp_path):
+    """A worker's first slide does not pay imports (1-2 s of them were left before)."""
+    probe = (
+        "import sys\n"
+        "from napari_histosge.batch import SlideJob, run_slide, warm_up\n"
+        "from napari_histosge.io import load_sample\n"
+        "from napari_histosge.models import TrainConfig\n"
+        "from napari_histosge.store import write_sdata\n"
+        f"src, out = {str(tmp_path / 'in.zarr')!r}, {str(tmp_path / 'out.zarr')!r}\n"
+        "write_sdata(load_sample(), src)\n"
+        "warm_up()\n"
+        "before = set(sys.modules)\n"
+        "run_slide(src, out, SlideJob(config=TrainConfig(epochs=2), n_top_genes=30))\n"
+        "heavy = ('napari_histosge', 'scanpy', 'sklearn', 'skimage', 'spatialdata', 'anndata',\n"
+        "         'ome_zarr', 'numba', 'pint', 'xarray', 'torch', 'timm', 'zarr')\n"
+        "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in heavy))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300
+    ).stdout.split("\n")[-2]
+    assert out == "[]"
