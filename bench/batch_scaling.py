@@ -23,13 +23,15 @@ from pathlib import Path
 
 from _common import markdown_table, run_metadata, write_json
 
+from napari_histosge.store import write_sdata
+
 
 def make_stores(root: Path, n: int) -> list[Path]:
     from napari_histosge.io import load_sample
 
     sdata = load_sample()
     first = root / "slide00.zarr"
-    sdata.write(first)
+    write_sdata(sdata, first)
     stores = [first]
     for i in range(1, n):
         dst = root / f"slide{i:02d}.zarr"

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from _common import markdown_table, run_metadata, write_json
 
+from napari_histosge.store import write_sdata
+
 
 def _outputs(store: Path, genes: int):
     import spatialdata as sd
@@ -90,7 +92,7 @@ def main() -> None:
                 "images" if "expression" in name else "shapes" if "positions" in name else "tables"
             )
             groups[kind][name] = el
-        sd.SpatialData(**groups).write(dst)
+        write_sdata(sd.SpatialData(**groups), dst)
 
     def in_place():
         write_predictions(

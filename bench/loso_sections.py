@@ -21,6 +21,8 @@ import numpy as np
 from _common import markdown_table, run_metadata, write_json
 from accuracy import convert_sections, log_norm
 
+from napari_histosge.store import write_sdata
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -40,7 +42,7 @@ def he_only(store: Path) -> Path:
     if not out.exists():
         sdata = sd.read_zarr(store)
         keep = sd.SpatialData(images=dict(sdata.images), shapes=dict(sdata.shapes))
-        keep.write(out)
+        write_sdata(keep, out)
     return out
 
 

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 from _common import SHARED_DATA, PeakRSS, markdown_table, peak_rss_mb, run_metadata, write_json
 
+from napari_histosge.store import write_sdata
+
 HER2ST_IMGS = SHARED_DATA / "her2st" / "data" / "ST-imgs"
 SPOT_DIAMETER_UM = 55.0
 SPOT_PITCH_UM = 100.0
@@ -343,7 +345,7 @@ def generate(
     )
     sdata = SpatialData(images={"he": image}, shapes={"spots": circles}, tables={"table": table})
     with PeakRSS() as mem, dask.config.set(scheduler="threads", num_workers=workers):
-        sdata.write(out)
+        write_sdata(sdata, out)
     timings["pyramid_write_s"] = time.perf_counter() - t0
     peaks["pyramid_write"] = mem.peak_mb
     shutil.rmtree(tmp)

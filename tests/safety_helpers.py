@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from napari_histosge.store import write_sdata
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 CLI = [sys.executable, "-m", "napari_histosge.cli"]
 FAST = ["--epochs", "1", "--n-top-genes", "5", "--quiet"]
@@ -22,7 +24,7 @@ def written_sample(factory: Any, name: str) -> Path:
     from napari_histosge.io import load_sample
 
     path = factory.mktemp(name) / "s.zarr"
-    load_sample().write(path)
+    write_sdata(load_sample(), path)
     return path
 
 
@@ -76,7 +78,7 @@ def with_counts(src: Path, dst: Path, fill: float | None = None, *, inf: bool = 
     if inf:
         x[0, 0] = np.inf
     table.X = x
-    sdata.write(dst)
+    write_sdata(sdata, dst)
     return dst
 
 

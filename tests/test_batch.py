@@ -17,7 +17,7 @@ from safety_helpers import tree_digest
 import napari_histosge
 from napari_histosge.batch import is_complete, marker_path, slide_name
 from napari_histosge.cli import main
-from napari_histosge.store import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY
+from napari_histosge.store import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY, write_sdata
 
 
 def _free_port() -> int:
@@ -76,8 +76,8 @@ def two_stores(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("batch_in")
     sdata = load_sample()
-    sdata.write(root / "A.zarr")
-    sdata.write(root / "B.zarr")
+    write_sdata(sdata, root / "A.zarr")
+    write_sdata(sdata, root / "B.zarr")
     return root / "A.zarr", root / "B.zarr"
 
 

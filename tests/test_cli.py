@@ -10,13 +10,13 @@ import pytest
 import spatialdata as sd
 
 from napari_histosge.cli import build_parser, main
-from napari_histosge.store import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY
+from napari_histosge.store import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY, write_sdata
 
 
 @pytest.fixture
 def sample_store(tmp_path, sample_sdata):
     path = tmp_path / "sample.zarr"
-    sample_sdata.write(path)
+    write_sdata(sample_sdata, path)
     return path
 
 

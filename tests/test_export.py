@@ -10,7 +10,7 @@ from store_helpers import spots_sdata
 from napari_histosge.export import write_predictions
 from napari_histosge.maps import rasterize
 from napari_histosge.predict import Predictions
-from napari_histosge.store import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY
+from napari_histosge.store import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY, write_sdata
 
 
 def _sdata(scale: float = 1.0) -> sd.SpatialData:
@@ -82,7 +82,7 @@ def test_refuses_existing_and_earlier_outputs(tmp_path):
     with pytest.raises(FileExistsError, match="overwrite"):
         write_predictions(sdata, target, image_key="he", predictions=preds)
     store = tmp_path / "in.zarr"
-    sdata.write(store)
+    write_sdata(sdata, store)
     backed = sd.read_zarr(store)
     write_predictions(backed, store, image_key="he", predictions=preds)  # into the input store
     again = sd.read_zarr(store)
@@ -97,7 +97,7 @@ def test_refuses_existing_and_earlier_outputs(tmp_path):
 def test_failure_mid_write_leaves_old_store(tmp_path, monkeypatch):
     sdata = _sdata()
     store = tmp_path / "in.zarr"
-    sdata.write(store)
+    write_sdata(sdata, store)
     before = sorted(p.relative_to(store) for p in store.rglob("*"))
     original = sd.SpatialData.write
 

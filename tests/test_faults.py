@@ -21,7 +21,7 @@ import pytest
 import spatialdata as sd
 from safety_helpers import CLI, FAST, env, run_cli, tree_digest
 
-from napari_histosge.store import MARKER_NAME
+from napari_histosge.store import MARKER_NAME, write_sdata
 
 CACHE = "histosge_features_spots"
 
@@ -35,7 +35,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from napari_histosge.io import convert, load_sample
 
     root = tmp_path_factory.mktemp("faults")
-    load_sample().write(root / "s.zarr")
+    write_sdata(load_sample(), root / "s.zarr")
     convert(root / "s.zarr", root / "prev.zarr")
     save_checkpoint(small_model(), root / "model")
     return {"store": root / "s.zarr", "prev": root / "prev.zarr", "model": root / "model"}

@@ -15,6 +15,7 @@ from napari_histosge.features import (
 )
 from napari_histosge.features.cache import cache_element_name
 from napari_histosge.features.histology import HistologyEncoder
+from napari_histosge.store import write_sdata
 
 DIAMETER = 20.0
 
@@ -156,7 +157,7 @@ def test_vit_cache_counts_encoder_calls(synthetic):
 def test_cache_persists_in_a_zarr_store(synthetic, tmp_path):
     sdata, geom, xy = synthetic
     store = tmp_path / "s.zarr"
-    sdata.write(store)
+    write_sdata(sdata, store)
     backed = sd.read_zarr(store)
     a = extract_features(backed, xy, image_key="he", geometry=geom)
     b = extract_features(backed, xy, image_key="he", geometry=geom, patch_sizes=[2.0])
@@ -175,7 +176,7 @@ def test_cache_persists_in_a_zarr_store(synthetic, tmp_path):
 def test_cancel_leaves_no_cache(synthetic, tmp_path, encoder):
     sdata, geom, xy = synthetic
     store = tmp_path / "s.zarr"
-    sdata.write(store)
+    write_sdata(sdata, store)
     backed = sd.read_zarr(store)
     weights = None if encoder == "histology" else "random"
     gen = iter_extract_features(

@@ -16,7 +16,7 @@ from napari_histosge.geometry import (
 )
 from napari_histosge.images import image_levels
 from napari_histosge.io import resolve_keys
-from napari_histosge.store import SLIDE_META_KEY
+from napari_histosge.store import SLIDE_META_KEY, write_sdata
 
 
 def _hex(nx: int = 8, ny: int = 6, pitch: float = 100.0) -> np.ndarray:
@@ -168,7 +168,7 @@ def test_spot_geometry_through_a_scaled_image(sample_sdata, tmp_path):
     set_transformation(half, to_global, to_coordinate_system="global")
     sample_sdata.images["half"] = half
     store = tmp_path / "scaled.zarr"
-    sample_sdata.write(store)
+    write_sdata(sample_sdata, store)
     for sdata in (sample_sdata, sd.read_zarr(store)):
         geom = spot_geometry(
             sdata, image_key="half", spots_key=keys.spots_key, table_key=keys.table_key

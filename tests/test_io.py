@@ -20,7 +20,7 @@ from napari_histosge.io import (
     resolve_keys,
     validate_slide,
 )
-from napari_histosge.store import SLIDE_META_KEY
+from napari_histosge.store import SLIDE_META_KEY, write_sdata
 
 SAMPLE_IMAGE = "V1_Adult_Mouse_Brain_image"
 SAMPLE_SPOTS = "V1_Adult_Mouse_Brain_spots"
@@ -360,7 +360,7 @@ def test_non_rgb_store_images_are_converted_lazily(tmp_path, sample_sdata, make,
     rgb = image_levels(sample_sdata.images[SAMPLE_IMAGE])[0].values
     sample_sdata.images[SAMPLE_IMAGE] = Image2DModel.parse(make(rgb), dims=("c", "y", "x"))
     store = tmp_path / "odd.zarr"
-    sample_sdata.write(store)
+    write_sdata(sample_sdata, store)
     on_disk = sd.read_zarr(store).images[SAMPLE_IMAGE]
     with pytest.warns(UserWarning, match=match):
         sdata = read_slide(store)

@@ -10,7 +10,7 @@ from scipy.spatial import cKDTree
 from napari_histosge.checkpoints import load_checkpoint
 from napari_histosge.cli import main
 from napari_histosge.sections import place_apart
-from napari_histosge.store import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY
+from napari_histosge.store import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY, write_sdata
 
 
 def test_sections_are_placed_apart():
@@ -31,13 +31,13 @@ def stores(tmp_path_factory):
     paths = []
     for name in ("A", "B"):
         sdata = load_sample()
-        sdata.write(root / f"{name}.zarr")
+        write_sdata(sdata, root / f"{name}.zarr")
         paths.append(root / f"{name}.zarr")
     he = load_sample()
     del he.tables["table"]
-    he.write(root / "spots_only.zarr")
+    write_sdata(he, root / "spots_only.zarr")
     del he.shapes["V1_Adult_Mouse_Brain_spots"]
-    he.write(root / "image_only.zarr")
+    write_sdata(he, root / "image_only.zarr")
     return root, paths
 
 

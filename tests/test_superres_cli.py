@@ -7,7 +7,7 @@ import pytest
 import spatialdata as sd
 
 from napari_histosge.cli import main
-from napari_histosge.store import EXPRESSION_KEY, PREDICTIONS_KEY
+from napari_histosge.store import EXPRESSION_KEY, PREDICTIONS_KEY, write_sdata
 
 
 def _pooled_store(sample_sdata, path, *, with_meta: bool):
@@ -59,7 +59,7 @@ def _pooled_store(sample_sdata, path, *, with_meta: bool):
             )
         },
     )
-    out.write(path)
+    write_sdata(out, path)
     return path, keys.image_key, 2 * radius
 
 
@@ -115,7 +115,7 @@ def test_run_on_multipolygon_units_writes_superpixel_maps(tmp_path, sample_sdata
 
 def test_superres_refuses_a_checkpoint(tmp_path, sample_sdata, capsys):
     store = tmp_path / "s.zarr"
-    sample_sdata.write(store)
+    write_sdata(sample_sdata, store)
     code = main(["run", str(store), "--out", str(tmp_path / "o.zarr"), "--mode", "superres",
                  "--checkpoint-out", str(tmp_path / "ck"), "--quiet"])  # fmt: skip
     assert code != 0
@@ -170,7 +170,7 @@ def test_superres_maps_lazy_equal_eager_and_export(tmp_path, sample_sdata):
 
 def test_improved_run_and_predict_render_smooth_maps_at_resolution(tmp_path, sample_sdata):
     store = tmp_path / "s.zarr"
-    sample_sdata.write(store)
+    write_sdata(sample_sdata, store)
     ckpt = tmp_path / "model"
     out = tmp_path / "run.zarr"
     base = ["--epochs", "3", "--n-top-genes", "20", "--quiet", "--resolution-um", "20"]
@@ -194,7 +194,7 @@ def test_improved_run_and_predict_render_smooth_maps_at_resolution(tmp_path, sam
 
 def test_evaluate_refuses_superres_mode(tmp_path, sample_sdata, capsys):
     store = tmp_path / "s.zarr"
-    sample_sdata.write(store)
+    write_sdata(sample_sdata, store)
     ids = tmp_path / "ids.txt"
     ids.write_text("x\n")
     args = ["evaluate", str(store), "--holdout-spots", str(ids), "--mode", "superres"]
@@ -209,7 +209,7 @@ def test_superpixel_features_are_cached_in_the_store(tmp_path, sample_sdata):
     from napari_histosge.superpixels import SuperResOptions, iter_superres
 
     store = tmp_path / "s.zarr"
-    sample_sdata.write(store)
+    write_sdata(sample_sdata, store)
     opts = SuperResOptions(resolution_um=12.0)
     genes = ["Gfap", "Nrgn"]
     first = run_generator(iter_superres(Slide.open(store), genes=genes, options=opts))
@@ -232,7 +232,7 @@ def test_vit_superpixel_features_of_another_tiling_are_recomputed(tmp_path, samp
     from napari_histosge.superpixels import SuperResOptions, iter_superres
 
     store = tmp_path / "s.zarr"
-    sample_sdata.write(store)
+    write_sdata(sample_sdata, store)
     opts = SuperResOptions(
         resolution_um=24.0, encoder="timm:test_vit", weights="random", device="cpu"
     )

@@ -57,9 +57,10 @@ def extracted(dock, qtbot):
 @pytest.fixture
 def sample_store(tmp_path: Path) -> Path:
     from napari_histosge.io import load_sample
+    from napari_histosge.store import write_sdata
 
     path = tmp_path / "sample.zarr"
-    load_sample().write(path)
+    write_sdata(load_sample(), path)
     return path
 
 

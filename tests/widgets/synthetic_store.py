@@ -22,6 +22,8 @@ def make_store(path: Path, n_spots: int = 2000, n_genes: int = 12, seed: int = 0
     from spatialdata import SpatialData
     from spatialdata.models import Image2DModel, ShapesModel, TableModel
 
+    from napari_histosge.store import write_sdata
+
     rng = np.random.default_rng(seed)
     cols = int(np.ceil(np.sqrt(n_spots * 1.4)))
     rows = int(np.ceil(n_spots / cols))
@@ -68,5 +70,5 @@ def make_store(path: Path, n_spots: int = 2000, n_genes: int = 12, seed: int = 0
             )
         },
     )
-    sdata.write(path)
+    write_sdata(sdata, path)
     return Path(path)

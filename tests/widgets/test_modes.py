@@ -82,6 +82,7 @@ def test_superres_fits_without_extract_and_renders_the_exported_maps(controller,
 
 def _image_only_store(path, with_spots: bool):
     from napari_histosge.io import load_sample
+    from napari_histosge.store import write_sdata
 
     sdata = load_sample()
     for name in list(sdata.tables):
@@ -89,7 +90,7 @@ def _image_only_store(path, with_spots: bool):
     if not with_spots:
         for name in list(sdata.shapes):
             del sdata.shapes[name]
-    sdata.write(path)
+    write_sdata(sdata, path)
     return path
 
 
