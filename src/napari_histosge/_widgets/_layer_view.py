@@ -13,12 +13,13 @@ import gc
 import threading
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QObject, QTimer
 
+from ._collection import collect_young, collection_deferred
 from ._napari_private import private_attr
 from ._repaint import RepaintHold
 from ._session import MapsInfo, MeasuredInfo, Session, SlideInfo
@@ -48,33 +49,6 @@ def prefetch_readers() -> threading.Thread:
     thread = threading.Thread(target=_import_readers, name="histosge-prefetch", daemon=True)
     thread.start()
     return thread
-
-
-@contextlib.contextmanager
-def collection_deferred() -> Iterator[None]:
-    """Keep the interpreter's cyclic garbage collection out of one expensive turn.
-
-    A collection falling inside a layer's insertion adds its own 15-30 ms to that turn (a full
-    one walks all of napari's objects); with collection paused, the layer view runs it on a
-    turn of its own afterwards.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _collect_young() -> None:
-    """Collect the garbage of the last turns: the two young generations only.
-
-    What a layer's insertion leaves is young. A full collection also walks every object napari
-    and Qt made since start-up (20-60 ms here, 63 ms seen in a Render turn under load); the
-    interpreter still runs those at its own thresholds.
-    """
-    gc.collect(1)
 
 
 def _deferrable_parts(viewer: Any) -> list[tuple[Callable[..., None], Callable[[Any], None]]]:
@@ -203,7 +177,7 @@ class LayerView(QObject):
             return
         self._gc_paused = False
         gc.enable()
-        _collect_young()
+        collect_young()
 
     def close(self) -> None:
         """Stop changing layers; cyclic garbage collection runs again if it was paused."""
@@ -354,7 +328,7 @@ class LayerView(QObject):
         later: list[Callable[[], None]] = [
             functools.partial(self._build_part, build, layer) for _, build in parts
         ]
-        self._queue.extendleft(reversed([*later, _collect_young]))
+        self._queue.extendleft(reversed([*later, collect_young]))
         with warnings.catch_warnings(), collection_deferred(), contextlib.ExitStack() as stack:
             for handler, _ in parts:
                 stack.enter_context(layers.events.inserted.blocker(handler))
