@@ -5,16 +5,19 @@ opens the sample (or a store), opens the dock and presses its buttons. It must e
 layers over the tissue, without torch, timm, scanpy or scikit-learn in the viewer's process, and
 without stalling the event loop: a 20 ms timer's longest gap from the dock's opening to the
 rendered map stays under 100 ms (a failure gives the measured gaps, where they were spent and
-the machine's load). Every map layer pays napari's own first draw (its shaders are built then):
-at the end of the flow, ``plain_flow.py`` times that draw for image layers like the maps, shown
-by napari alone in the same window (worst of four). On a 2-vCPU virtual machine with a
-software-rendered display it measured 55-112 ms (2026-12-02), so the floor of the Render step
-itself can be over the limit there. A run over 100 ms whose longest gap is at most 1.3 times
-that floor is reported as an expected failure (XFAIL, with the measured gaps and the floor);
-anything longer fails. On the 2,000-spot store any overrun is reported as an expected failure:
-most runs stay under 70-90 ms, but 4 of 21 runs (2026-12-02) reached 102-148 ms in napari's own
-turns (building a map layer's visuals, a window repaint waiting for a CPU while the worker
-computes). The crash, the maps and the heavy imports fail both tests outright.
+the machine's load). Every map layer pays napari's own per-layer turns, which the dock already
+runs one per turn: building the layer's visuals, building its layer controls, its first draw
+(its shaders are built then). At the end of the flow, ``plain_flow.py`` times those turns for
+image layers like the maps, added by napari in the same window (the longest, worst of four).
+On a 2-vCPU virtual machine with a software-rendered display the first draw alone measured
+55-112 ms (2026-12-02) and one layer's controls 72 ms of CPU in a 110 ms turn (2026-12-03), so
+the floor of the Render step itself can be over the limit there. A run over 100 ms whose longest
+gap is at most 1.3 times that floor is reported as an expected failure (XFAIL, with the measured
+gaps and the floor); anything longer fails. On the 2,000-spot store any overrun is reported as
+an expected failure: most runs stay under 70-90 ms, but 4 of 21 runs (2026-12-02) reached
+102-148 ms in napari's own turns (building a map layer's visuals, a window repaint waiting for
+a CPU while the worker computes). The crash, the maps and the heavy imports fail both tests
+outright.
 
 On a machine where no OpenGL program has run yet, Mesa compiles each shader variant at its
 first draw and keeps it in its disk cache (``~/.cache/mesa_shader_cache``): the first napari
@@ -43,8 +46,8 @@ import pytest
 
 FLOW = Path(__file__).with_name("plain_flow.py")
 LIMIT_MS = 100.0
-#: An overrun no longer than this times napari's own first draw of an image layer, measured in
-#: the same window at the end of the flow, is reported as an expected failure (see above).
+#: An overrun no longer than this times napari's own longest turn for an image layer, measured
+#: in the same window at the end of the flow, is reported as an expected failure (see above).
 FLOOR_FACTOR = 1.3
 
 
@@ -75,7 +78,7 @@ def check_report(report: dict, record_property, *, stall_is_known: bool = False)
     """Gene maps over the tissue, nothing heavy in the viewer, no stall."""
     record_property("event_loop_gaps_ms", report["gaps_ms"])
     record_property("event_loop_busy_ms", report["busy_ms"])
-    record_property("napari_first_draw_ms", report.get("napari_first_draw_ms"))
+    record_property("napari_layer_ms", report.get("napari_layer_ms"))
     assert report["problems"] == []
     assert len(report["maps"]) == 2
     assert report["heavy_modules"] == []
@@ -84,11 +87,11 @@ def check_report(report: dict, record_property, *, stall_is_known: bool = False)
     record_property("gc_pauses", report.get("gc_pauses"))
     gaps = report["gaps_ms"]
     worst = max(gaps.values())
-    floor = report.get("napari_first_draw_ms") or 0.0
+    floor = report.get("napari_layer_ms") or 0.0
     stalled = (
         f"the event loop stalled: longest gaps {gaps} ms, of which the viewer's own work "
         f"{report['busy_ms']} ms (load {report['load']:.1f} on {os.cpu_count()} cores); "
-        f"napari's own first draw of an image layer in the same window: {floor} ms; "
+        f"napari's own longest turn for an image layer in the same window: {floor} ms; "
         f"where: {report.get('long_gaps')}; collections: {report.get('gc_pauses')}"
     )
     if worst >= LIMIT_MS and (stall_is_known or worst <= FLOOR_FACTOR * floor):
