@@ -30,7 +30,7 @@ def collect_young() -> None:
     """Collect the garbage of the last turns: the two young generations only.
 
     What a layer's insertion leaves is young. A full collection also walks every object napari
-    and Qt made since start-up (20-60 ms here, 63 ms seen in a Render turn under load); the
+    and Qt made since start-up (5-30 ms here at idle, 63 ms seen in a Render turn under load); the
     interpreter still runs those at its own thresholds.
     """
     gc.collect(1)
