@@ -208,12 +208,9 @@ def main() -> int:  # noqa: C901 - one linear script
         # (its visuals, its layer controls), then it is shown (its first draw, which builds its
         # shaders): the longest of those turns, the worst of REFERENCE_DRAWS layers. The
         # insertion itself and the removal are not timed. Every map layer pays these turns.
-        import contextlib
-        import warnings
-
         import numpy as np
 
-        from napari_histosge._widgets._layer_view import _deferrable_parts
+        from napari_histosge._widgets._layer_view import _deferrable_parts, parts_deferred
 
         def timed(turn) -> float:
             state["step"] = "reference"
@@ -229,13 +226,7 @@ def main() -> int:  # noqa: C901 - one linear script
             like = maps[i % len(maps)]
             state["step"] = "reference (untimed)"
             parts = _deferrable_parts(viewer)
-            with contextlib.ExitStack() as stack, warnings.catch_warnings():
-                for handler, _ in parts:
-                    stack.enter_context(viewer.layers.events.inserted.blocker(handler))
-                # As the dock does: the selection stays (selecting needs the controls built).
-                warnings.simplefilter("ignore", FutureWarning)
-                viewer.layers._activate_on_insert = False
-                stack.callback(setattr, viewer.layers, "_activate_on_insert", True)
+            with parts_deferred(viewer.layers, parts):  # as the dock inserts its maps
                 layer = viewer.add_image(
                     np.array(like.data, dtype=np.float32, copy=True),
                     name=f"reference {i}",

@@ -13,7 +13,7 @@ import gc
 import threading
 import warnings
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,25 @@ def prefetch_readers() -> threading.Thread:
     thread = threading.Thread(target=_import_readers, name="histosge-prefetch", daemon=True)
     thread.start()
     return thread
+
+
+@contextlib.contextmanager
+def parts_deferred(layers: Any, parts: list[tuple[Callable[..., None], Any]]) -> Iterator[None]:
+    """Insert layers with ``parts`` (of :func:`_deferrable_parts`) held back, selection kept.
+
+    Selecting each new layer would also rebuild the layer controls panel on the way. napari has
+    no public switch for this and warns about the private one; a warning would also pop up as an
+    animated notification, which repaints the window for seconds.
+    """
+    with warnings.catch_warnings(), contextlib.ExitStack() as stack:
+        for handler, _ in parts:
+            stack.enter_context(layers.events.inserted.blocker(handler))
+        warnings.simplefilter("ignore", FutureWarning)
+        activate = getattr(layers, "_activate_on_insert", None)
+        if activate is not None:
+            layers._activate_on_insert = False
+            stack.callback(setattr, layers, "_activate_on_insert", activate)
+        yield
 
 
 def _deferrable_parts(viewer: Any) -> list[tuple[Callable[..., None], Callable[[Any], None]]]:
@@ -329,22 +348,8 @@ class LayerView(QObject):
             functools.partial(self._build_part, build, layer) for _, build in parts
         ]
         self._queue.extendleft(reversed([*later, collect_young]))
-        with warnings.catch_warnings(), collection_deferred(), contextlib.ExitStack() as stack:
-            for handler, _ in parts:
-                stack.enter_context(layers.events.inserted.blocker(handler))
-            # Keep the user's layer selection: selecting each new map would also rebuild the
-            # layer controls panel on the way. napari has no public switch for this and warns
-            # about the private one; a warning would also pop up as an animated notification,
-            # which repaints the window for seconds.
-            warnings.simplefilter("ignore", FutureWarning)
-            activate = getattr(layers, "_activate_on_insert", None)
-            if activate is not None:
-                layers._activate_on_insert = False
-            try:
-                layers.append(layer)
-            finally:
-                if activate is not None:
-                    layers._activate_on_insert = activate
+        with collection_deferred(), parts_deferred(layers, parts):
+            layers.append(layer)
 
     def _build_part(self, build: Callable[[Any], None], layer: Any) -> None:
         if layer in self.viewer.layers:
