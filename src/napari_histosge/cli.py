@@ -163,7 +163,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     """``histosge convert SRC OUT.zarr``."""
     from .io import convert
 
-    out = convert(args.src, args.out, overwrite=args.overwrite)
+    out = convert(args.src, args.out, overwrite=args.overwrite, um_per_px=args.um_per_px)
     print(f"wrote {out}")  # noqa: T201
     return 0
 
@@ -367,11 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("convert", help="write a slide (zarr, Visium folder, ST folder) to a .zarr")
+    p = sub.add_parser(
+        "convert", help="write a slide (zarr, Visium or ST folder, whole-slide file) to a .zarr"
+    )
     p.add_argument(
-        "src", help="SpatialData .zarr, Space Ranger Visium folder, or ST section folder"
+        "src",
+        help="SpatialData .zarr, Space Ranger Visium folder, ST section folder, or whole-slide "
+        "file (.svs, .ndpi, .scn, pyramidal .tif)",
     )
     p.add_argument("out", help="output .zarr store")
+    p.add_argument("--um-per-px", type=float, help="µm per pixel of a whole-slide file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_convert)
 

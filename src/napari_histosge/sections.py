@@ -296,7 +296,7 @@ def open_for_prediction(
     With a table annotating the spots, this is :meth:`Slide.open`. Without one, the spots'
     circles (when there is one circles element, or ``spots_key``) give the positions; without
     spots, a square lattice over the tissue at the training spots' pitch does, and then
-    ``um_per_px`` is required.
+    ``um_per_px`` is required unless the store or whole-slide file records it.
 
     Parameters
     ----------
@@ -357,6 +357,12 @@ def open_for_prediction(
     if spots is not None:
         geom = _circles_geometry(sdata, image_key, spots, um_per_px)
     else:
+        from .io.wsi import is_wsi_path, missing_um_message, stored_um_per_px
+
+        if um_per_px is None:  # recorded from a whole-slide file's metadata
+            um_per_px = stored_um_per_px(sdata, image_key)
+        if um_per_px is None and source is not None and is_wsi_path(source):
+            raise ValueError(missing_um_message(source))
         if um_per_px is None or not np.isfinite(um_per_px) or um_per_px <= 0:
             raise ValueError(
                 "Expected `um_per_px` (--um-per-px) for a section with an image only (no spots "

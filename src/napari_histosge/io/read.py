@@ -12,6 +12,7 @@ from napari_histosge.images import image_levels, parse_image, rgb_uint8_lazy
 from .her2st import is_her2st_folder, read_her2st
 from .keys import resolve_keys
 from .visium import is_visium_folder, read_visium
+from .wsi import is_wsi_path, read_wsi
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -27,6 +28,9 @@ def read_slide(
     table_key: str | None = None,
 ) -> SpatialData:
     """Read a slide: a SpatialData ``.zarr``, a Space Ranger Visium folder or an ST section folder.
+
+    A whole-slide file (``.svs``, ``.ndpi``, pyramidal ``.tif``, ...) gives its H&E image only,
+    lazily and with the file's pyramid (:func:`~napari_histosge.io.wsi.read_wsi`).
 
     The result has an RGB uint8 image, the spot circles with their true radius and a table
     annotating them; :func:`resolve_keys` finds them. An H&E image that is not 8-bit RGB
@@ -56,6 +60,8 @@ def read_slide(
         raise FileNotFoundError(
             f"Expected a .zarr store or a slide folder at `{p}`, found nothing."
         )
+    if is_wsi_path(p):  # a whole-slide file: the H&E image only, no spots or table
+        return read_wsi(p, image_key=image_key)
     if (p / "zarr.json").exists() or (p / ".zgroup").exists() or p.suffix == ".zarr":
         try:
             sdata = sd.read_zarr(p)
