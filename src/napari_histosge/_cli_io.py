@@ -48,16 +48,11 @@ def check_out(out: str, overwrite: bool, source: Path | None) -> Path:
     Into the input store itself, earlier ``histosge_*`` outputs there are refused without
     ``--overwrite`` before any work is done.
     """
-    from .store import OUTPUT_KEYS, check_target
+    from .store import ELEMENT_KINDS, check_target
 
     path = check_target(out, overwrite=overwrite, kind="store", inputs=[source], allow_input=True)
     if source is not None and path == Path(source).expanduser().resolve() and not overwrite:
-        earlier = [
-            k
-            for k in OUTPUT_KEYS
-            for g in ("images", "shapes", "tables")
-            if (path / g / k).exists()
-        ]
+        earlier = [k for k, g in ELEMENT_KINDS.items() if (path / g / k).exists()]
         if earlier:
             raise FileExistsError(
                 f"Expected no earlier outputs in the store, found `{earlier}`; pass --overwrite "

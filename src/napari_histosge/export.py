@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,8 +15,8 @@ from ._interrupt import fault_point
 from ._json import json_default
 from ._store_elements import consolidate_store
 from .store import (
+    ELEMENT_KINDS,
     EXPRESSION_KEY,
-    OUTPUT_KEYS,
     POSITIONS_KEY,
     PREDICTIONS_KEY,
     check_target,
@@ -24,7 +25,7 @@ from .store import (
     write_sdata,
 )
 
-_GROUPS = ("images", "shapes", "tables")
+_GROUPS = ("images", "labels", "shapes", "tables")
 _GROUPS_ALL = ("images", "labels", "points", "shapes", "tables")
 _METADATA_FILES = frozenset({"zarr.json", ".zattrs", ".zgroup", ".zarray", ".zmetadata"})
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from .maps import GeneMaps
     from .predict import Predictions
 
-__all__ = ["build_output", "write_predictions"]
+__all__ = ["build_output", "map_transformations", "parse_maps", "write_predictions"]
 
 
 #: Target size of one chunk of the maps: small maps keep several genes per chunk (one file),
@@ -60,6 +61,7 @@ def build_output(
     predictions: Predictions,
     maps: GeneMaps | None,
     meta: dict[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the ``histosge_*`` elements: gene-map image, position circles and predictions table.
 
@@ -75,6 +77,9 @@ def build_output(
         Rasterised maps, or ``None`` to skip the image element.
     meta
         Training configuration, metrics and provenance for the table's ``uns``.
+    extra
+        Further parsed elements named in :data:`~napari_histosge.store.ELEMENT_KINDS`
+        (uncertainty maps, domains, nuclei, cells), added as they are.
 
     Returns
     -------
@@ -86,34 +91,12 @@ def build_output(
     """
     import anndata as ad
     import pandas as pd
-    from spatialdata.models import Image2DModel, ShapesModel, TableModel
-    from spatialdata.transformations import Scale, Sequence, Translation
+    from spatialdata.models import ShapesModel, TableModel
 
     image_tf = _image_transformations(sdata, image_key)
     elements: dict[str, Any] = {}
     if maps is not None:
-        map_tf = {
-            cs: Sequence(
-                [
-                    Scale([maps.pitch_px, maps.pitch_px], axes=("x", "y")),
-                    Translation([maps.origin_px[0], maps.origin_px[1]], axes=("x", "y")),
-                    tf,
-                ]
-            )
-            for cs, tf in image_tf.items()
-        }
-        h, w = maps.data.shape[1:]
-        extra = {"scale_factors": list(maps.scale_factors)} if maps.scale_factors else {}
-        lazy = hasattr(maps.data, "dask")
-        tile = (min(h, 1024), min(w, 1024))
-        elements[EXPRESSION_KEY] = Image2DModel.parse(
-            maps.data if lazy else np.ascontiguousarray(maps.data, dtype=np.float32),
-            dims=("c", "y", "x"),
-            c_coords=list(maps.genes),
-            transformations=map_tf,
-            chunks=(_genes_per_chunk(len(maps.genes), tile), *tile),
-            **extra,
-        )
+        elements[EXPRESSION_KEY] = parse_maps(sdata, image_key, maps)
 
     m = len(predictions.positions_px)
     radius = np.where(
@@ -152,7 +135,50 @@ def build_output(
     elements[PREDICTIONS_KEY] = TableModel.parse(
         adata, region=POSITIONS_KEY, region_key="region", instance_key="instance_id"
     )
+    for name, element in (extra or {}).items():
+        if name not in ELEMENT_KINDS or name in elements:
+            raise ValueError(
+                f"Expected extra elements among `{list(ELEMENT_KINDS)[3:]}`, found `{name}`."
+            )
+        elements[name] = element
     return elements
+
+
+def map_transformations(sdata: SpatialData, image_key: str, maps: GeneMaps) -> dict[str, Any]:
+    """Return the transformations placing a map grid (``pitch_px``, ``origin_px``) on the H&E.
+
+    Any object with ``pitch_px`` and ``origin_px`` (gene maps, domains) is placed the same way.
+    """
+    from spatialdata.transformations import Scale, Sequence, Translation
+
+    return {
+        cs: Sequence(
+            [
+                Scale([maps.pitch_px, maps.pitch_px], axes=("x", "y")),
+                Translation([maps.origin_px[0], maps.origin_px[1]], axes=("x", "y")),
+                tf,
+            ]
+        )
+        for cs, tf in _image_transformations(sdata, image_key).items()
+    }
+
+
+def parse_maps(sdata: SpatialData, image_key: str, maps: GeneMaps) -> Any:
+    """Parse gene maps into a multiscale, chunked image element placed on the H&E."""
+    from spatialdata.models import Image2DModel
+
+    h, w = maps.data.shape[1:]
+    extra = {"scale_factors": list(maps.scale_factors)} if maps.scale_factors else {}
+    lazy = hasattr(maps.data, "dask")
+    tile = (min(h, 1024), min(w, 1024))
+    return Image2DModel.parse(
+        maps.data if lazy else np.ascontiguousarray(maps.data, dtype=np.float32),
+        dims=("c", "y", "x"),
+        c_coords=list(maps.genes),
+        transformations=map_transformations(sdata, image_key, maps),
+        chunks=(_genes_per_chunk(len(maps.genes), tile), *tile),
+        **extra,
+    )
 
 
 def write_predictions(
@@ -165,6 +191,7 @@ def write_predictions(
     meta: dict[str, Any] | None = None,
     overwrite: bool = False,
     in_place: bool = False,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the ``histosge_*`` outputs into the input store, or into a new store ``out``.
 
@@ -203,6 +230,8 @@ def write_predictions(
         input store. Without it such a write is refused.
     in_place
         Write into the store ``sdata`` was read from.
+    extra
+        Further parsed ``histosge_*`` elements (see :func:`build_output`).
 
     Returns
     -------
@@ -232,21 +261,23 @@ def write_predictions(
     if image_key not in sdata.images:
         raise KeyError(f"Expected `image_key` in `{list(sdata.images)}`, found `{image_key}`.")
     if source is not None and out_path == source:
-        return _write_into(sdata, source, image_key, predictions, maps, meta, overwrite)
-    existing_outputs = [k for k in OUTPUT_KEYS if k in sdata]
+        return _write_into(sdata, source, image_key, predictions, maps, meta, overwrite, extra)
+    existing_outputs = [k for k in ELEMENT_KINDS if k in sdata]
     if existing_outputs and not overwrite:
         raise FileExistsError(
             f"Expected no earlier outputs in the store, found `{existing_outputs}`; "
             "pass overwrite=True (--overwrite) to replace them."
         )
-    new = build_output(sdata, image_key=image_key, predictions=predictions, maps=maps, meta=meta)
+    new = build_output(
+        sdata, image_key=image_key, predictions=predictions, maps=maps, meta=meta, extra=extra
+    )
     return write_folder_atomic(
         out_path, lambda tmp: _assemble(sdata, source, new, tmp), kind="store"
     )
 
 
 def _element_type(name: str) -> str:
-    return "images" if name == EXPRESSION_KEY else "shapes" if name == POSITIONS_KEY else "tables"
+    return ELEMENT_KINDS.get(name, "tables")
 
 
 def _write_into(
@@ -257,10 +288,11 @@ def _write_into(
     maps: GeneMaps | None,
     meta: dict[str, Any] | None,
     overwrite: bool,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Add (or replace) the ``histosge_*`` elements of the store ``root`` one by one."""
-    on_disk = [k for k in OUTPUT_KEYS if (root / _element_type(k) / k).exists()]
-    earlier = sorted({*on_disk, *(k for k in OUTPUT_KEYS if k in sdata)})
+    on_disk = [k for k in ELEMENT_KINDS if (root / _element_type(k) / k).exists()]
+    earlier = sorted({*on_disk, *(k for k in ELEMENT_KINDS if k in sdata)})
     if earlier and not overwrite:
         raise FileExistsError(
             f"Expected no earlier outputs in the store, found `{earlier}`; "
@@ -269,7 +301,7 @@ def _write_into(
     clashes = [
         f"{kind}/{name}"
         for kind in _GROUPS
-        for name in OUTPUT_KEYS
+        for name in ELEMENT_KINDS
         if kind != _element_type(name) and (root / kind / name).exists()
     ]
     if clashes:
@@ -277,9 +309,13 @@ def _write_into(
             f"Expected the `histosge_*` names free in `{root}`, found `{clashes[0]}`; "
             "choose another --out."
         )
-    new = build_output(sdata, image_key=image_key, predictions=predictions, maps=maps, meta=meta)
-    # The table last: a store holding it holds the positions it annotates.
-    for name in (EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY):
+    new = build_output(
+        sdata, image_key=image_key, predictions=predictions, maps=maps, meta=meta, extra=extra
+    )
+    # Tables last: a store holding a table holds the element it annotates. An earlier output
+    # that this export does not produce is removed (it would describe another run).
+    order = {"images": 0, "labels": 1, "shapes": 2, "tables": 3}
+    for name in sorted(ELEMENT_KINDS, key=lambda k: order[_element_type(k)]):
         element = new.get(name)
         if element is None and name not in on_disk:
             continue
@@ -329,7 +365,7 @@ def _assemble(sdata: SpatialData, source: Path | None, new: dict[str, Any], tmp:
     groups: dict[str, dict[str, Any]] = {k: {} for k in _GROUPS_ALL}
     linked: list[tuple[str, str]] = []
     for kind, name, element in sdata.gen_elements():
-        if name in OUTPUT_KEYS:
+        if name in ELEMENT_KINDS:
             continue
         if _linkable(sdata, source, kind, name):
             linked.append((kind, name))

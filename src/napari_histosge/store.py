@@ -34,12 +34,18 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 __all__ = [
+    "CELLS_KEY",
+    "DOMAINS_KEY",
+    "DOMAIN_GENES_KEY",
+    "ELEMENT_KINDS",
     "EXPRESSION_KEY",
     "MARKER_NAME",
+    "NUCLEI_KEY",
     "OUTPUT_KEYS",
     "POSITIONS_KEY",
     "PREDICTIONS_KEY",
     "SLIDE_META_KEY",
+    "UNCERTAINTY_KEY",
     "check_target",
     "clean_store_leftovers",
     "is_histosge_output",
@@ -58,7 +64,29 @@ EXPRESSION_KEY = "histosge_expression"
 POSITIONS_KEY = "histosge_positions"
 #: The predictions at the spots and positions (table annotating ``POSITIONS_KEY``).
 PREDICTIONS_KEY = "histosge_predictions"
-#: Every element an export writes.
+#: Standard deviation of the gene maps (image element, same channels and placement).
+UNCERTAINTY_KEY = "histosge_uncertainty"
+#: Tissue domains of the super-resolved expression (labels element on the map's grid).
+DOMAINS_KEY = "histosge_domains"
+#: One row per domain: mean expression, size and top genes (table annotating ``DOMAINS_KEY``).
+DOMAIN_GENES_KEY = "histosge_domain_genes"
+#: Nuclei segmented on the H&E (labels element).
+NUCLEI_KEY = "histosge_nuclei"
+#: Expression per cell (table annotating ``NUCLEI_KEY``).
+CELLS_KEY = "histosge_cells"
+#: Every element an export may write, by SpatialData element kind. The three first are
+#: always written; the others when asked for.
+ELEMENT_KINDS = {
+    EXPRESSION_KEY: "images",
+    POSITIONS_KEY: "shapes",
+    PREDICTIONS_KEY: "tables",
+    UNCERTAINTY_KEY: "images",
+    DOMAINS_KEY: "labels",
+    DOMAIN_GENES_KEY: "tables",
+    NUCLEI_KEY: "labels",
+    CELLS_KEY: "tables",
+}
+#: The elements every export writes.
 OUTPUT_KEYS = (EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY)
 #: The file marking a folder written by this package (stores and checkpoints).
 MARKER_NAME = ".histosge-output.json"
