@@ -19,7 +19,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,15 +88,16 @@ class SlideJob:
 
 
 def slide_name(src: str | Path) -> str:
-    """Name of a slide's outputs: the store's folder name without ``.zarr``.
+    """Name of a slide's outputs: the store's folder or slide file's name, without its ending.
 
     Examples
     --------
-    >>> slide_name("/data/A1.zarr/")
-    'A1'
+    >>> slide_name("/data/A1.zarr/"), slide_name("/archive/B7.svs")
+    ('A1', 'B7')
     """
     name = Path(str(src).rstrip("/")).name
-    return name[: -len(".zarr")] if name.endswith(".zarr") else name
+    stem, suffix = os.path.splitext(name)
+    return stem if suffix.lower() in (".zarr", ".svs", ".tif", ".tiff", ".ndpi", ".scn") else name
 
 
 def marker_path(out: str | Path) -> Path:
@@ -396,6 +397,7 @@ def run_batch(
     scheduler: str | None = None,
     n_workers: int | None = None,
     retries: int = 0,
+    task: Callable[[str, str, Any], dict[str, Any]] | None = None,
 ) -> pd.DataFrame:
     """Run every slide as one task on dask.distributed and write ``out_dir/report.csv``.
 
@@ -418,6 +420,9 @@ def run_batch(
         Workers of the local cluster.
     retries
         Times a task is retried after a failure.
+    task
+        ``task(src, out, job)`` run per slide: :func:`run_slide` by default, or
+        :func:`~napari_histosge.batch_predict.predict_slide_task` to apply a saved model.
 
     Returns
     -------
@@ -467,10 +472,10 @@ def run_batch(
                 client = Client(cluster)
         try:
             client.run(warm_up)
-            started = time.perf_counter()
+            started, fn = time.perf_counter(), task or run_slide
             futures = {
                 client.submit(
-                    run_slide, src, str(out), job, key=f"histosge-slide-{name}", retries=retries
+                    fn, src, str(out), job, key=f"histosge-slide-{name}", retries=retries
                 ): (name, out)
                 for name, src, out in todo
             }

@@ -274,31 +274,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """``histosge predict STORE --checkpoint CKPT --out OUT.zarr``: apply a trained model."""
+    """``histosge predict SLIDE --checkpoint CKPT --out OUT.zarr``: apply a trained model."""
+    from .batch_predict import predict_he_slide, prediction_options
     from .checkpoints import load_checkpoint
-    from .pipeline import ExtractOptions, export_slide, iter_extract, predict_slide, render_maps
-    from .sections import open_for_prediction
+    from .pipeline import ExtractOptions, export_slide, iter_extract
 
     check_out(resolve_out(args), args.overwrite, Path(args.store))
     _check_inputs(args)
     model = load_checkpoint(args.checkpoint)
-    meta = model.feature_meta
-    keys = {k: getattr(args, k) for k in ("image_key", "spots_key", "table_key")}
-    slide = open_for_prediction(args.store, um_per_px=args.um_per_px, model=model, **keys)
-    sizes = meta.get("patch_sizes_spot") or meta.get("patch_sizes")
-    opts = ExtractOptions(
-        encoder=str(meta.get("encoder", "histology")),
+    base = ExtractOptions(
         weights=args.weights,
         device=args.device,
         batch_size=args.batch_size,
         positions=args.positions,
-        patch_sizes=tuple(sizes) if sizes else None,
         cache=not args.no_cache,
-        pooling=str(meta.get("pooling", "patch")),
     )
-    feats = _drive(iter_extract(slide, options=opts), quiet=args.quiet)
-    preds = predict_slide(slide, features=feats, model=model, use_measured=False)
-    maps = render_maps(slide, predictions=preds, pitch_px=_pitch_px(args, slide), smooth=True)
+    slide, preds, maps = predict_he_slide(
+        args.store,
+        model,
+        options=prediction_options(model, base),
+        um_per_px=args.um_per_px,
+        keys={k: getattr(args, k) for k in ("image_key", "spots_key", "table_key")},
+        resolution_um=_resolution(args),
+        extract=lambda s, o: _drive(iter_extract(s, options=o), quiet=args.quiet),
+    )
     out = export_slide(slide, predictions=preds, maps=maps, out=args.out, overwrite=args.overwrite)
     args.written.append(str(out))
     print(f"wrote {out}")  # noqa: T201
@@ -403,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict", help="apply a saved model to a slide (image and coordinates only)"
     )
-    p.add_argument("store", help="input slide")
+    p.add_argument("store", help="input slide: .zarr or whole-slide file (.svs, .ndpi, .tif)")
     p.add_argument("--checkpoint", required=True, help="model saved by run/train --checkpoint-out")
     p.add_argument("--um-per-px", type=float, help="µm per pixel, for an H&E-only section")
     p.add_argument("--out", help="output .zarr")

@@ -58,10 +58,15 @@ def cmd_train(args: argparse.Namespace, *, helpers: CliHelpers) -> int:
 
 
 def cmd_batch(args: argparse.Namespace, *, helpers: CliHelpers) -> int:
-    """``histosge batch STORE... --out-dir DIR``: one ``run`` per slide on dask.distributed."""
+    """``histosge batch SLIDE... --out-dir DIR``: one ``run`` per slide on dask.distributed.
+
+    With ``--checkpoint``, one ``predict`` of that model per slide instead.
+    """
     from .batch import SlideJob, run_batch
 
     helpers.check_inputs(args)
+    if args.checkpoint:
+        return _report(args, _predict_batch(args, helpers))
     genes = helpers.read_genes(args)
     job = SlideJob(
         extract=helpers.extract_options(args, args.positions),
@@ -77,6 +82,38 @@ def cmd_batch(args: argparse.Namespace, *, helpers: CliHelpers) -> int:
     report = run_batch(
         args.stores, args.out_dir, job=job, scheduler=args.scheduler, n_workers=args.n_workers
     )
+    return _report(args, report)
+
+
+def _predict_batch(args: argparse.Namespace, helpers: CliHelpers) -> Any:
+    """Apply ``--checkpoint`` to every slide (no training): one prediction task per slide."""
+    from .batch import run_batch
+    from .batch_predict import PredictJob, predict_slide_task
+
+    if args.um_per_px is not None and not args.um_per_px > 0:
+        raise ValueError(f"Expected a positive --um-per-px, found `{args.um_per_px}`.")
+    if not Path(args.checkpoint).exists():
+        raise FileNotFoundError(
+            f"Expected a model at --checkpoint `{args.checkpoint}`, found none."
+        )
+    job = PredictJob(
+        extract=helpers.extract_options(args, args.positions),
+        keys={k: getattr(args, k) for k in ("image_key", "spots_key", "table_key")},
+        checkpoint=str(Path(args.checkpoint).resolve()),
+        um_per_px=args.um_per_px,
+        resolution_um=args.resolution_um,
+    )
+    return run_batch(
+        args.stores,
+        args.out_dir,
+        job=job,
+        scheduler=args.scheduler,
+        n_workers=args.n_workers,
+        task=predict_slide_task,
+    )
+
+
+def _report(args: argparse.Namespace, report: Any) -> int:
     counts = report["status"].value_counts().to_dict()
     summary = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("done", "skipped", "failed"))
     print(f"{summary}; report in {Path(args.out_dir) / 'report.csv'}")  # noqa: T201
@@ -107,7 +144,9 @@ def add_cohort_commands(
     p.set_defaults(func=partial(cmd_train, helpers=helpers))
 
     p = sub.add_parser("batch", help="run many slides, one task per slide on dask.distributed")
-    p.add_argument("stores", nargs="+", help="input slides; each writes DIR/<name>.zarr")
+    p.add_argument(
+        "stores", nargs="+", help="input slides (stores, folders, slide files): DIR/<name>.zarr"
+    )
     p.add_argument("--out-dir", required=True, help="output folder (stores and report.csv)")
     p.add_argument(
         "--scheduler", help="address of a running dask scheduler (default: a local cluster)"
@@ -118,6 +157,13 @@ def add_cohort_commands(
         help="workers of the local cluster (default: one per core, one per 4 GB of memory)",
     )
     p.add_argument("--positions", default="4x", help="4x or grid:MICRONS")
+    p.add_argument(
+        "--checkpoint",
+        help="apply this saved model to every slide (H&E-only stores or whole-slide files: "
+        ".svs, .ndpi, .scn, pyramidal .tif) instead of training one per slide",
+    )
+    p.add_argument("--um-per-px", type=float, help="µm per pixel for slides that record none")
+    p.add_argument("--resolution-um", type=float, help="map pixel side in µm (with --checkpoint)")
     for add in arg_groups:
         add(p)
     p.set_defaults(func=partial(cmd_batch, helpers=helpers))

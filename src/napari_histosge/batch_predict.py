@@ -1,0 +1,217 @@
+"""Apply one trained model to H&E-only slides: one slide, or a cohort on dask.distributed.
+
+``histosge predict SLIDE --checkpoint MODEL`` and ``histosge batch SLIDES... --checkpoint MODEL``
+share :func:`predict_he_slide`: open the slide (a store, or a whole-slide file read lazily
+through its pyramid), find the tissue at low resolution, lay the model's training lattice over
+it, embed those positions with the model's encoder and patch sizes, predict from image and
+coordinates alone and render the maps. In a batch, :func:`predict_slide_task` runs it as one
+task per slide with the resumable markers and report of :func:`~napari_histosge.batch.run_batch`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._progress import run_generator
+from .batch import SlideJob, _extract_read_only, _worker_address, _worker_threads, marker_path
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .maps import GeneMaps
+    from .models.trained import TrainedModel
+    from .pipeline import ExtractOptions, Slide, SlideFeatures
+    from .predict import Predictions
+
+__all__ = ["PredictJob", "predict_he_slide", "predict_slide_task", "prediction_options"]
+
+
+@dataclass(frozen=True)
+class PredictJob(SlideJob):
+    """What to run on each slide of ``histosge batch --checkpoint``: apply a saved model.
+
+    Parameters
+    ----------
+    checkpoint
+        The model folder saved by ``histosge train`` or ``run --checkpoint-out``.
+    um_per_px
+        µm per pixel for slides whose files or stores record none.
+    resolution_um
+        Map pixel side in µm; a quarter of the position spacing when ``None``.
+
+    Other fields as :class:`~napari_histosge.batch.SlideJob` (``extract`` gives the weights,
+    device, batch size, positions and cache; the encoder and patch sizes are the model's).
+    """
+
+    checkpoint: str = ""
+    um_per_px: float | None = None
+    resolution_um: float | None = None
+
+
+def prediction_options(model: TrainedModel, base: ExtractOptions | None = None) -> ExtractOptions:
+    """Feature options of ``base`` with the encoder, patch sizes and pooling the model used.
+
+    Examples
+    --------
+    >>> opts = prediction_options(load_checkpoint("model"))  # doctest: +SKIP
+    """
+    from .pipeline import ExtractOptions
+
+    meta = model.feature_meta
+    sizes = meta.get("patch_sizes_spot") or meta.get("patch_sizes")
+    return replace(
+        base or ExtractOptions(),
+        encoder=str(meta.get("encoder", "histology")),
+        patch_sizes=tuple(float(s) for s in sizes) if sizes else None,
+        pooling=str(meta.get("pooling", "patch")),
+    )
+
+
+def predict_he_slide(
+    src: str | Path,
+    model: TrainedModel,
+    *,
+    options: ExtractOptions,
+    um_per_px: float | None = None,
+    keys: dict[str, str | None] | None = None,
+    resolution_um: float | None = None,
+    extract: Callable[[Slide, ExtractOptions], SlideFeatures] | None = None,
+) -> tuple[Slide, Predictions, GeneMaps]:
+    """Predict a slide from its image and coordinates alone, and render the maps.
+
+    Parameters
+    ----------
+    src
+        A store, a slide folder or a whole-slide file.
+    model
+        The trained model.
+    options
+        Feature options (:func:`prediction_options`).
+    um_per_px
+        µm per pixel, when neither the file nor the store records it.
+    keys
+        ``image_key``, ``spots_key``, ``table_key`` to use instead of the detected ones.
+    resolution_um
+        Map pixel side in µm.
+    extract
+        ``extract(slide, options)`` giving the features; :func:`~napari_histosge.pipeline.
+        iter_extract` run to the end (cache in the input store) when ``None``.
+
+    Returns
+    -------
+    The slide, the predictions and the maps (a lazy dask array).
+
+    Examples
+    --------
+    >>> slide, preds, maps = predict_he_slide("B7.svs", model, options=opts)  # doctest: +SKIP
+    """
+    from .pipeline import iter_extract, predict_slide, render_maps
+    from .sections import open_for_prediction
+
+    slide = open_for_prediction(src, um_per_px=um_per_px, model=model, **(keys or {}))
+    if extract is None:
+        feats = run_generator(iter_extract(slide, options=options))
+    else:
+        feats = extract(slide, options)
+    preds = predict_slide(slide, features=feats, model=model, use_measured=False)
+    pitch = None if resolution_um is None else resolution_um / slide.geometry.um_per_px
+    maps = render_maps(slide, predictions=preds, pitch_px=pitch, smooth=True)
+    return slide, preds, maps
+
+
+class _PeakRss:
+    """Peak resident memory of this process while the block runs (sampled every 50 ms)."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def __enter__(self) -> _PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+def predict_slide_task(src: str, out: str, job: PredictJob) -> dict[str, Any]:
+    """Apply the job's model to one slide and write ``out`` plus its marker (one batch task).
+
+    The input is only read; an ``out`` without a marker (an interrupted attempt) is replaced.
+    The report row adds ``peak_rss_mb`` (the task's peak resident memory) to the marker.
+
+    Examples
+    --------
+    >>> job = PredictJob(checkpoint="model")
+    >>> predict_slide_task("B7.svs", "out/B7.zarr", job)  # doctest: +SKIP
+    """
+    import dask
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from .batch import _write_marker, slide_name
+    from .checkpoints import load_checkpoint
+    from .pipeline import export_slide
+
+    if not job.checkpoint:
+        raise ValueError("Expected a model checkpoint (--checkpoint) for prediction, found none.")
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    out_path = Path(out)
+    marker_path(out_path).unlink(missing_ok=True)
+    threads = job.torch_threads or _worker_threads()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with (
+            _PeakRss() as rss,
+            dask.config.set(scheduler="synchronous"),
+            threadpool_limits(threads),
+        ):
+            model = load_checkpoint(job.checkpoint)
+            opts = prediction_options(model, job.extract)
+            slide, preds, maps = predict_he_slide(
+                src,
+                model,
+                options=opts,
+                um_per_px=job.um_per_px,
+                keys=job.keys,
+                resolution_um=job.resolution_um,
+                extract=lambda s, o: _extract_read_only(s, out_path, replace(job, extract=o)),
+            )
+            meta = {"command": "histosge batch --checkpoint", "source": str(src)}
+            export_slide(
+                slide, predictions=preds, maps=maps, out=out_path, meta=meta, overwrite=True
+            )
+    finally:
+        torch.set_num_threads(before)
+    record = {
+        "slide": slide_name(src),
+        "status": "done",
+        "spots": len(slide.geometry.spot_ids),
+        "genes": len(preds.genes),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "error": "",
+        "output": str(out_path),
+        "worker": _worker_address(),
+        "cpu_seconds": round(time.process_time() - cpu0, 2),
+        "pid": os.getpid(),
+        "positions": len(preds.positions_px),
+        "peak_rss_mb": round(rss.peak / 1024**2, 1),
+    }
+    _write_marker(out_path, record)
+    return record
