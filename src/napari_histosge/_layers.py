@@ -17,10 +17,14 @@ if TYPE_CHECKING:
     from .predict import Predictions
 
 __all__ = [
+    "MAP_UNITS",
     "contrast_limits",
+    "domain_colors",
     "gene_layer",
     "gene_layers",
     "image_layer",
+    "map_colormap",
+    "map_limits",
     "slide_layers",
     "spot_values",
     "spots_layer",
@@ -89,8 +93,10 @@ def spots_layer(
     return (data, kwargs, "points")
 
 
-def contrast_limits(values: np.ndarray) -> tuple[float, float]:
-    """Contrast limits from the 1st and 99th percentiles, ignoring NaN.
+def contrast_limits(
+    values: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.0)
+) -> tuple[float, float]:
+    """Contrast limits from two percentiles (the 1st and 99th by default), ignoring NaN.
 
     Examples
     --------
@@ -101,20 +107,99 @@ def contrast_limits(values: np.ndarray) -> tuple[float, float]:
     v = v[np.isfinite(v)]
     if v.size == 0:
         return (0.0, 1.0)
-    lo, hi = np.percentile(v, [1, 99])
+    lo, hi = np.percentile(v, list(percentiles))
     if hi <= lo:
         hi = lo + 1e-6
     return (round(float(lo), 6), round(float(hi), 6))
 
 
-#: Colormaps for several genes shown together with additive blending (one hue per gene).
-MULTI_GENE_COLORMAPS = ("magenta", "green", "cyan", "yellow", "red", "blue")
+#: Units of the maps' values (the model predicts log-normalised expression).
+MAP_UNITS = "log1p normalised counts"
+#: Percentiles of a map's finite values that set its contrast limits: robust to the few
+#: extreme superpixels, and the low end is where the map becomes transparent.
+MAP_PERCENTILES = (2.0, 99.5)
+
+
+def map_limits(values: Any) -> tuple[float, float]:
+    """Contrast limits of a gene map or its uncertainty: the 2nd and 99.5th percentiles.
+
+    Examples
+    --------
+    >>> map_limits(np.linspace(0.0, 1.0, 201))
+    (0.02, 0.995)
+    """
+    return contrast_limits(np.asarray(values), MAP_PERCENTILES)
+
+
+#: Hues of several genes shown together: saturated, apart from each other and from the H&E's
+#: pinks and purples.
+MULTI_GENE_COLORS = ("#00e040", "#1e90ff", "#ffc800", "#ff3c28", "#00e5d0", "#c8ff00")
+#: One gene alone: viridis's hues (dark blue to yellow, none of them the H&E's).
+SINGLE_GENE_COLORS = ("#3b528b", "#3b528b", "#21918c", "#5ec962", "#fde725")
+SINGLE_GENE_ALPHA = (0.0, 0.35, 0.7, 0.85, 0.92)
+SINGLE_GENE_CONTROLS = (0.0, 0.1, 0.35, 0.65, 1.0)
+#: Uncertainty maps: grey to white, more opaque where the map is less certain.
+SD_COLORS = ("#505050", "#a0a0a0", "#ffffff")
+
+
+def _rgba(color: str, alpha: float, gain: float = 1.0) -> list[float]:
+    rgb = [gain * int(color[i : i + 2], 16) / 255.0 for i in (1, 3, 5)]
+    return [round(c, 4) for c in rgb] + [float(alpha)]
+
+
+def map_colormap(index: int = 0, n: int = 1, *, kind: str = "value") -> dict[str, Any]:
+    """Return a map's colormap, read over the H&E: transparent at the low contrast limit.
+
+    The colours' alpha ramps from 0 at the low limit, so that with napari's ``translucent``
+    blending low values leave the H&E as it is and two maps that overlap keep their own hues
+    (additive blending turns overlaps and pale tissue white). One gene: viridis's hues; several:
+    one hue each (``index`` of ``n``); ``kind="sd"``: grey to white. The dictionary is what
+    napari's colormap argument takes (``colors``, ``controls``, ``name``).
+
+    Examples
+    --------
+    >>> cmap = map_colormap(1, 2)
+    >>> cmap["name"], cmap["colors"][0][3], cmap["colors"][-1][3]
+    ('histosge-1e90ff', 0.0, 0.92)
+    """
+    if kind == "sd":
+        colors = [_rgba(c, a) for c, a in zip(SD_COLORS, (0.0, 0.6, 0.92), strict=True)]
+        return {"colors": colors, "controls": [0.0, 0.4, 1.0], "name": "histosge-sd"}
+    if n <= 1:
+        pairs = zip(SINGLE_GENE_COLORS, SINGLE_GENE_ALPHA, strict=True)
+        colors = [_rgba(c, a) for c, a in pairs]
+        return {
+            "colors": colors,
+            "controls": list(SINGLE_GENE_CONTROLS),
+            "name": "histosge-viridis",
+        }
+    hue = MULTI_GENE_COLORS[index % len(MULTI_GENE_COLORS)]
+    colors = [_rgba(hue, 0.0, 0.5), _rgba(hue, 0.6, 0.85), _rgba(hue, 0.92)]
+    return {"colors": colors, "controls": [0.0, 0.5, 1.0], "name": f"histosge-{hue[1:]}"}
+
+
+#: Domain colours (tab10's), for the labels layer and the dock's list of top genes.
+DOMAIN_COLORS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)  # fmt: skip
+
+
+def domain_colors(k: int) -> dict[int, str]:
+    """Colours of domains ``1..k`` (0, off tissue, is left transparent by the caller).
+
+    Examples
+    --------
+    >>> domain_colors(2)
+    {1: '#1f77b4', 2: '#ff7f0e'}
+    """
+    return {i: DOMAIN_COLORS[(i - 1) % len(DOMAIN_COLORS)] for i in range(1, int(k) + 1)}
 
 
 def gene_layer(
-    maps: GeneMaps, gene: str, *, sdata: Any = None, colormap: str = "inferno"
+    maps: GeneMaps, gene: str, *, sdata: Any = None, index: int = 0, n: int = 1
 ) -> LayerData:
-    """One gene's super-resolved map, placed over the H&E, additive and semi-transparent.
+    """One gene's super-resolved map, placed over the H&E, transparent where it is low.
 
     Examples
     --------
@@ -128,11 +213,16 @@ def gene_layer(
         "name": f"{gene} (HisToSGE)",
         "scale": maps.scale,
         "translate": maps.translate,
-        "colormap": colormap,
-        "blending": "additive",
-        "opacity": 0.7,
-        "contrast_limits": contrast_limits(plane),
-        "metadata": {"sdata": sdata, "name": "histosge_expression", "gene": gene},
+        "colormap": map_colormap(index, n),
+        "blending": "translucent",
+        "opacity": 1.0,
+        "contrast_limits": map_limits(plane),
+        "metadata": {
+            "sdata": sdata,
+            "name": "histosge_expression",
+            "gene": gene,
+            "units": MAP_UNITS,
+        },
     }
     return (plane, kwargs, "image")
 
@@ -143,14 +233,8 @@ def slide_layers(slide: Slide) -> list[LayerData]:
 
 
 def gene_layers(maps: GeneMaps, genes: Sequence[str], *, sdata: Any = None) -> list[LayerData]:
-    """Gene-map layers: ``inferno`` for one gene, one hue per gene for several."""
-    if len(genes) == 1:
-        return [gene_layer(maps, genes[0], sdata=sdata)]
-    cmaps = MULTI_GENE_COLORMAPS
-    return [
-        gene_layer(maps, g, sdata=sdata, colormap=cmaps[i % len(cmaps)])
-        for i, g in enumerate(genes)
-    ]
+    """Gene-map layers: viridis's hues for one gene, one hue per gene for several."""
+    return [gene_layer(maps, g, sdata=sdata, index=i, n=len(genes)) for i, g in enumerate(genes)]
 
 
 def spot_values(predictions: Predictions, gene: str) -> np.ndarray:

@@ -148,7 +148,8 @@ def test_full_workflow_alignment_and_export(extracted, qtbot, tmp_path, monkeypa
     he_ext = he.extent.world
     for gi, gene in enumerate(genes):
         layer = viewer.layers[f"{gene} (HisToSGE)"]
-        assert layer.blending == "additive"
+        assert layer.blending == "translucent"
+        assert layer.colormap.colors[0][3] == 0.0  # low values leave the H&E as it is
         assert layer.scale[0] == pytest.approx(pitch)
         # Alignment: under each spot centre the layer shows the core map's pixel at that spot.
         for (x, y), (r0, c0) in zip(spot_xy, core.pixel_of(spot_xy), strict=True):

@@ -109,8 +109,12 @@ def test_gene_layer_places_the_map():
     assert kind == "image"
     assert kwargs["scale"] == (10.0, 10.0)
     assert kwargs["translate"] == (7.0, 5.0)
-    assert kwargs["blending"] == "additive"
-    assert 0.5 <= kwargs["opacity"] <= 0.9
+    # Read over the H&E: transparent at the low limit, hues kept where maps overlap.
+    assert kwargs["blending"] == "translucent"
+    colors = kwargs["colormap"]["colors"]
+    assert colors[0][3] == 0.0
+    assert colors[-1][3] > 0.8
+    assert kwargs["metadata"]["units"] == "log1p normalised counts"
     lo, hi = kwargs["contrast_limits"]
     assert 1.0 <= lo < hi <= 3.0
 

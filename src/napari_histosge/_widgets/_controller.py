@@ -11,6 +11,7 @@ from typing import Any
 
 from ._runner import Runner
 from ._session import (
+    DomainsInfo,
     FeaturesInfo,
     MapsInfo,
     MeasuredInfo,
@@ -33,6 +34,7 @@ LABELS = {
     "render": "Rendering",
     "measured": "Reading measured expression",
     "export": "Exporting",
+    "domains": "Finding domains",
 }
 
 
@@ -160,6 +162,10 @@ class Controller:
             return True
         return self._submit("measured", {"gene": gene}, "render")
 
+    def domains(self, k: int, seed: int = 0) -> bool:
+        """Cluster the super-resolved expression into ``k`` tissue domains."""
+        return self._submit("domains", {"k": int(k), "seed": int(seed)})
+
     def export(self, path: str | Path, *, overwrite: bool, pitch_um: float | None = None) -> bool:
         """Write predictions, maps and features into a store."""
         payload = {"path": str(path), "overwrite": bool(overwrite), "pitch_um": pitch_um or None}
@@ -269,7 +275,10 @@ class Controller:
         self.session.set_status(f"Loaded a model for {model.n_genes} genes.")
 
     def _done_predict(self, result: dict[str, Any]) -> None:
-        preds = PredictionsInfo(result["path"], list(result["genes"]), int(result["n_positions"]))
+        reliability = {str(g): (float(r), float(s)) for g, r, s in result.get("reliability") or ()}
+        preds = PredictionsInfo(
+            result["path"], list(result["genes"]), int(result["n_positions"]), reliability
+        )
         self.session.set_predictions(preds)
         self.session.set_status(
             f"Predicted {len(preds.genes)} genes at {preds.n_positions} positions; choose genes "
@@ -285,12 +294,22 @@ class Controller:
             limits=[tuple(lim) for lim in result["limits"]],  # type: ignore[misc]
             pitch_um=float(result["pitch_um"]),
             levels=list(result.get("levels") or [result["path"]]),
+            sd_levels=list(result.get("sd_levels") or []),
+            sd_limits=[tuple(lim) for lim in result.get("sd_limits") or []],  # type: ignore[misc]
+            shape=tuple(result.get("shape") or (0, 0)),  # type: ignore[arg-type]
         )
         measured = _measured(result.get("measured"))
         self.session.set_maps(maps, measured)
         self.session.set_status(
             f"Showing {', '.join(maps.genes)} over the tissue ({maps.pitch_um:.1f} µm pixels)."
         )
+
+    def _done_domains(self, result: dict[str, Any]) -> None:
+        top = {int(d): [str(g) for g in genes] for d, genes in result["top_genes"].items()}
+        scale, translate = tuple(result["scale"]), tuple(result["translate"])
+        domains = DomainsInfo(result["path"], int(result["k"]), scale, translate, top)  # type: ignore[arg-type]
+        self.session.set_domains(domains)
+        self.session.set_status(f"Showing {domains.k} tissue domains and their top genes.")
 
     def _done_measured(self, result: dict[str, Any]) -> None:
         measured = _measured(result)

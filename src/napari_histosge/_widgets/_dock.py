@@ -1,4 +1,4 @@
-"""The HisToSGE dock: five sections over one session, its worker process and its layers.
+"""The HisToSGE dock: six sections over one session, its worker process and its layers.
 
 The dock only composes: the session (:mod:`._session`) holds the state, the controller
 (:mod:`._controller`) runs each step in the worker process (:mod:`._runner`, :mod:`._tasks`),
@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 
 from ._controller import Controller
 from ._layer_view import LayerView, prefetch_readers
-from ._napari_private import slow_parts
+from ._napari_private import slow_parts, stop_idle_activity_spinner
 from ._repaint import RepaintHold
 from ._runner import Runner
 from ._session import Session
@@ -148,6 +148,7 @@ class HisToSGEWidget(QWidget):
             self._build_features,
             self._build_train,
             self._build_predict,
+            self._build_domains,
             self._build_export,
         ]
         self._painted = False
@@ -215,9 +216,16 @@ class HisToSGEWidget(QWidget):
     def _build_predict(self) -> QWidget:
         from ._predict_section import PredictSection
 
-        self.predict_section = PredictSection(self.controller)
+        self.predict_section = PredictSection(self.controller, self.viewer)
         self.predict_section.options = self._extract_options
         return self.predict_section
+
+    def _build_domains(self) -> QWidget:
+        from ._domains_section import DomainsSection
+
+        self.domains_section = DomainsSection(self.controller)
+        self.domains_section.seed = lambda: self.train_section.seed_spin.value
+        return self.domains_section
 
     def _build_export(self) -> QWidget:
         from ._export_section import ExportSection
@@ -227,7 +235,7 @@ class HisToSGEWidget(QWidget):
 
     @property
     def sections_ready(self) -> bool:
-        """All five sections are built."""
+        """All six sections are built."""
         return not self._builders
 
     def build_all(self) -> None:
@@ -241,13 +249,14 @@ class HisToSGEWidget(QWidget):
 
     @property
     def sections(self) -> tuple[QWidget, ...]:
-        """The five sections, top to bottom."""
+        """The six sections, top to bottom."""
         self.build_all()
         return (
             self.data_section,
             self.features_section,
             self.train_section,
             self.predict_section,
+            self.domains_section,
             self.export_section,
         )
 
@@ -325,19 +334,8 @@ class HisToSGEWidget(QWidget):
             app.setAttribute(siblings, before)
 
     def _stop_idle_activity_spinner(self) -> None:
-        # napari's status-bar activity spinner can keep running after File > Open has finished
-        # (its progress is gone, the animation is not stopped): it repaints the window about 27
-        # times a second, a third of a CPU core on a software-rendered display. Stop it when no
-        # napari progress is running.
-        from napari.utils import progress
-
-        if len(progress._all_instances) or self.window() is self:
-            return
-        for widget in self.window().findChildren(QWidget):
-            if type(widget).__name__ == "QtActivityDialog":
-                hide = getattr(widget, "maybe_hide_progress_indicator", None)
-                if hide is not None:
-                    hide()
+        if self.window() is not self:
+            stop_idle_activity_spinner(self.window())
 
     def _on_busy(self, name: str | None) -> None:
         if name is None:

@@ -11,32 +11,29 @@ import contextlib
 import functools
 import gc
 import threading
-import warnings
 from collections import deque
-from collections.abc import Callable, Iterator
-from types import SimpleNamespace
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QObject, QTimer
 
 from ._collection import collect_young, collection_deferred
-from ._napari_private import private_attr
+from ._layer_insert import deferrable_parts as _deferrable_parts
+from ._layer_insert import parts_deferred
 from ._repaint import RepaintHold
 from ._session import MapsInfo, MeasuredInfo, Session, SlideInfo
+from ._trust_layers import TrustLayers
 
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["LayerView", "prefetch_readers"]
+__all__ = ["LayerView", "parts_deferred", "prefetch_readers"]
 
 #: Milliseconds between two queued layer changes.
 STEP_MS = 30
 #: Milliseconds after the last change before garbage collection resumes (the window and then
 #: its layer list have repainted by then).
 GC_RESUME_MS = 5 * STEP_MS
-
-#: Colormaps for several genes shown together with additive blending (one hue per gene).
-MULTI_GENE_COLORMAPS = ("magenta", "green", "cyan", "yellow", "red", "blue")
 
 
 def _import_readers() -> None:
@@ -49,57 +46,6 @@ def prefetch_readers() -> threading.Thread:
     thread = threading.Thread(target=_import_readers, name="histosge-prefetch", daemon=True)
     thread.start()
     return thread
-
-
-@contextlib.contextmanager
-def parts_deferred(layers: Any, parts: list[tuple[Callable[..., None], Any]]) -> Iterator[None]:
-    """Insert layers with ``parts`` (of :func:`_deferrable_parts`) held back, selection kept.
-
-    Selecting each new layer would also rebuild the layer controls panel on the way. napari has
-    no public switch for this and warns about the private one; a warning would also pop up as an
-    animated notification, which repaints the window for seconds.
-    """
-    with warnings.catch_warnings(), contextlib.ExitStack() as stack:
-        for handler, _ in parts:
-            stack.enter_context(layers.events.inserted.blocker(handler))
-        warnings.simplefilter("ignore", FutureWarning)
-        activate = getattr(layers, "_activate_on_insert", None)
-        if activate is not None:
-            layers._activate_on_insert = False
-            stack.callback(setattr, layers, "_activate_on_insert", activate)
-        yield
-
-
-def _deferrable_parts(viewer: Any) -> list[tuple[Callable[..., None], Callable[[Any], None]]]:
-    """Return the parts of napari's insertion of a layer that can run on turns of their own.
-
-    napari builds, in the same turn as the insertion, the layer's visuals (~35-45 ms: three
-    vispy nodes) and its controls (~20-30 ms). Each pair is (the handler of the layer list's
-    ``inserted`` event, what builds that part later); a part this napari does not expose is
-    left to the insertion itself.
-    """
-    qt_viewer = private_attr(viewer.window, "_qt_viewer")
-    parts = []
-    on_insert = private_attr(qt_viewer, "_on_add_layer_change")
-    add_visual = private_attr(qt_viewer, "_add_layer")
-    canvas = getattr(qt_viewer, "canvas", None)
-    if on_insert is not None and add_visual is not None and canvas is not None:
-
-        def visuals(layer: Any) -> None:
-            if layer not in getattr(canvas, "layer_to_visual", {}):
-                add_visual(layer)
-
-        parts.append((on_insert, visuals))
-    controls = getattr(qt_viewer, "controls", None)
-    add_controls = private_attr(controls, "_add")
-    if add_controls is not None and hasattr(controls, "widgets"):
-
-        def panel(layer: Any) -> None:
-            if layer not in controls.widgets:
-                add_controls(SimpleNamespace(value=layer))
-
-        parts.append((add_controls, panel))
-    return parts
 
 
 class LayerView(QObject):
@@ -141,11 +87,18 @@ class LayerView(QObject):
         self._gc_timer.setInterval(GC_RESUME_MS)
         self._gc_timer.timeout.connect(self._resume_collection)
         session.changed.connect(self._on_changed)
+        # Uncertainty maps, unit outlines and domains, queued after the maps they go with.
+        self.trust = TrustLayers(self)
 
     @property
     def pending(self) -> int:
         """Layer changes still queued (and the repaint after them)."""
         return len(self._queue) + self.repaint.active
+
+    def queue(self, *steps: Callable[[], None]) -> None:
+        """Run ``steps`` after the changes already queued, each on a turn of its own."""
+        if steps:
+            self._later(*steps)
 
     def _later(self, *steps: Callable[[], None]) -> None:
         self._queue.extend(steps)
@@ -268,10 +221,11 @@ class LayerView(QObject):
         free = list(old.values())
         steps: list[Callable[[], None]] = []
         if maps is not None:
-            cmaps = ("inferno",) if len(genes) == 1 else MULTI_GENE_COLORMAPS
+            from napari_histosge._layers import map_colormap
+
             for i, gene in enumerate(genes):
                 layer = kept.get(gene) or (free.pop(0) if free else None)
-                cmap = cmaps[i % len(cmaps)]
+                cmap = map_colormap(i, len(genes))
                 steps.append(
                     lambda i=i, gene=gene, layer=layer, cmap=cmap: self._show_map(
                         maps, i, gene, cmap, layer
@@ -286,16 +240,20 @@ class LayerView(QObject):
                 del self.gene_layers[gene]
         if layer in self.viewer.layers:
             self.viewer.layers.remove(layer)
+        if not self.gene_layers:
+            self.viewer.text_overlay.visible = False  # the maps' units
 
-    def _show_map(self, maps: MapsInfo, index: int, gene: str, colormap: str, layer: Any) -> None:
+    def _show_map(self, maps: MapsInfo, index: int, gene: str, colormap: Any, layer: Any) -> None:
         import numpy as np
+
+        from napari_histosge._layers import MAP_UNITS
 
         if self.session.maps is not maps:
             return  # newer maps are on their way
         levels = [np.load(p, mmap_mode="r")[index] for p in maps.levels or [maps.path]]
         plane: Any = levels if len(levels) > 1 else levels[0]
         name = f"{gene} (HisToSGE)"
-        meta = {"name": "histosge_expression", "gene": gene, "file": maps.path}
+        meta = {"name": "histosge_expression", "gene": gene, "file": maps.path, "units": MAP_UNITS}
         for shown_gene, shown in list(self.gene_layers.items()):
             if shown is layer:
                 del self.gene_layers[shown_gene]
@@ -323,21 +281,28 @@ class LayerView(QObject):
             scale=maps.scale,
             translate=maps.translate,
             colormap=colormap,
-            blending="additive",
-            opacity=0.7,
+            blending="translucent",
             contrast_limits=maps.limits[index],
             metadata=meta,
             multiscale=len(levels) > 1,
             visible=False,
         )
         self.gene_layers[gene] = layer
-        reveal = functools.partial(self._reveal, layer)
+        self.add_next(layer, lambda: layer in self.gene_layers.values(), colorbar=True)
+
+    def add_next(self, layer: Any, wanted: Callable[[], bool], *, colorbar: bool = False) -> None:
+        """Insert the hidden ``layer``, then show it, as the next changes (while ``wanted()``).
+
+        Each part of the insertion runs on a turn of its own (see :meth:`_insert`); with
+        ``colorbar``, the layer's colour bar is shown with it.
+        """
+        reveal = functools.partial(self._reveal, layer, colorbar)
         reveal.draws = True  # type: ignore[attr-defined]
         self._queue.appendleft(reveal)
-        self._queue.appendleft(lambda: self._insert(layer))
+        self._queue.appendleft(lambda: self._insert(layer, wanted))
 
-    def _insert(self, layer: Any) -> None:
-        if layer not in self.gene_layers.values():
+    def _insert(self, layer: Any, wanted: Callable[[], bool]) -> None:
+        if not wanted():
             return
         # napari builds the layer's visuals and controls in the insertion's turn; here each is
         # built on a turn of its own, right after (the window does not repaint in between),
@@ -356,9 +321,15 @@ class LayerView(QObject):
             with collection_deferred():
                 build(layer)
 
-    def _reveal(self, layer: Any) -> None:
+    def _reveal(self, layer: Any, colorbar: bool = False) -> None:
         if layer in self.viewer.layers:
             layer.visible = True
+            if colorbar:  # the maps' units beside the bars, in the canvas's top-right corner
+                from napari_histosge._layers import MAP_UNITS
+
+                layer.colorbar.visible = True
+                overlay = self.viewer.text_overlay
+                overlay.text, overlay.position, overlay.visible = MAP_UNITS, "top_right", True
 
     # Measured values --------------------------------------------------------------------------
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from magicgui.widgets import CheckBox, FloatSpinBox, PushButton
-from qtpy.QtCore import QItemSelectionModel, QSortFilterProxyModel, QStringListModel, Qt, QTimer
-from qtpy.QtWidgets import QAbstractItemView, QLineEdit, QListView
+from qtpy.QtCore import QItemSelectionModel, QSortFilterProxyModel, Qt, QTimer
+from qtpy.QtWidgets import QAbstractItemView, QLabel, QLineEdit, QListView
 
 from ._controller import Controller
+from ._gene_list import GeneListModel
 from ._section import Section
 
 __all__ = ["PredictSection"]
@@ -20,7 +21,7 @@ RENDER_DELAY_MS = 150
 class PredictSection(Section):
     """Predict, then choose genes and a map resolution and press Render."""
 
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: Controller, viewer: Any = None) -> None:
         super().__init__("4. Predict and explore", controller)
         self.predict_button = PushButton(text="Predict")
         self.resolution_spin = FloatSpinBox(
@@ -35,9 +36,10 @@ class PredictSection(Section):
         self.gene_filter = QLineEdit()
         self.gene_filter.setPlaceholderText("search genes")
         self.gene_filter.setClearButtonEnabled(True)
-        self.gene_model = QStringListModel()
+        self.gene_model = GeneListModel()
         self.gene_proxy = QSortFilterProxyModel()
         self.gene_proxy.setSourceModel(self.gene_model)
+        self.gene_proxy.setFilterRole(Qt.ItemDataRole.UserRole)  # the gene's name only
         self.gene_proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
         self.gene_filter.textChanged.connect(self.gene_proxy.setFilterFixedString)
         self.gene_list = QListView()
@@ -49,11 +51,35 @@ class PredictSection(Section):
         self.gene_list.selectionModel().selectionChanged.connect(self._on_gene_selection)
         self.gene_list.doubleClicked.connect(lambda _index: self.render())
         self.add_widget(self.gene_filter)
+        self.sort_check = CheckBox(text="Most reliable first (r²: leave-one-unit-out)")
+        self.sort_check.tooltip = "Order the genes by how well each map predicts left-out units"
+        self.sort_check.changed.connect(self._on_sort_toggled)
+        self.show_state(self.sort_check, False, self._sort_tip(False))
+        self.add_form(self.sort_check)
         self.add_widget(self.gene_list)
         self.measured_check = CheckBox(text="Show measured expression at spots")
         self.measured_check.tooltip = "The first chosen gene's measured values, as spot colours"
+        self.sd_check = CheckBox(text="Show uncertainty (sd) next to the maps")
+        self.sd_check.tooltip = (
+            "Each map's standard deviation (superres model), drawn to the right of the tissue"
+        )
+        self.units_check = CheckBox(text="Outline the measured units")
+        self.units_check.tooltip = "The spots as outlines over the maps"
         self.render_button = PushButton(text="Render")
-        self.add_form(self.measured_check, self.render_button)
+        self.add_form(self.measured_check, self.sd_check, self.units_check, self.render_button)
+        self.sd_check.changed.connect(lambda on: self.session.set_shown(uncertainty=on))
+        self.units_check.changed.connect(lambda on: self.session.set_shown(units=on))
+        # Value ± sd under the mouse, read from the shown maps' files.
+        self.readout_label = QLabel("")
+        self.readout_label.setToolTip("The shown maps' values (± sd) under the mouse")
+        self.readout_label.setWordWrap(True)
+        self.readout_label.setFixedHeight(2 * self.readout_label.fontMetrics().lineSpacing() + 4)
+        self.add_widget(self.readout_label)
+        self.readout = None
+        if viewer is not None:
+            from ._readout import ValueReadout
+
+            self.readout = ValueReadout(viewer, self.session, self.readout_label)
         self.gate("predict", self.predict_button, "Predict at the spots and the new positions")
         self.gate("render", self.render_button, "Show the selected genes over the tissue")
         self.predict_button.changed.connect(self.predict)
@@ -85,14 +111,16 @@ class PredictSection(Section):
     def _on_changed(self, name: str) -> None:
         if name == "predictions":
             preds = self.session.predictions
-            self.gene_model.setStringList([] if preds is None else list(preds.genes))
+            reliability = {} if preds is None else preds.reliability
+            self.gene_model.set_genes([] if preds is None else list(preds.genes), reliability)
+            self.show_state(self.sort_check, bool(reliability), self._sort_tip(bool(reliability)))
             if preds is not None and preds.genes:
                 self.gene_list.setCurrentIndex(self.gene_proxy.index(0, 0))
 
     def selected_genes(self) -> list[str]:
         """Genes selected in the list, in list order."""
         rows = sorted(self.gene_list.selectionModel().selectedIndexes(), key=lambda i: i.row())
-        return [str(self.gene_proxy.data(i)) for i in rows]
+        return [str(self.gene_proxy.data(i, Qt.ItemDataRole.UserRole)) for i in rows]
 
     def select_genes(self, genes: list[str]) -> None:
         """Select ``genes`` in the list (clearing the filter)."""
@@ -109,6 +137,19 @@ class PredictSection(Section):
             selection.select(index, QItemSelectionModel.SelectionFlag.Select)
         if indices:
             self.gene_list.scrollTo(indices[0])
+
+    @staticmethod
+    def _sort_tip(known: bool) -> str:
+        if known:
+            return "Order the genes by how well each map predicts left-out units"
+        return "Reliability comes with the super-resolution model's predictions."
+
+    def _on_sort_toggled(self, on: bool) -> None:
+        selected = self.selected_genes()
+        self.gene_model.sort_by_reliability(on)
+        if selected:
+            self.select_genes(selected)
+        self.gene_list.scrollToTop()
 
     def _on_gene_selection(self, *_: Any) -> None:
         # Once maps are shown, choosing other genes re-renders them (no model run).

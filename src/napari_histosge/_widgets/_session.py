@@ -14,6 +14,7 @@ from typing import Any
 from psygnal import Signal
 
 __all__ = [
+    "DomainsInfo",
     "FeaturesInfo",
     "MapsInfo",
     "ModelInfo",
@@ -78,18 +79,25 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class PredictionsInfo:
-    """Predictions at the spots and the new positions; genes ranked by variability."""
+    """Predictions at the spots and the new positions; genes ranked by variability.
+
+    ``reliability`` maps each gene to its leave-one-unit-out R² of the map and the share of the
+    map's variance carried by the image (super-resolution model; empty otherwise).
+    """
 
     path: str
     genes: list[str]
     n_positions: int
+    reliability: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class MapsInfo:
     """Rendered gene maps: ``(genes, y, x)`` float32 ``.npy`` levels and their placement.
 
-    ``levels`` holds the finest level (``path``) first, then coarser ones for large maps.
+    ``levels`` holds the finest level (``path``) first, then coarser ones for large maps;
+    ``sd_levels`` and ``sd_limits`` the same for the maps' standard deviations (empty when the
+    model gives none).
     """
 
     path: str
@@ -99,6 +107,20 @@ class MapsInfo:
     limits: list[tuple[float, float]]
     pitch_um: float
     levels: list[str] = field(default_factory=list)
+    sd_levels: list[str] = field(default_factory=list)
+    sd_limits: list[tuple[float, float]] = field(default_factory=list)
+    shape: tuple[int, int] = (0, 0)
+
+
+@dataclass(frozen=True)
+class DomainsInfo:
+    """Tissue domains: an int32 ``.npy`` label image (0 off tissue) placed like the maps."""
+
+    path: str
+    k: int
+    scale: tuple[float, float]
+    translate: tuple[float, float]
+    top_genes: dict[int, list[str]]
 
 
 @dataclass(frozen=True)
@@ -121,6 +143,7 @@ NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
     "predict": (("model", "Train or load a model first."),),
     "render": (("predictions", "Predict first."),),
     "export": (("predictions", "Predict first."),),
+    "domains": (("predictions", "Predict first."),),
 }
 
 
@@ -151,6 +174,9 @@ class Session:
         self.predictions: PredictionsInfo | None = None
         self.maps: MapsInfo | None = None
         self.measured: MeasuredInfo | None = None
+        self.domains: DomainsInfo | None = None
+        self.show_uncertainty = False
+        self.show_units = False
         self.running: str | None = None
         self.status = "Open a slide to start."
         self.last_error: str | None = None
@@ -167,14 +193,15 @@ class Session:
 
     def set_elements(self, source: str, elements: dict[str, list[str]]) -> None:
         """Record a store whose elements are not resolved yet."""
-        self._set(slide=None, features=None, model=None, predictions=None)
+        self._set(slide=None, features=None, model=None, predictions=None, domains=None)
         self.source = source
         self._set(elements=elements)
 
     def set_slide(self, slide: SlideInfo) -> None:
         """Use a new slide, forgetting everything computed before."""
         self.source = slide.source
-        self._set(features=None, model=None, predictions=None, elements=slide.elements)
+        self._set(features=None, model=None, predictions=None, domains=None)
+        self._set(elements=slide.elements)
         self.clear_losses()
         self._set(slide=slide)
 
@@ -185,8 +212,8 @@ class Session:
         self._set(features=features)
 
     def set_model(self, model: ModelInfo) -> None:
-        """Use a new model; earlier predictions no longer apply."""
-        self._set(predictions=None, model=model)
+        """Use a new model; earlier predictions and domains no longer apply."""
+        self._set(predictions=None, domains=None, model=model)
 
     def set_predictions(self, predictions: PredictionsInfo) -> None:
         """Use new predictions."""
@@ -200,6 +227,17 @@ class Session:
     def set_measured(self, measured: MeasuredInfo | None) -> None:
         """Show or hide measured values at the spots."""
         self._set(measured=measured)
+
+    def set_domains(self, domains: DomainsInfo | None) -> None:
+        """Show tissue domains (or none)."""
+        self._set(domains=domains)
+
+    def set_shown(self, *, uncertainty: bool | None = None, units: bool | None = None) -> None:
+        """Show or hide the maps' standard deviations and the measured units' outlines."""
+        for name, value in (("show_uncertainty", uncertainty), ("show_units", units)):
+            if value is not None and bool(value) != getattr(self, name):
+                setattr(self, name, bool(value))
+                self.changed.emit(name)
 
     def context(self) -> dict[str, Any]:
         """Describe what the worker needs to rebuild this session's objects."""
@@ -219,6 +257,8 @@ class Session:
             return f"Wait: {self.running} is running."
         if action == "save_model" and self.model is not None and self.model.superres is not None:
             return "A super-resolution fit belongs to this slide and is not saved."
+        if action == "domains" and (self.model is None or self.model.superres is None):
+            return "Domains come from the super-resolution model: fit it (Train, superres)."
         slide = self.slide
         if slide is not None and not slide.has_table:
             if action in ("train", "fit"):

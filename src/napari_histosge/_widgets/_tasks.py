@@ -26,11 +26,14 @@ from ._tasks_more import (
     fit_superres,
     model_features,
     open_image_only,
+    superres_at,
     superres_export,
     superres_maps_for,
     superres_predict,
+    superres_result,
 )
 from ._tasks_open import open_slide
+from ._tasks_trust import find_domains, superres_reliability, uncertainty_files
 
 __all__ = ["TASKS", "WorkerState", "train_form_defaults", "warm_up"]
 
@@ -263,7 +266,10 @@ def predict(state: WorkerState, job: Job) -> dict[str, Any]:
     np.savez(path, **{k: np.asarray(v) for k, v in arrays.items()})
     state.predictions, state.predictions_path = preds, str(path)
     ranked = preds.top_genes(len(preds.genes))
-    return {"path": str(path), "genes": ranked, "n_positions": len(preds.positions_px)}
+    out = {"path": str(path), "genes": ranked, "n_positions": len(preds.positions_px)}
+    if job.context.get("superres"):
+        out["reliability"] = superres_reliability(state, job, slide, ranked)
+    return out
 
 
 def _pitch_px(slide: Any, pitch_um: float | None) -> float | None:
@@ -272,15 +278,18 @@ def _pitch_px(slide: Any, pitch_um: float | None) -> float | None:
 
 def render(state: WorkerState, job: Job) -> dict[str, Any]:
     """Rasterise the chosen genes at the chosen resolution into a ``.npy`` stack."""
-    from napari_histosge._layers import contrast_limits
+    from napari_histosge._layers import map_limits
     from napari_histosge.pipeline import render_maps
 
     slide = _slide(state, job.context)
     preds = _predictions(state, job.context)
     genes, pitch_px = list(job.payload["genes"]), _pitch_px(slide, job.payload.get("pitch_um"))
     job.say("render", 0, 1, "Rendering…")
+    sd: dict[str, Any] = {}
     if job.context.get("superres"):
         maps = superres_maps_for(state, job, slide, genes, job.payload.get("pitch_um"))
+        result = superres_result(state, slide, superres_at(job, job.payload.get("pitch_um")), job)
+        sd = uncertainty_files(state, result, list(maps.genes))
     else:
         maps = render_maps(slide, predictions=preds, genes=genes, pitch_px=pitch_px, smooth=True)
     stem = state.new_path("maps")
@@ -291,9 +300,11 @@ def render(state: WorkerState, job: Job) -> dict[str, Any]:
         "genes": list(maps.genes),
         "scale": list(maps.scale),
         "translate": list(maps.translate),
-        "limits": [list(contrast_limits(plane)) for plane in maps.data],
+        "limits": [list(map_limits(plane)) for plane in maps.data],
         "pitch_um": float(maps.pitch_px) * float(slide.geometry.um_per_px),
         "measured": None,
+        "shape": list(maps.data.shape[1:]),
+        **sd,
     }
     if job.payload.get("measured"):
         out["measured"] = _measured_file(state, slide, genes[0])
@@ -309,6 +320,11 @@ def _measured_file(state: WorkerState, slide: Any, gene: str) -> dict[str, Any]:
     path = state.new_path("measured", ".npy")
     np.save(path, values)
     return {"gene": gene, "path": str(path), "limits": list(contrast_limits(values))}
+
+
+def domains(state: WorkerState, job: Job) -> dict[str, Any]:
+    """Cluster the super-resolved expression into tissue domains (a label image)."""
+    return find_domains(state, job, _slide(state, job.context))
 
 
 def measured(state: WorkerState, job: Job) -> dict[str, Any]:
@@ -349,4 +365,5 @@ TASKS: dict[str, Callable[..., dict[str, Any]]] = {
     "render": render,
     "measured": measured,
     "export": export,
+    "domains": domains,
 }

@@ -20,9 +20,11 @@ __all__ = [
     "image_only_info",
     "model_features",
     "open_image_only",
+    "superres_at",
     "superres_export",
     "superres_maps_for",
     "superres_predict",
+    "superres_result",
 ]
 
 
@@ -156,6 +158,11 @@ def superres_predict(state: Any, job: Job, slide: Any) -> Any:
 
 def _at(spec: dict[str, Any], resolution_um: float | None) -> dict[str, Any]:
     return spec if not resolution_um else {**spec, "resolution_um": float(resolution_um)}
+
+
+def superres_at(job: Job, resolution_um: float | None) -> dict[str, Any]:
+    """Return the session's fit settings at ``resolution_um`` (``None``: as fitted)."""
+    return _at(job.context["superres"], resolution_um)
 
 
 def superres_maps_for(

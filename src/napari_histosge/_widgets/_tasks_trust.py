@@ -1,0 +1,82 @@
+"""Worker tasks that tell how far to trust a map: uncertainty, per-gene reliability, domains.
+
+Runs in the worker process, like :mod:`._tasks`: the module imports only the standard library at
+the top. The numbers come from the super-resolution model (:mod:`napari_histosge.superpixels`);
+a model or a core without them leaves the dock as it was (no standard deviations, no
+reliability), except for domains, which say so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._files import save_pyramid
+from ._job import Job
+from ._tasks_more import superres_result
+
+__all__ = ["find_domains", "superres_reliability", "uncertainty_files"]
+
+
+def _core(name: str) -> Any:
+    from napari_histosge import superpixels
+
+    return getattr(superpixels, name, None)
+
+
+def superres_reliability(
+    state: Any, job: Job, slide: Any, genes: list[str]
+) -> list[tuple[str, float, float]]:
+    """Return ``(gene, reliability_r2, image_share)`` per gene of the fit (none without them)."""
+    result = superres_result(state, slide, job.context["superres"], job)
+    scores = getattr(result.model, "reliability", None)
+    if scores is None:
+        return []
+    job.say("predict", 0, 1, "Scoring each gene's reliability…")
+    table = scores()
+    rows = []
+    for gene in genes:
+        if gene in table.index:
+            r2, share = table.at[gene, "reliability_r2"], table.at[gene, "image_share"]
+            rows.append((str(gene), float(r2), float(share)))
+    return rows
+
+
+def uncertainty_files(state: Any, result: Any, genes: list[str]) -> dict[str, Any]:
+    """Save the standard deviations of ``genes``' maps as ``.npy`` levels, with their limits.
+
+    Empty when the core has no uncertainty maps.
+    """
+    from napari_histosge._layers import map_limits
+
+    sd_maps = _core("superres_uncertainty_maps")
+    if sd_maps is None:
+        return {}
+    sd = sd_maps(result, genes=genes)
+    stem = state.new_path("sd")
+    levels = save_pyramid(sd.data, lambda i: stem.with_name(f"{stem.name}-{i}.npy"))
+    return {"sd_levels": levels, "sd_limits": [list(map_limits(plane)) for plane in sd.data]}
+
+
+def find_domains(state: Any, job: Job, slide: Any) -> dict[str, Any]:
+    """Cluster the fit's super-resolved expression into ``k`` domains, saved as ``.npy``."""
+    import numpy as np
+
+    if not job.context.get("superres"):
+        raise ValueError("Domains come from the super-resolution model: fit it (Train, superres).")
+    domains_of = _core("superres_domains")
+    if domains_of is None:
+        raise ValueError("This version of napari-histosge has no tissue domains yet.")
+    result = superres_result(state, slide, job.context["superres"], job)
+    k, seed = int(job.payload["k"]), int(job.payload.get("seed", 0))
+    job.say("domains", 0, 1, f"Clustering the superpixels into {k} domains…")
+    domains = domains_of(result, k=k, seed=seed)
+    path = state.new_path("domains", ".npy")
+    np.save(path, np.asarray(domains.labels, dtype=np.int32))
+    pitch, (x0, y0) = float(domains.pitch_px), domains.origin_px
+    return {
+        "path": str(path),
+        "k": k,
+        "scale": [pitch, pitch],
+        "translate": [float(y0), float(x0)],
+        "top_genes": {int(d): [str(g) for g in genes] for d, genes in domains.top_genes.items()},
+    }

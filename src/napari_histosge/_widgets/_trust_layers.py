@@ -1,0 +1,161 @@
+"""Layers that tell how far to trust the maps: standard deviations, unit outlines, domains.
+
+Each layer goes through the layer view's queue (:meth:`~._layer_view.LayerView.add_next`): built
+hidden, inserted with napari's deferrable parts on turns of their own, then shown. The data are
+the worker's ``.npy`` files, memory-mapped; nothing here computes beyond placing them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._session import MapsInfo
+
+__all__ = ["TrustLayers", "sd_translate"]
+
+#: Room between the map and the standard deviations shown next to it, as a share of its width.
+SIDE_GAP = 0.05
+#: Name of the measured units' outlines.
+UNITS_NAME = "measured units (HisToSGE)"
+#: Name of the domains' labels layer.
+DOMAINS_NAME = "domains (HisToSGE)"
+
+
+def sd_translate(maps: MapsInfo, slot: int) -> tuple[float, float]:
+    """Where the standard deviations of the ``slot``-th gene go: beside the map, to its right.
+
+    Examples
+    --------
+    >>> m = MapsInfo("m.npy", ["A"], (2.0, 2.0), (10.0, 20.0), [(0, 1)], 8.0, shape=(5, 50))
+    >>> sd_translate(m, 0)
+    (10.0, 125.0)
+    """
+    width = maps.shape[1] * maps.scale[1]
+    return (maps.translate[0], maps.translate[1] + (slot + 1) * width * (1.0 + SIDE_GAP))
+
+
+class TrustLayers:
+    """Shows the session's uncertainty maps, the measured units' outlines and its domains.
+
+    Parameters
+    ----------
+    view
+        The layer view (:class:`~._layer_view.LayerView`) whose queue adds the layers.
+    """
+
+    def __init__(self, view: Any) -> None:
+        self.view = view
+        self.session = view.session
+        self.sd_layers: dict[str, Any] = {}
+        self.units_layer: Any = None
+        self.domains_layer: Any = None
+        self.session.changed.connect(self._on_changed)
+
+    def _on_changed(self, name: str) -> None:
+        if name in ("maps", "show_uncertainty"):
+            self.view.queue(*self._sd_steps(self.session.maps))
+        if name in ("maps", "show_uncertainty", "show_units", "slide"):
+            self.view.queue(self._show_units)
+        if name == "domains":
+            self.view.queue(self._show_domains)
+
+    def _remove(self, layer: Any) -> None:
+        if layer is not None and layer in self.view.viewer.layers:
+            self.view.viewer.layers.remove(layer)
+
+    # Standard deviations ------------------------------------------------------------------
+
+    def _sd_steps(self, maps: MapsInfo | None) -> list[Any]:
+        old = list(self.sd_layers.values())
+        self.sd_layers = {}
+        steps: list[Any] = [lambda layer=layer: self._remove(layer) for layer in old]
+        if maps is not None and maps.sd_levels and self.session.show_uncertainty:
+            steps += [
+                lambda i=i, gene=gene: self._show_sd(maps, i, gene)
+                for i, gene in enumerate(maps.genes)
+            ]
+        return steps
+
+    def _show_sd(self, maps: MapsInfo, index: int, gene: str) -> None:
+        import numpy as np
+        from napari.layers import Image
+
+        from napari_histosge._layers import MAP_UNITS, map_colormap
+
+        if self.session.maps is not maps or not self.session.show_uncertainty:
+            return
+        levels = [np.load(p, mmap_mode="r")[index] for p in maps.sd_levels]
+        layer = Image(
+            levels if len(levels) > 1 else levels[0],
+            name=f"{gene} sd (HisToSGE)",
+            scale=maps.scale,
+            translate=sd_translate(maps, index),
+            colormap=map_colormap(kind="sd"),
+            blending="translucent",
+            contrast_limits=maps.sd_limits[index],
+            metadata={"name": "histosge_uncertainty", "gene": gene, "units": MAP_UNITS},
+            multiscale=len(levels) > 1,
+            visible=False,
+        )
+        self.sd_layers[gene] = layer
+        self.view.add_next(layer, lambda: layer in self.sd_layers.values())
+
+    # Measured units ------------------------------------------------------------------------
+
+    def _show_units(self) -> None:
+        import numpy as np
+        from napari.layers import Points
+
+        self._remove(self.units_layer)
+        self.units_layer = None
+        slide = self.session.slide
+        if not self.session.show_units or slide is None or not slide.centers:
+            return
+        centers = np.load(slide.centers)[:, ::-1]
+        maps = self.session.maps
+        copies = [centers]
+        if maps is not None and self.sd_layers and maps.shape[1]:
+            # The same outlines over each map of standard deviations next to the map.
+            for slot in range(len(maps.genes)):
+                dx = sd_translate(maps, slot)[1] - maps.translate[1]
+                copies.append(centers + np.array([0.0, dx]))
+        layer = Points(
+            np.concatenate(copies),
+            name=UNITS_NAME,
+            size=float(slide.diameter_px),
+            face_color="transparent",
+            border_color="white",
+            border_width=0.06,
+            metadata={"name": slide.keys["spots_key"], "store": slide.source},
+            visible=False,
+        )
+        self.units_layer = layer
+        self.view.add_next(layer, lambda: self.units_layer is layer)
+
+    # Domains -------------------------------------------------------------------------------
+
+    def _show_domains(self) -> None:
+        import numpy as np
+        from napari.layers import Labels
+
+        from napari_histosge._layers import domain_colors
+
+        self._remove(self.domains_layer)
+        self.domains_layer = None
+        domains = self.session.domains
+        if domains is None:
+            return
+        colors: dict[Any, str] = {None: "transparent", 0: "transparent"}
+        colors.update(domain_colors(domains.k))
+        layer = Labels(
+            np.load(domains.path, mmap_mode="r"),
+            name=DOMAINS_NAME,
+            scale=domains.scale,
+            translate=domains.translate,
+            colormap=colors,
+            opacity=0.6,
+            metadata={"name": "histosge_domains", "top_genes": domains.top_genes},
+            visible=False,
+        )
+        self.domains_layer = layer
+        self.view.add_next(layer, lambda: self.domains_layer is layer)

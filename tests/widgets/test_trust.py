@@ -1,0 +1,157 @@
+"""How far to trust the maps, in the dock: reliability in the gene list, the maps' standard
+deviations next to them, value ± sd under the mouse, unit outlines and tissue domains.
+
+The layers are driven from session records over small ``.npy`` files, as the worker writes
+them, so these tests need no model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from histosge_widget_utils import wait_idle
+from qtpy.QtCore import Qt
+
+from napari_histosge._widgets._session import (
+    DomainsInfo,
+    MapsInfo,
+    PredictionsInfo,
+    SlideInfo,
+)
+from napari_histosge._widgets._trust_layers import DOMAINS_NAME, UNITS_NAME, sd_translate
+
+
+def _maps(tmp_path, genes=("A", "B"), shape=(20, 30)) -> MapsInfo:
+    values = np.full((len(genes), *shape), np.nan, dtype=np.float32)
+    values[:, 2:18, 3:27] = np.arange(len(genes), dtype=np.float32)[:, None, None] + 1.0
+    sd = np.where(np.isfinite(values), 0.5, np.nan).astype(np.float32)
+    np.save(tmp_path / "maps.npy", values)
+    np.save(tmp_path / "sd.npy", sd)
+    return MapsInfo(
+        path=str(tmp_path / "maps.npy"),
+        genes=list(genes),
+        scale=(4.0, 4.0),
+        translate=(10.0, 20.0),
+        limits=[(0.0, 3.0)] * len(genes),
+        pitch_um=8.0,
+        levels=[str(tmp_path / "maps.npy")],
+        sd_levels=[str(tmp_path / "sd.npy")],
+        sd_limits=[(0.0, 1.0)] * len(genes),
+        shape=shape,
+    )
+
+
+def _slide(tmp_path, n=5) -> SlideInfo:
+    centers = np.column_stack([np.linspace(40, 100, n), np.linspace(30, 70, n)])  # (x, y)
+    np.save(tmp_path / "centers.npy", centers)
+    return SlideInfo(
+        source=str(tmp_path / "store.zarr"),
+        label="test",
+        keys={"image_key": "he", "spots_key": "spots", "table_key": "table"},
+        elements={},
+        n_spots=n,
+        n_genes=2,
+        lattice="hexagonal",
+        diameter_px=10.0,
+        um_per_px=2.0,
+        centers=str(tmp_path / "centers.npy"),
+    )
+
+
+def test_gene_list_shows_reliability_and_sorts_by_it(dock):
+    _, widget = dock
+    section = widget.predict_section
+    assert not section.sort_check.enabled  # nothing to sort by yet
+    reliability = {"Gfap": (0.12, 0.3), "Mbp": (0.81, 0.6), "Nrgn": (-0.2, 0.1)}
+    preds = PredictionsInfo("p.npz", ["Gfap", "Mbp", "Nrgn", "Xist"], 10, reliability)
+    widget.session.set_predictions(preds)
+    model = section.gene_model
+    assert model.stringList() == ["Gfap", "Mbp", "Nrgn", "Xist"]
+    assert model.data(model.index(1, 0)) == "Mbp   r² 0.81"
+    assert model.data(model.index(3, 0)) == "Xist"  # no score for this gene
+    assert "R²" in model.data(model.index(0, 0), Qt.ItemDataRole.ToolTipRole)
+    assert section.sort_check.enabled
+    section.select_genes(["Nrgn"])
+    section.sort_check.value = True
+    assert model.stringList() == ["Mbp", "Gfap", "Nrgn", "Xist"]
+    assert section.selected_genes() == ["Nrgn"]  # the selection follows the genes
+    # The search box matches gene names, not the scores.
+    section.gene_filter.setText("0.8")
+    assert section.gene_proxy.rowCount() == 0
+    section.gene_filter.setText("mb")
+    assert section.gene_proxy.rowCount() == 1
+    section.gene_filter.clear()
+    section.sort_check.value = False
+    assert model.stringList() == ["Gfap", "Mbp", "Nrgn", "Xist"]
+
+
+def test_sd_maps_next_to_the_maps_readout_outlines_and_domains(dock, qtbot, tmp_path):
+    viewer, widget = dock
+    session, section = widget.session, widget.predict_section
+    session.set_slide(_slide(tmp_path))
+    maps = _maps(tmp_path)
+    session.set_maps(maps)
+    wait_idle(qtbot, widget)
+    shown = [viewer.layers[f"{g} (HisToSGE)"] for g in maps.genes]
+    assert all(layer.blending == "translucent" and layer.colorbar.visible for layer in shown)
+    assert viewer.text_overlay.text == "log1p normalised counts"
+    assert not widget.layer_view.trust.sd_layers  # off until asked
+
+    section.sd_check.value = True
+    wait_idle(qtbot, widget)
+    sd_layers = [viewer.layers[f"{g} sd (HisToSGE)"] for g in maps.genes]
+    for slot, layer in enumerate(sd_layers):
+        assert layer.metadata["name"] == "histosge_uncertainty"
+        assert tuple(layer.translate) == pytest.approx(sd_translate(maps, slot))
+        # Next to the map, not over it.
+        assert layer.extent.world[0][1] > shown[0].extent.world[1][1]
+
+    # Value ± sd under the mouse: over the maps every gene, over a gene's sd map that gene.
+    readout = section.readout
+    y, x = 10.0 + 4.0 * 5, 20.0 + 4.0 * 6  # map pixel (5, 6)
+    assert readout.read((y, x)) == "A 1.00 ± 0.50, B 2.00 ± 0.50 (log1p normalised counts)"
+    dy, dx = sd_translate(maps, 1)
+    assert readout.read((dy + 4.0 * 5, dx + 4.0 * 6)).startswith("B 2.00 ± 0.50")
+    assert readout.read((y, 20.0)) == ""  # off tissue (NaN)
+    assert readout.read((-500.0, x)) == ""  # off the map
+
+    section.units_check.value = True
+    wait_idle(qtbot, widget)
+    units = viewer.layers[UNITS_NAME]
+    assert len(units.data) == 5 * 3  # over the maps and over each sd map
+    assert viewer.layers.index(units) == len(viewer.layers) - 1  # on top
+    section.sd_check.value = False
+    wait_idle(qtbot, widget)
+    assert not any("sd (HisToSGE)" in layer.name for layer in viewer.layers)
+    assert len(viewer.layers[UNITS_NAME].data) == 5
+    section.units_check.value = False
+    wait_idle(qtbot, widget)
+    assert UNITS_NAME not in viewer.layers
+
+    labels = np.zeros(maps.shape, dtype=np.int32)
+    labels[2:18, 3:15], labels[2:18, 15:27] = 1, 2
+    np.save(tmp_path / "domains.npy", labels)
+    top = {1: ["Gfap", "Aqp4"], 2: ["Mbp"]}
+    path = str(tmp_path / "domains.npy")
+    session.set_domains(DomainsInfo(path, 2, maps.scale, maps.translate, top))
+    wait_idle(qtbot, widget)
+    layer = viewer.layers[DOMAINS_NAME]
+    assert tuple(layer.translate) == pytest.approx(maps.translate)
+    assert layer.metadata["name"] == "histosge_domains"
+    assert layer.get_color(0) is None or layer.get_color(0)[3] == 0  # off tissue: transparent
+    text = widget.domains_section.top_label.text()
+    assert "1: Gfap, Aqp4" in text
+    assert "2: Mbp" in text
+    session.set_domains(None)
+    wait_idle(qtbot, widget)
+    assert DOMAINS_NAME not in viewer.layers
+
+
+def test_domains_need_the_super_resolution_model(dock):
+    _, widget = dock
+    session = widget.session
+    session.set_predictions(PredictionsInfo("p.npz", ["A"], 3))
+    assert "Predict first" not in session.why_not("domains")
+    assert "super-resolution" in session.why_not("domains")
+    assert not widget.domains_section.find_button.enabled
+    assert widget.domains_section.k_spin.value == 6
