@@ -13,7 +13,9 @@ __all__ = ["napari_get_reader", "sample_layers"]
 
 def _looks_like_slide(path: Path) -> bool:
     if not path.is_dir():
-        return False
+        from .io.wsi import is_slide_file
+
+        return is_slide_file(path)  # pyramidal or vendor slides; napari opens plain TIFFs
     if path.suffix == ".zarr" or (path / "zarr.json").exists() or (path / ".zgroup").exists():
         return True
     visium = (path / "spatial").is_dir() and any(path.glob("*filtered_feature_bc_matrix.h5"))
@@ -22,7 +24,7 @@ def _looks_like_slide(path: Path) -> bool:
 
 
 def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[Any]] | None:
-    """Return a reader for SpatialData stores, Visium folders and ST section folders."""
+    """Return a reader for SpatialData stores, Visium and ST folders, and whole-slide files."""
     if isinstance(path, list):
         if len(path) != 1:
             return None
@@ -35,8 +37,28 @@ def read_layers(path: str | list[str]) -> list[Any]:
     from ._layers import slide_layers
     from .pipeline import Slide
 
-    p = path[0] if isinstance(path, list) else path
-    return slide_layers(Slide.open(Path(p)))
+    p = Path(path[0] if isinstance(path, list) else path)
+    if not p.is_dir():
+        return _slide_file_layers(p)
+    return slide_layers(Slide.open(p))
+
+
+def _slide_file_layers(path: Path) -> list[Any]:
+    """Return the H&E of a whole-slide file as a lazy multiscale RGB layer (its own pyramid)."""
+    from .images import image_levels
+    from .io.wsi import read_wsi
+
+    sdata = read_wsi(path)
+    key = next(iter(sdata.images))
+    data = [lv.data.transpose(1, 2, 0) for lv in image_levels(sdata.images[key])]
+    kwargs = {
+        "name": key,
+        "rgb": True,
+        "multiscale": len(data) > 1,
+        "contrast_limits": (0, 255),
+        "metadata": {"sdata": sdata, "name": key},
+    }
+    return [(data if len(data) > 1 else data[0], kwargs, "image")]
 
 
 def sample_layers() -> list[Any]:
