@@ -226,3 +226,35 @@ def test_batch_applies_a_model_to_slide_files(tmp_path, slides, model, capsys):
     assert main([*argv, "--um-per-px", str(UM)]) == 0
     report = pd.read_csv(out / "report.csv")
     assert report["status"].tolist() == ["skipped", "skipped", "done"]
+
+
+@pytest.mark.slow
+def test_blocks_and_lazy_maps_match_the_whole_slide_at_once(slides, model):
+    from dataclasses import replace
+
+    from napari_histosge import run_generator
+    from napari_histosge.batch_predict import prediction_options
+    from napari_histosge.checkpoints import load_checkpoint
+    from napari_histosge.maps import rasterize
+    from napari_histosge.pipeline import iter_extract, predict_slide
+    from napari_histosge.sections import open_for_prediction
+    from napari_histosge.wsi_scale import iter_extract_blocked, rasterize_gaussian_lazy
+
+    trained = load_checkpoint(model)
+    opts = replace(prediction_options(trained), cache=False)
+    slide = open_for_prediction(slides / "A.tif", model=trained)
+    whole = run_generator(iter_extract(slide, options=opts))
+    blocked = run_generator(iter_extract_blocked(slide, options=opts, block_um=300.0))
+    assert blocked.spots.meta["blocks"]["count"] > 4
+    scale = np.abs(whole.spots.features).mean(axis=0) + 1e-6
+    for a, b in ((whole.spots, blocked.spots), (whole.positions, blocked.positions)):
+        assert np.abs(a.features - b.features).max(axis=0).max() / scale.min() < 1e-3
+    np.testing.assert_array_equal(whole.positions_px, blocked.positions_px)
+
+    preds = predict_slide(slide, features=whole, model=trained, use_measured=False)
+    eager = rasterize(preds, method="gaussian", geometry=slide.geometry)
+    lazy = rasterize_gaussian_lazy(preds, geometry=slide.geometry, genes_per_block=3)
+    assert isinstance(lazy.data, da.Array)
+    assert lazy.data.chunks[0][0] == 3
+    assert (lazy.pitch_px, lazy.origin_px) == (eager.pitch_px, eager.origin_px)
+    np.testing.assert_allclose(np.asarray(lazy.data), eager.data, rtol=1e-6, equal_nan=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._progress import run_generator
-from .batch import SlideJob, _extract_read_only, _worker_address, _worker_threads, marker_path
+from .batch import SlideJob, _worker_address, _worker_threads, marker_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -99,29 +99,43 @@ def predict_he_slide(
     resolution_um
         Map pixel side in µm.
     extract
-        ``extract(slide, options)`` giving the features; :func:`~napari_histosge.pipeline.
-        iter_extract` run to the end (cache in the input store) when ``None``.
+        ``extract(slide, options)`` giving the features;
+        :func:`~napari_histosge.wsi_scale.iter_extract_blocked` run to the end when ``None``
+        (block by block on a large slide; the store's cache on a small one).
 
     Returns
     -------
-    The slide, the predictions and the maps (a lazy dask array).
+    The slide, the predictions and the Gaussian maps (a lazy dask array, a few genes a block).
 
     Examples
     --------
     >>> slide, preds, maps = predict_he_slide("B7.svs", model, options=opts)  # doctest: +SKIP
     """
-    from .pipeline import iter_extract, predict_slide, render_maps
+    from .pipeline import predict_slide
     from .sections import open_for_prediction
+    from .wsi_scale import iter_extract_blocked, rasterize_gaussian_lazy
 
     slide = open_for_prediction(src, um_per_px=um_per_px, model=model, **(keys or {}))
     if extract is None:
-        feats = run_generator(iter_extract(slide, options=options))
+        feats = run_generator(iter_extract_blocked(slide, options=options))
     else:
         feats = extract(slide, options)
     preds = predict_slide(slide, features=feats, model=model, use_measured=False)
     pitch = None if resolution_um is None else resolution_um / slide.geometry.um_per_px
-    maps = render_maps(slide, predictions=preds, pitch_px=pitch, smooth=True)
+    maps = rasterize_gaussian_lazy(preds, pitch_px=pitch, geometry=slide.geometry)
     return slide, preds, maps
+
+
+def _extract_without_writing(slide: Slide, options: ExtractOptions) -> SlideFeatures:
+    """Extract block by block, any cache kept in memory (written out with the outputs)."""
+    from .wsi_scale import iter_extract_blocked
+
+    path = slide.sdata.path
+    slide.sdata.path = None
+    try:
+        return run_generator(iter_extract_blocked(slide, options=options))
+    finally:
+        slide.sdata.path = path
 
 
 class _PeakRss:
@@ -191,7 +205,7 @@ def predict_slide_task(src: str, out: str, job: PredictJob) -> dict[str, Any]:
                 um_per_px=job.um_per_px,
                 keys=job.keys,
                 resolution_um=job.resolution_um,
-                extract=lambda s, o: _extract_read_only(s, out_path, replace(job, extract=o)),
+                extract=_extract_without_writing,
             )
             meta = {"command": "histosge batch --checkpoint", "source": str(src)}
             export_slide(

@@ -225,6 +225,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             "Expected --mode improved or faithful with --checkpoint-out, found superres: a "
             "super-resolution model is fitted to one slide's units and is not saved."
         )
+    if args.cells and mode != "superres":
+        raise CliError("Expected --mode superres with --cells (cells take the superres map).")
     if args.checkpoint_out:
         check_target(
             args.checkpoint_out,
@@ -277,7 +279,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """``histosge predict SLIDE --checkpoint CKPT --out OUT.zarr``: apply a trained model."""
     from .batch_predict import predict_he_slide, prediction_options
     from .checkpoints import load_checkpoint
-    from .pipeline import ExtractOptions, export_slide, iter_extract
+    from .pipeline import ExtractOptions, export_slide
+    from .wsi_scale import iter_extract_blocked
 
     check_out(resolve_out(args), args.overwrite, Path(args.store))
     _check_inputs(args)
@@ -296,7 +299,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         um_per_px=args.um_per_px,
         keys={k: getattr(args, k) for k in ("image_key", "spots_key", "table_key")},
         resolution_um=_resolution(args),
-        extract=lambda s, o: _drive(iter_extract(s, options=o), quiet=args.quiet),
+        extract=lambda s, o: _drive(iter_extract_blocked(s, options=o), quiet=args.quiet),
     )
     out = export_slide(slide, predictions=preds, maps=maps, out=args.out, overwrite=args.overwrite)
     args.written.append(str(out))
@@ -364,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="histosge",
         description="Super-resolved gene expression from H&E and spot transcriptomics (HisToSGE).",
     )
+    from ._cli_superres import cell_args
+
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -397,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     _slide_args(p)
     _feature_args(p)
     _train_args(p)
+    cell_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
