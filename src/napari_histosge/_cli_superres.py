@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .pipeline import Slide
 
-__all__ = ["run_superres"]
+__all__ = ["cell_args", "run_superres"]
 
 
 def run_superres(
@@ -41,4 +41,25 @@ def run_superres(
         f"{result.resolution_um:g} µm (maps {maps.data.shape[2]}x{maps.data.shape[1]} px) "
         f"in {time.perf_counter() - t0:.1f} s"
     )
+    if getattr(args, "cells", False):
+        from .cells.table import iter_add_cells
+
+        t1 = time.perf_counter()
+        info = drive(
+            iter_add_cells(out, slide, result, maps=maps, seed=args.seed), quiet=args.quiet
+        )
+        print(  # noqa: T201
+            f"wrote {info['n_cells']} cells (histosge_nuclei, histosge_cells) into {out} "
+            f"in {time.perf_counter() - t1:.1f} s"
+        )
     return 0
+
+
+def cell_args(p: argparse.ArgumentParser) -> None:
+    """Add the ``--cells`` option of ``histosge run``."""
+    p.add_argument(
+        "--cells",
+        action="store_true",
+        help="superres mode: also segment nuclei on the H&E (histosge_nuclei) and write the "
+        "map's expression per cell (histosge_cells)",
+    )

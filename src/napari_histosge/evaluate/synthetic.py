@@ -121,6 +121,9 @@ class SyntheticSlide:
         ``(sources, genes)`` expression rates of every source (rows sum to 1).
     genes
         Gene names.
+    nuclei
+        ``(h, w)`` int32 labels of the nuclei drawn (0 = none; a nucleus drawn over an
+        earlier one hides it where they overlap), the truth of a nucleus segmentation.
     """
 
     sdata: SpatialData
@@ -128,6 +131,7 @@ class SyntheticSlide:
     fractions: np.ndarray
     profiles: np.ndarray
     genes: list[str]
+    nuclei: np.ndarray | None = None
 
     def truth(self, positions_px: np.ndarray, side_px: float) -> np.ndarray:
         """Return the true log-normalised expression of ``side_px`` squares around positions.
@@ -157,9 +161,13 @@ def _fields(rng: np.random.Generator, n: int, size: int, sigma_px: float) -> np.
     return out
 
 
-def _render(rng: np.random.Generator, frac: np.ndarray, um_per_px: float) -> np.ndarray:
-    """H&E-like ``(3, h, w)`` uint8 image of the visible type fractions ``(types, h, w)``."""
+def _render(
+    rng: np.random.Generator, frac: np.ndarray, um_per_px: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """H&E-like ``(3, h, w)`` uint8 image of the type fractions ``(types, h, w)``; its nuclei."""
     k, h, w = frac.shape
+    labels = np.zeros((h, w), np.int32)
+    drawn = 0
     colours = np.array([t[0] for t in _TYPES[:k]], dtype=np.float32)
     rgb = np.einsum("khw,kc->hwc", frac, colours)
     yy, xx = np.mgrid[0:h, 0:w]
@@ -177,9 +185,11 @@ def _render(rng: np.random.Generator, frac: np.ndarray, um_per_px: float) -> np.
             y0, y1 = max(0, int(y - r - 1)), min(h, int(y + r + 2))
             sub = (xx[y0:y1, x0:x1] - x) ** 2 + (yy[y0:y1, x0:x1] - y) ** 2 <= r * r
             mask[y0:y1, x0:x1] |= sub
+            drawn += 1
+            labels[y0:y1, x0:x1][sub] = drawn
         rgb[mask] = 0.25 * rgb[mask] + 0.75 * _NUCLEUS
     rgb += rng.normal(0.0, 6.0, rgb.shape).astype(np.float32)
-    return np.moveaxis(np.clip(rgb, 0, 255).round().astype(np.uint8), -1, 0)
+    return np.moveaxis(np.clip(rgb, 0, 255).round().astype(np.uint8), -1, 0), labels
 
 
 def _hex_spots(size_px: int, um_per_px: float) -> np.ndarray:
@@ -216,7 +226,7 @@ def synthetic_slide(config: SyntheticConfig | None = None) -> SyntheticSlide:
     z = _fields(rng, cfg.n_types, size, cfg.type_scale_um / um)
     e = np.exp(cfg.sharpness * (z - z.max(0, keepdims=True)))
     visible = (e / e.sum(0, keepdims=True)).astype(np.float32)
-    image = _render(rng, visible, um)
+    image, nuclei = _render(rng, visible, um)
     base = rng.lognormal(0.0, 1.0, cfg.n_genes)
     n_src = cfg.n_types + (1 if cfg.hidden > 0 else 0)
     profiles = base * rng.lognormal(0.0, 1.0, (n_src, cfg.n_genes))
@@ -244,7 +254,7 @@ def synthetic_slide(config: SyntheticConfig | None = None) -> SyntheticSlide:
         shapes={"spots": make_circles(xy, radius)},
         tables={"table": table},
     )
-    return SyntheticSlide(sdata, cfg, fractions.astype(np.float32), profiles, genes)
+    return SyntheticSlide(sdata, cfg, fractions.astype(np.float32), profiles, genes, nuclei)
 
 
 def _ssim(
