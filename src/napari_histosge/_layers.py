@@ -120,15 +120,20 @@ MAP_UNITS = "log1p normalised counts"
 MAP_PERCENTILES = (2.0, 99.5)
 
 
-def map_limits(values: Any) -> tuple[float, float]:
-    """Contrast limits of a gene map or its uncertainty: the 2nd and 99.5th percentiles.
+def map_limits(values: Any, *, from_zero: bool = False) -> tuple[float, float]:
+    """Contrast limits of a gene map: the 2nd and 99.5th percentiles of its finite values.
+
+    ``from_zero`` (standard deviations): from 0, so that a small spread reads as small.
 
     Examples
     --------
     >>> map_limits(np.linspace(0.0, 1.0, 201))
     (0.02, 0.995)
+    >>> map_limits(np.linspace(0.5, 1.0, 201), from_zero=True)
+    (0.0, 0.9975)
     """
-    return contrast_limits(np.asarray(values), MAP_PERCENTILES)
+    lo, hi = contrast_limits(np.asarray(values), MAP_PERCENTILES)
+    return (0.0, max(hi, 1e-6)) if from_zero else (lo, hi)
 
 
 #: Hues of several genes shown together: saturated, apart from each other and from the H&E's
@@ -136,8 +141,10 @@ def map_limits(values: Any) -> tuple[float, float]:
 MULTI_GENE_COLORS = ("#00e040", "#1e90ff", "#ffc800", "#ff3c28", "#00e5d0", "#c8ff00")
 #: One gene alone: viridis's hues (dark blue to yellow, none of them the H&E's).
 SINGLE_GENE_COLORS = ("#3b528b", "#3b528b", "#21918c", "#5ec962", "#fde725")
-SINGLE_GENE_ALPHA = (0.0, 0.35, 0.7, 0.85, 0.92)
-SINGLE_GENE_CONTROLS = (0.0, 0.1, 0.35, 0.65, 1.0)
+#: The opacity grows faster than the value, so that the tissue stays visible under the middle
+#: of the range and the highest values stand out.
+SINGLE_GENE_ALPHA = (0.0, 0.15, 0.45, 0.75, 0.92)
+SINGLE_GENE_CONTROLS = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: Uncertainty maps: grey to white, more opaque where the map is less certain.
 SD_COLORS = ("#505050", "#a0a0a0", "#ffffff")
 
@@ -174,7 +181,7 @@ def map_colormap(index: int = 0, n: int = 1, *, kind: str = "value") -> dict[str
             "name": "histosge-viridis",
         }
     hue = MULTI_GENE_COLORS[index % len(MULTI_GENE_COLORS)]
-    colors = [_rgba(hue, 0.0, 0.5), _rgba(hue, 0.6, 0.85), _rgba(hue, 0.92)]
+    colors = [_rgba(hue, 0.0, 0.5), _rgba(hue, 0.35, 0.85), _rgba(hue, 0.92)]
     return {"colors": colors, "controls": [0.0, 0.5, 1.0], "name": f"histosge-{hue[1:]}"}
 
 

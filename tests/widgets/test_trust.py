@@ -93,13 +93,18 @@ def test_sd_maps_next_to_the_maps_readout_outlines_and_domains(dock, qtbot, tmp_
     session.set_maps(maps)
     wait_idle(qtbot, widget)
     shown = [viewer.layers[f"{g} (HisToSGE)"] for g in maps.genes]
-    assert all(layer.blending == "translucent" and layer.colorbar.visible for layer in shown)
-    assert viewer.text_overlay.text == "log1p normalised counts"
+    assert all(layer.blending == "translucent" for layer in shown)
+    legend = section.legend  # the colour bars, with the limits and the units
+    assert [row[0] for row in legend.rows] == maps.genes
+    assert legend.rows[0][2:4] == maps.limits[0]
+    assert legend.units == "log1p normalised counts"
+    assert legend.height() > 0
     assert not widget.layer_view.trust.sd_layers  # off until asked
 
     section.sd_check.value = True
     wait_idle(qtbot, widget)
     sd_layers = [viewer.layers[f"{g} sd (HisToSGE)"] for g in maps.genes]
+    assert [row[0] for row in legend.rows] == ["A", "B", "A sd", "B sd"]
     for slot, layer in enumerate(sd_layers):
         assert layer.metadata["name"] == "histosge_uncertainty"
         assert tuple(layer.translate) == pytest.approx(sd_translate(maps, slot))

@@ -10,6 +10,7 @@ from qtpy.QtWidgets import QAbstractItemView, QLabel, QLineEdit, QListView
 
 from ._controller import Controller
 from ._gene_list import GeneListModel
+from ._legend import MapLegend
 from ._section import Section
 
 __all__ = ["PredictSection"]
@@ -67,6 +68,8 @@ class PredictSection(Section):
         self.units_check.tooltip = "The spots as outlines over the maps"
         self.render_button = PushButton(text="Render")
         self.add_form(self.measured_check, self.sd_check, self.units_check, self.render_button)
+        self.legend = MapLegend(self.session)
+        self.add_widget(self.legend)
         self.sd_check.changed.connect(lambda on: self.session.set_shown(uncertainty=on))
         self.units_check.changed.connect(lambda on: self.session.set_shown(units=on))
         # Value ± sd under the mouse, read from the shown maps' files.

@@ -54,7 +54,10 @@ def uncertainty_files(state: Any, result: Any, genes: list[str]) -> dict[str, An
     sd = sd_maps(result, genes=genes)
     stem = state.new_path("sd")
     levels = save_pyramid(sd.data, lambda i: stem.with_name(f"{stem.name}-{i}.npy"))
-    return {"sd_levels": levels, "sd_limits": [list(map_limits(plane)) for plane in sd.data]}
+    return {
+        "sd_levels": levels,
+        "sd_limits": [list(map_limits(p, from_zero=True)) for p in sd.data],
+    }
 
 
 def find_domains(state: Any, job: Job, slide: Any) -> dict[str, Any]:
