@@ -190,9 +190,9 @@ def _labels_element(nuc: Nuclei, image_tf: dict[str, Any]) -> Any:
     f = float(nuc.factor)
     shift = Translation(list(nuc.offset_px), axes=("x", "y"))
     tf = {cs: Sequence([Scale([f, f], axes=("x", "y")), shift, t]) for cs, t in image_tf.items()}
-    factors = []
+    factors = []  # always multiscale: at least one level, more down to about 512 px
     side = max(nuc.labels.shape)
-    while side >= 512 and len(factors) < 5:
+    while side >= 2 and len(factors) < 5 and (not factors or side >= 512):
         factors.append(2)
         side //= 2
     extra = {"scale_factors": factors} if factors else {}

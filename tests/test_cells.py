@@ -1,0 +1,154 @@
+"""Nuclei segmentation in tiles, the per-cell table and ``histosge run --cells``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_histosge.cells.metrics import match_nuclei
+from napari_histosge.cells.segment import NucleiOptions, segment_nuclei
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    from napari_histosge.evaluate.synthetic import SyntheticConfig, synthetic_slide
+
+    return synthetic_slide(SyntheticConfig(size_px=600, n_genes=6, seed=0))
+
+
+def _labels(nuc) -> np.ndarray:
+    try:
+        return np.asarray(nuc.labels.compute())
+    finally:
+        nuc.close()
+
+
+def test_synthetic_slide_keeps_its_nuclei(synthetic):
+    t = synthetic.nuclei
+    assert t.shape == synthetic.fractions.shape[1:]
+    assert t.dtype == np.int32
+    assert t.max() > 20
+    image = np.asarray(synthetic.sdata.images["he"].data)
+    # drawn nuclei are dark: far below the mean brightness of the slide
+    assert image[:, t > 0].mean() < image[:, t == 0].mean() - 40
+
+
+def test_segmentation_finds_the_drawn_nuclei(synthetic):
+    nuc = segment_nuclei(synthetic.sdata.images["he"], 1.0)
+    assert nuc.n == len(nuc.table)
+    assert set(nuc.table.columns) >= {"x", "y", "area_um2"}
+    score = match_nuclei(synthetic.nuclei, _labels(nuc))
+    assert score["f1"] >= 0.9, score
+    assert abs(score["count_error"]) <= 0.1
+
+
+def test_tiles_do_not_cut_or_double_nuclei(synthetic):
+    image = synthetic.sdata.images["he"]
+    whole = segment_nuclei(image, 1.0, options=NucleiOptions(tile_px=2048))
+    table = whole.table.copy()
+    one = _labels(whole)
+    small = segment_nuclei(image, 1.0, options=NucleiOptions(tile_px=128, threshold=None))
+    assert small.meta["n_tiles"] == 25
+    assert small.meta["n_unmatched_parts"] == 0
+    many = _labels(small)
+    assert small.n == len(table)
+    same = match_nuclei(one, many, iou=0.99)
+    assert same["tp"] == same["n_true"] == same["n_pred"]
+    ids = np.unique(many)
+    assert np.array_equal(ids[ids > 0], np.arange(1, small.n + 1))
+
+
+def test_a_nucleus_across_tile_corners_is_one_label():
+    import xarray as xr
+
+    rgb = np.stack([np.full((400, 400), v, np.uint8) for v in (236, 168, 196)])
+    yy, xx = np.mgrid[0:400, 0:400]
+    centres = [(128, 128), (256, 130), (60, 256), (300, 300)]  # on tile borders and corners
+    for cx, cy in centres:
+        disc = (xx - cx) ** 2 + (yy - cy) ** 2 <= 5**2
+        rgb[:, disc] = np.array((78, 46, 128), np.uint8)[:, None]
+    image = xr.DataArray(rgb, dims=("c", "y", "x"))
+    nuc = segment_nuclei(image, 1.0, options=NucleiOptions(tile_px=128))
+    lab = _labels(nuc)
+    assert nuc.n == len(centres)
+    for cx, cy in centres:
+        assert lab[cy, cx] > 0
+        assert (lab == lab[cy, cx]).sum() == pytest.approx(np.pi * 25, rel=0.25)
+
+
+def test_extent_and_keep_restrict_the_nuclei(synthetic):
+    image = synthetic.sdata.images["he"]
+    nuc = segment_nuclei(image, 1.0, extent=(100, 50, 400, 300), keep=lambda xy: xy[:, 0] < 250)
+    lab = _labels(nuc)
+    assert lab.shape == (250, 300)
+    assert nuc.offset_px == (100, 50)
+    assert (nuc.table["x"] < 250).all()
+    assert (nuc.table["x"] >= 100).all()
+    assert len(np.unique(lab)) - 1 == nuc.n
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError, match="min_diameter_um"):
+        NucleiOptions(min_diameter_um=20.0)
+    with pytest.raises(ValueError, match="nucleus method"):
+        NucleiOptions(method="stardist")  # type: ignore[arg-type]
+
+
+def _check_contract(out: Path) -> None:
+    import spatialdata as sd
+    from spatialdata.models import get_table_keys
+    from spatialdata.transformations import get_transformation
+
+    s = sd.read_zarr(out)
+    for key in ("histosge_expression", "histosge_positions", "histosge_predictions"):
+        assert key in s
+    labels = s.labels["histosge_nuclei"]
+    image_cs = set(get_transformation(s.images[next(iter(s.images))], get_all=True))
+    assert set(get_transformation(labels, get_all=True)) >= image_cs
+    table = s.tables["histosge_cells"]
+    region, _, instance_key = get_table_keys(table)
+    assert region == "histosge_nuclei"
+    assert "scale1" in labels.children  # multiscale
+    ids = np.unique(np.asarray(labels["scale0"]["image"].data.compute()))
+    assert np.array_equal(np.sort(table.obs[instance_key].to_numpy()), ids[ids > 0])
+    maps = s.images["histosge_expression"]
+    maps = maps["scale0"]["image"] if "scale0" in getattr(maps, "children", {}) else maps
+    channels = [str(c) for c in maps.c.values]
+    assert set(channels) <= set(table.var_names)
+    assert {"area_um2", "x_um", "y_um", "unit", "morph_class"} <= set(table.obs.columns)
+    assert np.isfinite(np.asarray(table.X)).all()
+
+
+@pytest.mark.slow
+def test_run_cells_writes_nuclei_and_cells(tmp_path, synthetic):
+    from napari_histosge.cli import main
+    from napari_histosge.store import write_sdata
+
+    store = tmp_path / "syn.zarr"
+    write_sdata(synthetic.sdata, store)
+    out = tmp_path / "out.zarr"
+    assert main(["run", str(store), "--out", str(out), "--cells", "--seed", "0", "--quiet"]) == 0
+    _check_contract(out)
+
+
+def test_cells_need_the_superres_mode(tmp_path, synthetic):
+    from napari_histosge.cli import main
+    from napari_histosge.store import write_sdata
+
+    store = tmp_path / "syn.zarr"
+    write_sdata(synthetic.sdata, store)
+    argv = ["run", str(store), "--out", str(tmp_path / "o.zarr"), "--mode", "improved"]
+    assert main([*argv, "--cells", "--quiet"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.her2st
+def test_run_cells_on_a_legacy_st_section(tmp_path, her2st_c2_zarr):
+    from napari_histosge.cli import main
+
+    out = tmp_path / "c2_cells.zarr"
+    argv = ["run", str(her2st_c2_zarr), "--out", str(out), "--cells", "--seed", "0"]
+    assert main([*argv, "--n-top-genes", "50", "--quiet"]) == 0
+    _check_contract(out)
