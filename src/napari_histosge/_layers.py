@@ -143,7 +143,7 @@ MULTI_GENE_COLORS = ("#00e040", "#1e90ff", "#ffc800", "#ff3c28", "#00e5d0", "#c8
 SINGLE_GENE_COLORS = ("#3b528b", "#3b528b", "#21918c", "#5ec962", "#fde725")
 #: The opacity grows faster than the value, so that the tissue stays visible under the middle
 #: of the range and the highest values stand out.
-SINGLE_GENE_ALPHA = (0.0, 0.15, 0.45, 0.75, 0.92)
+SINGLE_GENE_ALPHA = (0.0, 0.08, 0.3, 0.62, 0.92)
 SINGLE_GENE_CONTROLS = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: Uncertainty maps: grey to white, more opaque where the map is less certain.
 SD_COLORS = ("#505050", "#a0a0a0", "#ffffff")
@@ -181,8 +181,9 @@ def map_colormap(index: int = 0, n: int = 1, *, kind: str = "value") -> dict[str
             "name": "histosge-viridis",
         }
     hue = MULTI_GENE_COLORS[index % len(MULTI_GENE_COLORS)]
-    colors = [_rgba(hue, 0.0, 0.5), _rgba(hue, 0.35, 0.85), _rgba(hue, 0.92)]
-    return {"colors": colors, "controls": [0.0, 0.5, 1.0], "name": f"histosge-{hue[1:]}"}
+    colors = [_rgba(hue, 0.0, 0.5), _rgba(hue, 0.2, 0.7), _rgba(hue, 0.5, 0.85), _rgba(hue, 0.92)]
+    controls = [0.0, 0.5, 0.75, 1.0]
+    return {"colors": colors, "controls": controls, "name": f"histosge-{hue[1:]}"}
 
 
 #: Domain colours (tab10's), for the labels layer and the dock's list of top genes.

@@ -125,20 +125,34 @@ def test_sd_maps_next_to_the_maps_readout_outlines_and_domains(dock, qtbot, tmp_
     units = viewer.layers[UNITS_NAME]
     assert len(units.data) == 5 * 3  # over the maps and over each sd map
     assert viewer.layers.index(units) == len(viewer.layers) - 1  # on top
+    # Turned off, layers are hidden (napari's removal of a layer is a long turn), and reused.
     section.sd_check.value = False
     wait_idle(qtbot, widget)
-    assert not any("sd (HisToSGE)" in layer.name for layer in viewer.layers)
+    assert not any(layer.visible for layer in sd_layers)
     assert len(viewer.layers[UNITS_NAME].data) == 5
     section.units_check.value = False
     wait_idle(qtbot, widget)
-    assert UNITS_NAME not in viewer.layers
+    assert not units.visible
+    section.sd_check.value = True
+    section.units_check.value = True
+    wait_idle(qtbot, widget)
+    assert all(layer.visible for layer in sd_layers)
+    assert units.visible
+    assert viewer.layers[UNITS_NAME] is units
+    assert len(units.data) == 5 * 3
+    # Other genes refill the same layers.
+    session.set_maps(_maps(tmp_path, genes=("C",)))
+    wait_idle(qtbot, widget)
+    assert viewer.layers["C sd (HisToSGE)"] is sd_layers[0]
+    assert "B sd (HisToSGE)" not in viewer.layers
+    assert len(units.data) == 5 * 2
 
     labels = np.zeros(maps.shape, dtype=np.int32)
     labels[2:18, 3:15], labels[2:18, 15:27] = 1, 2
     np.save(tmp_path / "domains.npy", labels)
     top = {1: ["Gfap", "Aqp4"], 2: ["Mbp"]}
     path = str(tmp_path / "domains.npy")
-    session.set_domains(DomainsInfo(path, 2, maps.scale, maps.translate, top))
+    session.set_domains(DomainsInfo(path, 2, maps.scale, maps.translate, top))  # same grid
     wait_idle(qtbot, widget)
     layer = viewer.layers[DOMAINS_NAME]
     assert tuple(layer.translate) == pytest.approx(maps.translate)
@@ -149,7 +163,7 @@ def test_sd_maps_next_to_the_maps_readout_outlines_and_domains(dock, qtbot, tmp_
     assert "2: Mbp" in text
     session.set_domains(None)
     wait_idle(qtbot, widget)
-    assert DOMAINS_NAME not in viewer.layers
+    assert not layer.visible
 
 
 def test_domains_need_the_super_resolution_model(dock):

@@ -96,8 +96,8 @@ class MapLegend(QWidget):
         y = len(self.rows) * self._line
         painter.setPen(text)
         painter.drawText(
-            QRectF(bar_x, y, bar_w, self._line),
-            Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignHCenter,
-            self.units,
+            QRectF(name_w, y, self.width() - name_w, self._line),
+            Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft,
+            f"{self.units}; transparent at the low end",
         )
         painter.end()

@@ -156,7 +156,13 @@ class PredictSection(Section):
 
     def _on_gene_selection(self, *_: Any) -> None:
         # Once maps are shown, choosing other genes re-renders them (no model run).
-        if self.session.maps is not None and self.session.predictions is not None:
+        # Reordering the list keeps the same genes selected: nothing to render.
+        maps = self.session.maps
+        if (
+            maps is not None
+            and self.session.predictions is not None
+            and (self.selected_genes() != list(maps.genes))
+        ):
             self.render_timer.start()
 
     def render(self, *_: Any) -> bool:

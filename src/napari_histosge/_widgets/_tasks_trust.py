@@ -20,7 +20,13 @@ __all__ = ["find_domains", "superres_reliability", "uncertainty_files"]
 def _core(name: str) -> Any:
     from napari_histosge import superpixels
 
-    return getattr(superpixels, name, None)
+    found = getattr(superpixels, name, None)
+    if found is None and name == "superres_domains":
+        try:
+            from napari_histosge.models.domains import superres_domains as found
+        except ImportError:
+            return None
+    return found
 
 
 def superres_reliability(
