@@ -200,7 +200,7 @@ def test_evaluate_refuses_superres_mode(tmp_path, sample_sdata, capsys):
     args = ["evaluate", str(store), "--holdout-spots", str(ids), "--mode", "superres"]
     out = ["--predictions-out", str(tmp_path / "p.csv"), "--metrics-out", str(tmp_path / "m.json")]
     assert main([*args, *out, "--quiet"]) != 0
-    assert "bench/superres.py" in capsys.readouterr().err
+    assert "--superres-pool" in capsys.readouterr().err
 
 
 def test_superpixel_features_are_cached_in_the_store(tmp_path, sample_sdata):

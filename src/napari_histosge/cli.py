@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable, Generator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -18,7 +18,6 @@ from ._cli_io import (
     resolve_out,
 )
 from ._progress import Progress
-from ._store_elements import write_text_atomic
 
 if TYPE_CHECKING:
     from .models import TrainConfig
@@ -227,6 +226,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     if args.cells and mode != "superres":
         raise CliError("Expected --mode superres with --cells (cells take the superres map).")
+    if mode != "superres" and args.domains is not None:
+        raise CliError(f"Expected --domains with the superres mode, found --mode {mode}.")
     if args.checkpoint_out:
         check_target(
             args.checkpoint_out,
@@ -307,53 +308,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    """``histosge evaluate STORE --holdout-spots FILE``: held-out accuracy with baselines."""
-    from .evaluate import evaluate_holdout
-    from .store import check_target
-
-    if args.mode == "superres":
-        raise CliError(
-            "Expected --mode improved or faithful for `evaluate`, found superres; the "
-            "super-resolution model is evaluated by bench/superres.py (pooled footprints)."
-        )
-    targets = [
-        check_target(
-            path, overwrite=args.overwrite, kind="file", inputs=[args.store], option=option
-        )
-        for path, option in (
-            (args.predictions_out, "--predictions-out"),
-            (args.metrics_out, "--metrics-out"),
-        )
-    ]
-    if targets[0] == targets[1]:
-        raise CliError("Expected --predictions-out and --metrics-out to differ, found one path.")
-    _check_inputs(args)
-    holdout = read_lines(args.holdout_spots, "held-out spot id")
-    genes = _read_genes(args)
-    slide = _open(args, args.store)
-    result = _drive(
-        evaluate_holdout(
-            slide,
-            holdout=holdout,
-            genes=genes,
-            n_top_genes=args.n_top_genes,
-            extract=_extract_options(args),
-            config=_train_config(args, args.device),
-        ),
-        quiet=args.quiet,
-    )
-    write_text_atomic(targets[0], result.predictions.to_csv())
-    args.written.append(str(targets[0]))
-    write_text_atomic(targets[1], json.dumps(result.metrics, indent=2, default=float))
-    args.written.append(str(targets[1]))
-    summary = ", ".join(
-        f"{name} {m['mean_r']:.3f}" for name, m in result.metrics["methods"].items()
-    )
-    print(f"held-out mean Pearson r: {summary}")  # noqa: T201
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     """``histosge demo``: the whole workflow on the bundled sample, in napari when possible."""
     from ._widgets._demo import run_demo
@@ -393,6 +347,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint-out", help="also save the trained model (safetensors + JSON)")
     p.add_argument(
+        "--domains",
+        type=int,
+        metavar="K",
+        help="also cluster the superres maps into K tissue domains (histosge_domains; try 6)",
+    )
+    p.add_argument(
+        "--no-uncertainty",
+        action="store_true",
+        help="superres: skip the maps' standard deviations (histosge_uncertainty) and the "
+        "genes' reliability",
+    )
+    p.add_argument(
         "--resolution-um",
         type=float,
         help="map pixel (superpixel) side in µm (default: 8, or a quarter of the smallest unit)",
@@ -424,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     _slide_args(p)
     p.set_defaults(func=cmd_predict)
 
+    from ._cli_evaluate import cmd_evaluate
     from .cli_cohort import CliHelpers, add_cohort_commands
 
     helpers = CliHelpers(_drive, _read_genes, _open, _extract_options, _train_config, _check_inputs)
@@ -431,10 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="held-out accuracy of the model and of baselines")
     p.add_argument("store", help="input slide")
+    p.add_argument("--holdout-spots", help="file with held-out spot ids, one per line")
     p.add_argument(
-        "--holdout-spots", required=True, help="file with held-out spot ids, one per line"
+        "--superres-pool",
+        type=int,
+        metavar="F",
+        help="pool FxF units into pseudo-units, fit the superres map on them and score every "
+        "real unit: accuracy against baselines and predictive-interval coverage",
     )
-    p.add_argument("--predictions-out", required=True, help="CSV: held-out spots x genes")
+    p.add_argument("--predictions-out", help="CSV: held-out spots x genes")
     p.add_argument("--metrics-out", required=True, help="JSON: per-gene r, MSE, MAE and means")
     p.add_argument(
         "--overwrite", action="store_true", help="replace existing --predictions-out/--metrics-out"
@@ -443,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     _slide_args(p)
     _feature_args(p)
     _train_args(p)
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=partial(cmd_evaluate, helpers=helpers))
 
     p = sub.add_parser("demo", help="run the workflow on the bundled sample and show it in napari")
     p.add_argument("--out", default="histosge-demo", help="folder for the store and screenshot")

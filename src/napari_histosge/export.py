@@ -33,9 +33,16 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
     from .maps import GeneMaps
+    from .models.domains import Domains
     from .predict import Predictions
 
-__all__ = ["build_output", "map_transformations", "parse_maps", "write_predictions"]
+__all__ = [
+    "build_output",
+    "domain_elements",
+    "map_transformations",
+    "parse_maps",
+    "write_predictions",
+]
 
 
 #: Target size of one chunk of the maps: small maps keep several genes per chunk (one file),
@@ -123,7 +130,9 @@ def build_output(
     adata = ad.AnnData(
         X=np.asarray(predictions.values, dtype=np.float32),
         obs=obs,
-        var=pd.DataFrame(index=pd.Index([str(g) for g in predictions.genes])),
+        var=pd.DataFrame(
+            dict(predictions.gene_info), index=pd.Index([str(g) for g in predictions.genes])
+        ),
     )
     adata.obsm["spatial"] = np.asarray(predictions.positions_px, dtype=float)
     info = dict(meta or predictions.meta)
@@ -144,7 +153,9 @@ def build_output(
     return elements
 
 
-def map_transformations(sdata: SpatialData, image_key: str, maps: GeneMaps) -> dict[str, Any]:
+def map_transformations(
+    sdata: SpatialData, image_key: str, maps: GeneMaps | Domains
+) -> dict[str, Any]:
     """Return the transformations placing a map grid (``pitch_px``, ``origin_px``) on the H&E.
 
     Any object with ``pitch_px`` and ``origin_px`` (gene maps, domains) is placed the same way.
@@ -179,6 +190,55 @@ def parse_maps(sdata: SpatialData, image_key: str, maps: GeneMaps) -> Any:
         chunks=(_genes_per_chunk(len(maps.genes), tile), *tile),
         **extra,
     )
+
+
+def domain_elements(sdata: SpatialData, image_key: str, domains: Domains) -> dict[str, Any]:
+    """Parse tissue domains into a labels element and the table of their top genes.
+
+    ``histosge_domains`` is a multiscale labels element on the map's grid (0 off the grid);
+    ``histosge_domain_genes`` annotates it with one row per domain: ``label``,
+    ``n_superpixels``, ``area_mm2``, ``top_genes`` (comma-separated) and, in ``X``, the
+    domain's mean log expression of every gene.
+    """
+    import anndata as ad
+    import pandas as pd
+    from spatialdata.models import Labels2DModel, TableModel
+
+    from .store import DOMAIN_GENES_KEY, DOMAINS_KEY
+
+    h, w = domains.labels.shape
+    extra = {"scale_factors": list(domains.scale_factors)} if domains.scale_factors else {}
+    labels = Labels2DModel.parse(
+        np.ascontiguousarray(domains.labels, dtype=np.int32),
+        dims=("y", "x"),
+        transformations=map_transformations(sdata, image_key, domains),
+        chunks=(min(h, 1024), min(w, 1024)),
+        **extra,
+    )
+    k = len(domains.sizes)
+    ids = np.arange(1, k + 1)
+    obs = pd.DataFrame(
+        {
+            "label": ids,
+            "region": pd.Categorical([DOMAINS_KEY] * k),
+            "n_superpixels": np.asarray(domains.sizes, dtype=np.int64),
+            "area_mm2": np.asarray(domains.sizes, dtype=float) * domains.area_um2 / 1e6,
+            "top_genes": [", ".join(domains.top_genes[int(i)]) for i in ids],
+        },
+        index=pd.Index([f"domain_{i}" for i in ids]),
+    )
+    table = ad.AnnData(
+        X=np.asarray(domains.means, dtype=np.float32),
+        obs=obs,
+        var=pd.DataFrame(index=pd.Index([str(g) for g in domains.genes])),
+    )
+    table.uns["histosge"] = {"values": "mean log1p of counts normalised to 1e4 per domain"}
+    return {
+        DOMAINS_KEY: labels,
+        DOMAIN_GENES_KEY: TableModel.parse(
+            table, region=DOMAINS_KEY, region_key="region", instance_key="label"
+        ),
+    }
 
 
 def write_predictions(

@@ -15,7 +15,7 @@ from .predict import Predictions
 if TYPE_CHECKING:
     from .geometry import SpotGeometry
 
-__all__ = ["default_pitch_px", "GeneMaps", "rasterize", "sample_map"]
+__all__ = ["pyramid_factors", "default_pitch_px", "GeneMaps", "rasterize", "sample_map"]
 
 
 @dataclass
@@ -216,3 +216,19 @@ def sample_map(maps: GeneMaps, gene: str, xy_px: np.ndarray) -> np.ndarray:
     out = np.full(len(rc), np.nan, dtype=np.float32)
     out[ok] = plane[rc[ok, 0], rc[ok, 1]]
     return out
+
+
+def pyramid_factors(h: int, w: int) -> tuple[int, ...]:
+    """Downscaling factors of a map's pyramid: halve until the longer side is under 256.
+
+    Examples
+    --------
+    >>> pyramid_factors(1000, 300)
+    (2, 2)
+    """
+    factors: list[int] = []
+    side = max(h, w)
+    while side >= 256 and len(factors) < 5:
+        factors.append(2)
+        side //= 2
+    return tuple(factors)

@@ -38,6 +38,8 @@ class Predictions:
         Diameter of a measured spot in H&E pixels.
     meta
         Training configuration, metrics and feature provenance, JSON-serialisable.
+    gene_info
+        Per-gene columns for the table's ``var`` (for example each gene's reliability).
     """
 
     genes: list[str]
@@ -47,6 +49,7 @@ class Predictions:
     ids: np.ndarray
     spot_diameter_px: float
     meta: dict[str, Any] = field(default_factory=dict)
+    gene_info: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def is_spot(self) -> np.ndarray:

@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from ._progress import Progress
 from .features.dense import DEFAULT_SCALES_UM
-from .maps import GeneMaps
+from .features.superpixel_cache import cached_features
+from .maps import GeneMaps, pyramid_factors
 from .models.superres import SuperResConfig
 
 if TYPE_CHECKING:
@@ -35,6 +36,9 @@ __all__ = [
     "export_superres",
     "superres_maps",
     "superres_predictions",
+    "superres_uncertainty_maps",
+    "check_resolution",
+    "resolution_range",
     "units_superpixel_grid",
 ]
 
@@ -140,6 +144,56 @@ def units_superpixel_grid(
     return SuperpixelGrid(grid.origin, grid.step, grid.mask | closed), (lo, hi)
 
 
+#: Most cells of a superpixel grid over its box; the finest resolution of a slide follows.
+MAX_GRID_CELLS = 8_000_000
+
+
+def resolution_range(
+    centres_px: np.ndarray, diameters_px: np.ndarray, um_per_px: float
+) -> tuple[float, float]:
+    """Return the finest and coarsest superpixel side (µm) for units at ``centres_px``.
+
+    The finest is the image's pixel, or the side at which the grid over the units would have
+    :data:`MAX_GRID_CELLS` cells; the coarsest is the smallest unit's diameter (a coarser
+    superpixel would hold several units and the map would say less than the units do).
+
+    Examples
+    --------
+    >>> xy = np.array([[0.0, 0.0], [100.0, 0.0], [0.0, 100.0], [100.0, 100.0]])
+    >>> resolution_range(xy, np.full(4, 55.0), 1.0)
+    (1.0, 55.0)
+    """
+    c = np.asarray(centres_px, dtype=float)
+    d = np.asarray(diameters_px, dtype=float)
+    pitch = _unit_pitch(c)
+    reach = max(0.75 * pitch, float(d.max()) / 2.0)
+    side = (c.max(0) - c.min(0) + 2.0 * reach) * um_per_px
+    finest = max(float(um_per_px), float(np.sqrt(side[0] * side[1] / MAX_GRID_CELLS)))
+    return finest, float(d.min()) * um_per_px
+
+
+def check_resolution(resolution_um: float, finest: float, coarsest: float) -> float:
+    """Return ``resolution_um`` if it lies in ``[finest, coarsest]``, else raise one clear line.
+
+    Examples
+    --------
+    >>> check_resolution(8.0, 1.0, 55.0)
+    8.0
+    >>> check_resolution(200.0, 1.0, 55.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected a map resolution between 1 and 55 µm for this slide (finest: ...
+    """
+    r = float(resolution_um)
+    if not (np.isfinite(r) and finest * (1 - 1e-9) <= r <= coarsest * (1 + 1e-9)):
+        raise ValueError(
+            f"Expected a map resolution between {finest:.3g} and {coarsest:.3g} µm for this "
+            f"slide (finest: the image's pixel or {MAX_GRID_CELLS:,} grid cells; coarsest: the "
+            f"smallest unit's diameter), found {resolution_um:g} µm."
+        )
+    return r
+
+
 def unit_depths(table: Any) -> np.ndarray | None:
     """Total counts of each unit (row of ``table``), or ``None`` when they are not known.
 
@@ -201,17 +255,16 @@ def iter_superres(
     kind, footprints, diam_px = unit_footprints(
         slide.sdata, image_key=keys.image_key, spots_key=keys.spots_key, table_key=keys.table_key
     )
+    finest, coarsest = resolution_range(geom.centers_px, diam_px, um)
     if opts.resolution_um is None:
-        res_um = default_resolution(diam_px * um, DEFAULT_RESOLUTION_UM)
+        res_um = max(default_resolution(diam_px * um, DEFAULT_RESOLUTION_UM), finest)
     else:
-        res_um = float(opts.resolution_um)
-        if not (np.isfinite(res_um) and res_um > 0):
-            raise ValueError(f"Expected a positive resolution in µm, found `{res_um}`.")
+        res_um = check_resolution(opts.resolution_um, finest, coarsest)
     step = res_um / um
     grid, (lo, hi) = units_superpixel_grid(geom.centers_px, float(diam_px.max()), step)
     pos = grid.positions
     yield Progress("superres", 0, 3, f"{grid.n} superpixels of {res_um:g} µm")
-    feats, fmeta = yield from _cached_features(slide, opts, pos, step, (lo, hi), res_um)
+    feats, fmeta = yield from cached_features(slide, opts, pos, step, (lo, hi), res_um)
     member = unit_membership(kind, footprints, pos)
     targets = slide.targets(genes=genes, n_top_genes=n_top_genes)
     model = yield from iter_fit_superres(
@@ -233,99 +286,20 @@ def iter_superres(
     return SuperResResult(model=model, grid=grid, resolution_um=res_um, meta=meta)
 
 
-def _cached_features(
-    slide: Slide,
-    opts: SuperResOptions,
-    pos: np.ndarray,
-    step: float,
-    box: tuple[Any, Any],
-    res_um: float,
-) -> Generator[Progress, None, tuple[np.ndarray, dict[str, Any]]]:
-    """Superpixel features from the store's cache, or computed once and cached there."""
-    from .features import get_encoder
-    from .features.cache import cache_element_name, cache_key, lookup, positions_digest, store
-    from .features.dense import histology_dense_maps, superpixel_features
-    from .features.histology import HistologyEncoder
-
-    um = slide.geometry.um_per_px
-    lo, hi = box
-    enc: Any = None
-    tiling: dict[str, Any] = {}  # the ViT tiling the features depend on, checked on lookup
-    if opts.encoder == "histology":
-        encoder_id = HistologyEncoder().id
-        sizes_um = [float(v) for v in opts.scales_um]
-    else:
-        from .features.vit_tiles import tiles_provenance, token_tiles
-
-        enc = get_encoder(opts.encoder, weights=opts.weights, device=opts.device, bf16=opts.bf16)
-        encoder_id = enc.id
-        own = max(step * um, 0.5 * int(enc.model.patch_embed.patch_size[0]))
-        sizes_um = [own, 3 * own]
-        tiling = tiles_provenance(token_tiles(enc, slide.sdata.images[slide.keys.image_key], um))
-    sizes_px = [v / um for v in sizes_um]
-    name = cache_element_name(f"superpixels_{res_um:g}um".replace(".", "p"))
-    key = cache_key(encoder_id, sizes_um)
-    digest = positions_digest(pos)
-    hit = lookup(slide.sdata, name, key, digest, sizes_px, require=tiling) if opts.cache else None
-    if hit is not None:
-        return hit[0], {**hit[1], "from_cache": True}
-    if enc is None:
-        ctx = max(sizes_um) / um
-        extent = (lo[0] - ctx, lo[1] - ctx, hi[0] + ctx, hi[1] + ctx)
-        maps = yield from histology_dense_maps(slide.sdata.images[slide.keys.image_key], um, extent)
-        feats = superpixel_features(maps, pos, scales_um=sizes_um)
-    else:
-        feats = yield from _vit_features(slide, enc, pos, sizes_px, box, opts.batch_size)
-    meta = {
-        "encoder": opts.encoder,
-        "encoder_id": encoder_id,
-        "dim": int(feats.shape[1]),
-        "positions_digest": digest,
-        "patch_sizes_px": sizes_px,
-        "patch_sizes_um": sizes_um,
-        "resolution_um": res_um,
-        "positions": "superpixels",
-        **tiling,
-    }
-    if opts.cache:
-        store(slide.sdata, name, key, pos, feats, meta)
-    return feats, {**meta, "from_cache": False}
-
-
-def _vit_features(
-    slide: Slide,
-    enc: Any,
-    pos: np.ndarray,
-    sizes_px: Sequence[float],
-    box: tuple[Any, Any],
-    batch_size: int,
-) -> Generator[Progress, None, np.ndarray]:
-    """Patch-token features of a ViT: means over boxes of ``sizes_px`` around each superpixel."""
-    from .features.dense import iter_vit_token_maps, pool_maps
-
-    lo, hi = box
-    maps = yield from iter_vit_token_maps(
-        enc,
-        slide.sdata.images[slide.keys.image_key],
-        slide.geometry.um_per_px,
-        (lo[0], lo[1], hi[0], hi[1]),
-        batch_size=batch_size,
-    )
-    return np.concatenate([pool_maps(maps, pos, s) for s in sizes_px], axis=1)
-
-
 def superres_maps(
     result: SuperResResult,
     *,
     genes: Sequence[str] | None = None,
     chunk: int = 16,
     max_bytes: int = 1 << 30,
+    what: Literal["mean", "sd"] = "mean",
 ) -> GeneMaps:
     """Render genes from the superpixel predictions: one map pixel per superpixel.
 
     Off-grid pixels are NaN. The maps carry pyramid scale factors so that the export writes
     them multiscale and chunked. Maps larger than ``max_bytes`` are a lazy dask array computed
     ``chunk`` genes at a time, so that whole slides with 1,000 genes never sit in memory.
+    ``what="sd"`` renders the maps' standard deviations instead (same grid and genes).
 
     Examples
     --------
@@ -339,9 +313,13 @@ def superres_maps(
     h, w = grid.shape
     rows, cols = grid.rows_cols
 
+    render = result.model.predict if what == "mean" else result.model.predict_sd
+    if what == "sd":
+        render(names[:1])  # a model without its uncertainty raises here
+
     def block(sub: list[str]) -> np.ndarray:
         out = np.full((len(sub), h, w), np.nan, dtype=np.float32)
-        out[:, rows, cols] = result.model.predict(sub).T
+        out[:, rows, cols] = render(sub).T
         return out
 
     chunks = [names[g0 : g0 + chunk] for g0 in range(0, len(names), chunk)]
@@ -357,18 +335,26 @@ def superres_maps(
                 for c in chunks
             ]
         )
-    factors = []
-    side = max(h, w)
-    while side >= 256 and len(factors) < 5:
-        factors.append(2)
-        side //= 2
+    factors = pyramid_factors(h, w)
     return GeneMaps(
         data=data,
         genes=names,
         pitch_px=float(grid.step),
         origin_px=(float(grid.origin[0]), float(grid.origin[1])),
-        scale_factors=tuple(factors),
+        scale_factors=factors,
     )
+
+
+def superres_uncertainty_maps(
+    result: SuperResResult, *, genes: Sequence[str] | None = None, **kwargs: Any
+) -> GeneMaps:
+    """Render the standard deviation of the maps of ``genes`` (see :func:`superres_maps`).
+
+    Examples
+    --------
+    >>> sd_maps = superres_uncertainty_maps(res, genes=["Gfap"])  # doctest: +SKIP
+    """
+    return superres_maps(result, genes=genes, what="sd", **kwargs)
 
 
 def superres_predictions(slide: Slide, result: SuperResResult, *, chunk: int = 64) -> Predictions:
@@ -406,6 +392,9 @@ def superres_predictions(slide: Slide, result: SuperResResult, *, chunk: int = 6
         ids=np.asarray(geom.spot_ids, dtype=str),
         spot_diameter_px=float(geom.diameter_px),
         meta=dict(result.meta),
+        gene_info={k: v.to_numpy(dtype=np.float64) for k, v in model.reliability().items()}
+        if model.uncertainty is not None
+        else {},
     )
 
 
@@ -416,18 +405,47 @@ def export_superres(
     out: str | Path,
     meta: dict[str, Any] | None = None,
     overwrite: bool = False,
+    domains: int | None = None,
+    seed: int = 0,
+    extra: dict[str, Any] | None = None,
+    in_place: bool = False,
 ) -> tuple[Path, GeneMaps]:
     """Write the per-unit predictions and the superpixel maps of every gene into ``out``.
 
+    With a model fitted with its uncertainty (the default), ``histosge_uncertainty`` (the
+    maps' standard deviations) is written too and the table's ``var`` holds each gene's
+    reliability; ``domains=k`` adds ``histosge_domains`` and ``histosge_domain_genes``.
+    ``extra`` holds further parsed ``histosge_*`` elements (see
+    :func:`napari_histosge.export.build_output`).
+
     Examples
     --------
-    >>> path, maps = export_superres(slide, res, out="out.zarr")  # doctest: +SKIP
+    >>> path, maps = export_superres(slide, res, out="out.zarr", domains=6)  # doctest: +SKIP
     """
-    from .pipeline import export_slide
+    from .export import domain_elements, parse_maps, write_predictions
+    from .models.domains import superres_domains
+    from .store import UNCERTAINTY_KEY
 
     preds = superres_predictions(slide, result)
     maps = superres_maps(result)
-    path = export_slide(
-        slide, predictions=preds, maps=maps, out=out, meta=meta, overwrite=overwrite
+    new: dict[str, Any] = dict(extra or {})
+    image_key = slide.keys.image_key
+    if result.model.uncertainty is not None:
+        new[UNCERTAINTY_KEY] = parse_maps(slide.sdata, image_key, superres_uncertainty_maps(result))
+    if domains:
+        found = superres_domains(result, k=int(domains), seed=seed)
+        new.update(domain_elements(slide.sdata, image_key, found))
+    info = dict(preds.meta)
+    info.update(meta or {})
+    path = write_predictions(
+        slide.sdata,
+        None if in_place else out,
+        image_key=image_key,
+        predictions=preds,
+        maps=maps,
+        meta=info,
+        overwrite=overwrite,
+        in_place=in_place,
+        extra=new,
     )
     return path, maps

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from napari_histosge._progress import Progress, run_generator
 
+from ._superres_config import SuperResConfig
 from ._superres_depth import DepthMap, expected_log1p, fit_depth
 from ._superres_fill import OutsideFill, outside_fill
 from ._superres_ops import (
@@ -42,120 +43,11 @@ from ._superres_ops import (
     neighbour_means,
     ridge_gcv,
 )
+from ._superres_uncertainty import Uncertainty, fit_uncertainty
 
 __all__ = ["SuperResConfig", "SuperResModel", "fit_superres", "iter_fit_superres"]
 
 _STAGE = "superres"
-
-
-@dataclass(frozen=True)
-class SuperResConfig:
-    """Settings of the super-resolution model (defaults chosen by leave-one-section-out).
-
-    Parameters
-    ----------
-    bandwidth
-        Gaussian kernel sigma of the smooth field, in unit pitches (median distance between
-        neighbouring unit centroids).
-    nugget
-        Ridge on the footprint kernel system, relative to its mean diagonal: 0 interpolates
-        the units exactly, larger values smooth across units.
-    image_weight
-        Scale of the image term (0: no image, a footprint-consistent smoother only).
-    aggregate
-        ``"log"``: footprint means of log-normalised values match the units'; ``"counts"``:
-        footprint means of normalised expression (count space) match.
-    exact
-        Finish with the least-norm correction that makes every footprint mean equal its unit.
-    image_fit
-        ``"local"``: the image term is fitted on local contrasts (each unit minus the
-        Gaussian-weighted mean of its neighbours, in values and in features), the scale of
-        the detail it adds inside footprints; ``"global"``: on the unit values themselves.
-    per_gene
-        Choose the ridge penalty of each gene by GCV (else one penalty for all genes).
-    gene_shrink
-        Scale each gene's image term by its leave-one-unit-out R² (clipped to [0, 1]) raised
-        to ``shrink_power``.
-    shrink_power
-        Exponent of that R² (1: in proportion to R²; 0.5: to the correlation, a milder
-        shrinkage of the genes the image predicts weakly).
-    n_components
-        Principal components of the standardised superpixel features used by the image term.
-    alphas
-        Ridge penalties tried by generalised cross-validation over the units.
-    coarse
-        Spacing of the kernel's nodes, in bandwidths.
-    truncate
-        Kernel support, in bandwidths.
-    measurement
-        What :meth:`SuperResModel.predict_units` returns for a query footprint: ``"mean"``,
-        the map's mean over it; ``"poisson"``, the expected log-normalised measurement of a
-        unit with that footprint (the map's count-weighted rate and the footprint's depth
-        from the count-density map, through :func:`expected_log1p`; needs unit depths).
-    depth_image
-        Let the count-density map follow the image (else uniform inside each footprint).
-    depth_components
-        Principal components of the features used by the count-density map.
-    depth_weight
-        Scale of the image term of the count-density map.
-    target_sum
-        Normalisation target of the units' log values (``log1p(target_sum * k / depth)``).
-    seed
-        Recorded for provenance; the fit is deterministic.
-    """
-
-    bandwidth: float = 1.0
-    nugget: float = 3.0
-    image_weight: float = 0.5
-    aggregate: Literal["log", "counts"] = "log"
-    exact: bool = True
-    image_fit: Literal["local", "global"] = "global"
-    per_gene: bool = False
-    gene_shrink: bool = True
-    shrink_power: float = 0.5
-    n_components: int = 8
-    alphas: tuple[float, ...] = tuple(float(a) for a in np.logspace(-2, 5, 15))
-    coarse: float = 0.25
-    truncate: float = 3.0
-    measurement: Literal["mean", "poisson"] = "poisson"
-    depth_image: bool = True
-    depth_components: int = 8
-    depth_weight: float = 1.0
-    target_sum: float = 1e4
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("bandwidth", "coarse", "truncate"):
-            v = getattr(self, name)
-            if not (np.isfinite(v) and v > 0):
-                raise ValueError(f"Expected a positive `{name}`, found `{v}`.")
-        if not (np.isfinite(self.nugget) and self.nugget >= 0):
-            raise ValueError(f"Expected a non-negative `nugget`, found `{self.nugget}`.")
-        if not (np.isfinite(self.image_weight) and self.image_weight >= 0):
-            raise ValueError(
-                f"Expected a non-negative `image_weight`, found `{self.image_weight}`."
-            )
-        if not (np.isfinite(self.shrink_power) and self.shrink_power > 0):
-            raise ValueError(f"Expected a positive `shrink_power`, found `{self.shrink_power}`.")
-        if self.aggregate not in ("log", "counts"):
-            raise ValueError(f"Expected `aggregate` 'log' or 'counts', found `{self.aggregate}`.")
-        if self.image_fit not in ("local", "global"):
-            raise ValueError(f"Expected `image_fit` 'local' or 'global', found `{self.image_fit}`.")
-        if self.measurement not in ("mean", "poisson"):
-            raise ValueError(
-                f"Expected `measurement` 'mean' or 'poisson', found `{self.measurement}`."
-            )
-        if not (np.isfinite(self.depth_weight) and self.depth_weight >= 0):
-            raise ValueError(
-                f"Expected a non-negative `depth_weight`, found `{self.depth_weight}`."
-            )
-        if not (np.isfinite(self.target_sum) and self.target_sum > 0):
-            raise ValueError(f"Expected a positive `target_sum`, found `{self.target_sum}`.")
-        if self.n_components < 1 or self.depth_components < 1:
-            raise ValueError(
-                "Expected `n_components` and `depth_components` >= 1, found "
-                f"`{self.n_components}` and `{self.depth_components}`."
-            )
 
 
 @dataclass
@@ -180,6 +72,10 @@ class SuperResModel:
     info: dict[str, Any] = field(default_factory=dict)
     outside: OutsideFill | None = None  # corrections for superpixels under no footprint
     depth: DepthMap | None = None  # count density, when fitted with unit depths
+    nodes_xy: np.ndarray | None = None  # (nodes, 2) positions of the kernel's nodes
+    unit_components: np.ndarray | None = None  # (units, k) what the ridge was fitted on
+    image_shrink: np.ndarray | None = None  # (genes,) factor of each gene's image term
+    uncertainty: Uncertainty | None = None  # standard deviations and reliability
     _gram: Any = None  # factorised membership @ membership.T for the exact projection
 
     @property
@@ -279,6 +175,39 @@ class SuperResModel:
         ts = self.config.target_sum
         return expected_log1p(rate / ts, self.depth.footprint_depth(q), ts)
 
+    def predict_sd(self, genes: Sequence[str] | None = None) -> np.ndarray:
+        """Return the standard deviation of ``genes`` at every superpixel, ``(superpixels, genes)``.
+
+        In the units of :meth:`predict` (log-normalised expression): the posterior standard
+        deviation of the field plus the image term's, calibrated (see
+        :mod:`._superres_uncertainty`).
+        """
+        if self.uncertainty is None:
+            raise ValueError(
+                "Expected a model fitted with `uncertainty=True` and aggregate='log', found none."
+            )
+        return self.uncertainty.sd(self.gene_index(genes))
+
+    def reliability(self) -> Any:
+        """Per-gene reliability: ``reliability_r2`` and ``image_share`` (pandas DataFrame).
+
+        ``reliability_r2`` is the leave-one-unit-out R² of the map (each unit predicted from
+        the others; below 0 when a gene's units are better predicted by their mean);
+        ``image_share`` the share of the map's variance across superpixels that the image
+        term carries.
+        """
+        import pandas as pd
+
+        unc = self.uncertainty
+        nan = np.full(len(self.genes), np.nan)
+        return pd.DataFrame(
+            {
+                "reliability_r2": nan if unc is None else unc.loo_r2,
+                "image_share": nan if unc is None else unc.image_share,
+            },
+            index=pd.Index(self.genes, name="gene"),
+        )
+
     def _projection(self, mismatch: np.ndarray) -> np.ndarray:
         """Least-norm superpixel change whose footprint means are ``mismatch``."""
         if self._gram is None:
@@ -347,7 +276,8 @@ def iter_fit_superres(
             )
         y = np.expm1(y)
 
-    yield Progress(_STAGE, 0, 3, "kernel")
+    n_steps = 4 if cfg.uncertainty and cfg.aggregate == "log" else 3
+    yield Progress(_STAGE, 0, n_steps, "kernel")
     centroids = np.asarray(a @ pos)
     pitch = lattice_pitch(centroids)
     h = cfg.bandwidth * pitch
@@ -370,9 +300,9 @@ def iter_fit_superres(
     # Before the gene-sized arrays of the image term and the field, so their peaks do not add.
     outside = outside_fill(pos, a, centroids, pitch)
 
-    yield Progress(_STAGE, 1, 3, "image term")
+    yield Progress(_STAGE, 1, n_steps, "image term")
     mean = y.mean(0)
-    comps = weights = depth_comps = None
+    comps = weights = depth_comps = unit_xs = shrink = None
     alpha = None
     use_depth = depth is not None and cfg.depth_image
     if features is not None and (cfg.image_weight > 0 or use_depth):
@@ -396,16 +326,19 @@ def iter_fit_superres(
         else:
             xs, ys = unit_x - xbar, y - mean
         weights, alpha, r2 = ridge_gcv(xs, ys, cfg.alphas, cfg.per_gene)
+        shrink = np.ones(y.shape[1])
         if cfg.gene_shrink:
             # Each gene's image detail in proportion to how well the image predicts it.
-            weights = weights * np.clip(r2, 0.0, 1.0)[None, :] ** cfg.shrink_power
+            shrink = np.clip(r2, 0.0, 1.0) ** cfg.shrink_power
+            weights = weights * shrink[None, :]
+        unit_xs = xs
         if cfg.image_weight == 0:
             comps = weights = None
     resid = y - mean
     if weights is not None:
         resid = resid - cfg.image_weight * (np.asarray(a @ comps) @ weights)
 
-    yield Progress(_STAGE, 2, 3, "smooth field")
+    yield Progress(_STAGE, 2, n_steps, "smooth field")
     diag = float(np.mean(gram.diagonal()))
     # Sparse LU: the truncated kernel is symmetric but not always positive definite.
     system = gram + (cfg.nugget + 1e-9) * diag * sp.identity(n_u, format="csc")
@@ -429,6 +362,9 @@ def iter_fit_superres(
         coef=coef,
         components=comps,
         weights=weights,
+        nodes_xy=nodes_xy,
+        unit_components=None if weights is None else unit_xs,
+        image_shrink=None if weights is None else shrink,
         pitch=float(pitch),
         info={
             "unit_pitch": float(pitch),
@@ -439,7 +375,15 @@ def iter_fit_superres(
             "depth_r2": None if depth_map is None else depth_map.r2,
         },
     )
-    yield Progress(_STAGE, 3, 3, "done")
+    if n_steps == 4:
+        yield Progress(_STAGE, 3, n_steps, "uncertainty")
+        model.uncertainty = fit_uncertainty(
+            model,
+            scale=cfg.uncertainty_scale,
+            bandwidth=cfg.uncertainty_bandwidth,
+            amplitude=cfg.uncertainty_amplitude,
+        )
+    yield Progress(_STAGE, n_steps, n_steps, "done")
     return model
 
 

@@ -1,0 +1,271 @@
+"""Calibration of the super-resolution map: pooled footprints, intervals and errors.
+
+:func:`pooled_calibration` runs the pooled-footprint protocol of :mod:`.superres` (blocks of
+``factor`` x ``factor`` units summed into pseudo-units with their true footprints; the model
+sees only these) and scores every real unit twice:
+
+- accuracy: the mean Pearson r over genes of the map (the expected measurement at each real
+  footprint), next to the own pseudo-unit copy, kNN and smoothing + low rank;
+- uncertainty: how often each unit's measured value falls inside the model's central 50, 80
+  and 95 % predictive intervals (Gaussian, with the posterior variance of the footprint's
+  mean and the counting noise at the unit's expected depth), and whether the errors are larger
+  where the model says so: within each gene, the mean absolute error of the fifth of units
+  with the largest standard deviation over that of the fifth with the smallest.
+
+:func:`evaluate_superres_pool` does it on a slide, as ``histosge evaluate --superres-pool``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from napari_histosge._progress import Progress
+from napari_histosge.metrics import pearson_per_gene
+
+from .superres import log_normalise, pooled_units, superres_baselines
+
+if TYPE_CHECKING:
+    from napari_histosge.models.superres import SuperResConfig
+    from napari_histosge.pipeline import Slide
+    from napari_histosge.superpixels import SuperResOptions
+
+__all__ = [
+    "LEVELS",
+    "coverage",
+    "error_sd_ratio",
+    "evaluate_superres_pool",
+    "pooled_calibration",
+]
+
+#: Nominal coverages of the central predictive intervals that are scored.
+LEVELS = (0.5, 0.8, 0.95)
+
+
+def _z(level: float) -> float:
+    from scipy.stats import norm
+
+    return float(norm.ppf(0.5 + level / 2.0))
+
+
+def coverage(
+    truth: np.ndarray, pred: np.ndarray, sd: np.ndarray, levels: Sequence[float] = LEVELS
+) -> dict[str, float]:
+    """Fraction of values inside each central Gaussian interval ``pred ± z * sd``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> t = rng.normal(size=(4000, 3))
+    >>> c = coverage(t, np.zeros_like(t), np.ones_like(t))
+    >>> [round(v, 2) for v in c.values()]
+    [0.5, 0.8, 0.95]
+    """
+    err = np.abs(np.asarray(truth, float) - np.asarray(pred, float))
+    s = np.asarray(sd, float)
+    return {f"coverage_{round(100 * q)}": float(np.mean(err <= _z(q) * s)) for q in levels}
+
+
+def error_sd_ratio(
+    truth: np.ndarray, pred: np.ndarray, sd: np.ndarray, fraction: float = 0.2
+) -> float:
+    """Mean over genes of MAE(most uncertain ``fraction``) / MAE(least uncertain ``fraction``).
+
+    Within each gene (column) units are ranked by their standard deviation; genes whose
+    least uncertain units have no error are left out.
+
+    Examples
+    --------
+    >>> sd = np.repeat(np.linspace(0.1, 1.0, 10)[:, None], 2, axis=1)
+    >>> round(error_sd_ratio(sd, np.zeros_like(sd), sd), 2)  # (0.9 + 1.0) / (0.1 + 0.2)
+    6.33
+    """
+    err = np.abs(np.asarray(truth, float) - np.asarray(pred, float))
+    s = np.asarray(sd, float)
+    n = len(err)
+    k = max(1, int(round(fraction * n)))
+    order = np.argsort(s, axis=0, kind="stable")
+    lo = np.take_along_axis(err, order[:k], axis=0).mean(0)
+    hi = np.take_along_axis(err, order[-k:], axis=0).mean(0)
+    ok = lo > 0
+    return float(np.mean(hi[ok] / lo[ok])) if ok.any() else float("nan")
+
+
+def pooled_calibration(
+    features: np.ndarray | None,
+    positions: np.ndarray,
+    unit_xy: np.ndarray,
+    spot_membership: Any,
+    counts: Any,
+    *,
+    factor: int = 2,
+    n_genes: int = 250,
+    genes: Sequence[int] | None = None,
+    config: SuperResConfig | None = None,
+    keep_arrays: bool = False,
+) -> dict[str, Any]:
+    """Score accuracy and calibration of the map on one section (arrays).
+
+    Parameters
+    ----------
+    features
+        ``(superpixels, d)`` dense features, or ``None``.
+    positions
+        ``(superpixels, 2)`` superpixel centres (µm).
+    unit_xy
+        ``(units, 2)`` centres of the real units (same frame).
+    spot_membership
+        ``(units, superpixels)`` footprints of the real units (rows sum to 1).
+    counts
+        ``(units, genes)`` raw counts of the real units.
+    factor
+        Pooling block size (2: 2x2, 3: 3x3).
+    n_genes
+        Genes scored: those of highest variance over the pseudo-units (what the model sees).
+    genes
+        Column indices of the genes to score instead.
+    config
+        Model settings (``measurement="poisson"`` and ``uncertainty=True`` are used).
+    keep_arrays
+        Also return the truth, predictions and the two parts of the predictive variance
+        (``"arrays"``: ``truth``, ``pred``, ``field_var``, ``noise_var``).
+
+    Returns
+    -------
+    ``r_map``, ``r_own_unit``, ``r_knn``, ``r_smooth_lowrank`` (mean Pearson r over genes),
+    ``coverage_50/80/95``, ``error_sd_ratio``, ``n_units``, ``n_pseudo``, ``n_genes``,
+    ``factor``, ``per_gene`` (r of the map and of each baseline).
+    """
+    from dataclasses import replace
+
+    from napari_histosge.models._superres_uncertainty import measurement_variance
+    from napari_histosge.models.superres import SuperResConfig, fit_superres
+
+    cfg = replace(config or SuperResConfig(), measurement="poisson", uncertainty=True)
+    centres, pooled, labels, unit_m = pooled_units(unit_xy, spot_membership, counts, factor)
+    if len(centres) < 4:
+        raise ValueError(
+            f"Expected at least 4 pseudo-units, found {len(centres)}; use a smaller pooling."
+        )
+    uy_all = log_normalise(pooled)
+    cols = (
+        np.asarray(genes, dtype=np.int64)
+        if genes is not None
+        else np.argsort(-uy_all.var(0), kind="stable")[:n_genes]
+    )
+    uy = uy_all[:, cols]
+    truth = log_normalise(counts)[:, cols]
+    depth = np.asarray(pooled.sum(1), dtype=np.float64).ravel()
+    if not (depth > 0).all():
+        raise ValueError("Expected every pseudo-unit to hold counts, found empty ones.")
+    base = superres_baselines(centres, uy, labels, positions, spot_membership, unit_m, depth)
+    model = fit_superres(features, positions, unit_m, uy, config=cfg, depth=depth)
+    pred = model.predict_units(spot_membership)
+    field, noise = measurement_variance(model, spot_membership, pred)
+    sd = np.sqrt(field + noise)
+    out: dict[str, Any] = {"factor": int(factor)}
+    per_gene: dict[str, list[float | None]] = {}
+    for name, values in (("map", pred), *((k, base[k]) for k in base)):
+        r = pearson_per_gene(values, truth)
+        if name in ("map", "own_unit", "knn", "smooth_lowrank"):
+            out[f"r_{name}"] = float(np.nanmean(r))
+        per_gene[name] = [None if not np.isfinite(v) else round(float(v), 4) for v in r]
+    out.update(coverage(truth, pred, sd))
+    out["error_sd_ratio"] = error_sd_ratio(truth, pred, sd)
+    out["uncertainty_scale"] = float(cfg.uncertainty_scale)
+    out.update(n_units=int(len(truth)), n_pseudo=int(len(centres)), n_genes=int(len(cols)))
+    out["genes_idx"] = [int(c) for c in cols]
+    out["per_gene"] = per_gene
+    if keep_arrays:
+        out["arrays"] = {"truth": truth, "pred": pred, "field_var": field, "noise_var": noise}
+    return out
+
+
+def evaluate_superres_pool(
+    slide: Slide,
+    *,
+    factor: int = 2,
+    genes: Sequence[str] | None = None,
+    n_genes: int = 250,
+    options: SuperResOptions | None = None,
+) -> Generator[Progress, None, dict[str, Any]]:
+    """Run :func:`pooled_calibration` on a slide, yielding progress (``histosge evaluate``).
+
+    The superpixel grid and dense features are those of ``histosge run`` (cached in the
+    store like them); the real units' footprints come from the slide's shapes and the counts
+    from its table (raw counts are required: pooling sums them).
+
+    Examples
+    --------
+    >>> metrics = run_generator(evaluate_superres_pool(slide, factor=2))  # doctest: +SKIP
+    >>> metrics["r_map"], metrics["coverage_80"]  # doctest: +SKIP
+    """
+    import scipy.sparse as sp
+
+    from napari_histosge.expression import count_matrix, is_log_normalized
+    from napari_histosge.features.superpixel_cache import cached_features
+    from napari_histosge.geometry.footprints import (
+        default_resolution,
+        unit_footprints,
+        unit_membership,
+    )
+    from napari_histosge.superpixels import (
+        DEFAULT_RESOLUTION_UM,
+        SuperResOptions,
+        check_resolution,
+        resolution_range,
+        units_superpixel_grid,
+    )
+
+    if int(factor) != factor or factor < 2:
+        raise ValueError(f"Expected a pooling factor of 2 or more, found `{factor}`.")
+    if is_log_normalized(slide.table):
+        raise ValueError(
+            "Expected raw counts in the table for --superres-pool (pseudo-units sum counts), "
+            "found log-normalised values."
+        )
+    opts = options or SuperResOptions()
+    keys = slide.keys
+    geom = slide.geometry
+    um = geom.um_per_px
+    kind, footprints, diam_px = unit_footprints(
+        slide.sdata, image_key=keys.image_key, spots_key=keys.spots_key, table_key=keys.table_key
+    )
+    finest, coarsest = resolution_range(geom.centers_px, diam_px, um)
+    if opts.resolution_um is None:
+        res_um = max(default_resolution(diam_px * um, DEFAULT_RESOLUTION_UM), finest)
+    else:
+        res_um = check_resolution(opts.resolution_um, finest, coarsest)
+    step = res_um / um
+    grid, box = units_superpixel_grid(geom.centers_px, float(diam_px.max()), step)
+    pos = grid.positions
+    yield Progress("evaluate", 0, 2, f"{grid.n} superpixels of {res_um:g} µm")
+    feats, _meta = yield from cached_features(slide, opts, pos, step, box, res_um)
+    member = unit_membership(kind, footprints, pos)
+    counts = sp.csr_matrix(count_matrix(slide.table)[0])
+    names = [str(v) for v in slide.table.var_names]
+    cols = None
+    if genes is not None:
+        lookup = {str(g): i for i, g in enumerate(names)}
+        missing = [g for g in genes if g not in lookup]
+        if missing:
+            raise KeyError(f"Expected genes of the table, found unknown {missing[:5]}.")
+        cols = [lookup[g] for g in genes]
+    yield Progress("evaluate", 1, 2, f"pooling {factor}x{factor}, fitting and scoring")
+    out = pooled_calibration(
+        feats,
+        pos * um,
+        geom.centers_px * um,
+        member,
+        counts,
+        factor=factor,
+        n_genes=n_genes,
+        genes=cols,
+        config=opts.config,
+    )
+    out["genes"] = [str(names[i]) for i in out.pop("genes_idx")]
+    out["resolution_um"] = float(res_um)
+    yield Progress("evaluate", 2, 2, "done")
+    return out

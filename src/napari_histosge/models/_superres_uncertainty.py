@@ -1,0 +1,378 @@
+"""Uncertainty and reliability of the super-resolution map.
+
+The map's smooth field is the posterior mean of a Gaussian process: the residual of every
+gene (what the mean profile and the image term leave unexplained) is a field with the
+model's Gaussian kernel as covariance, observed as footprint means with noise. The same
+process gives each superpixel's posterior variance (the field's "kriging variance"): small
+inside and near measured footprints, back to the prior far from them. Per gene:
+
+- the field's amplitude ``sigma2`` (method of moments: the units' residual variance minus
+  their counting noise, over the footprints' prior variance);
+- the counting noise of every unit at its depth (the variance of ``log1p(target_sum * K /
+  depth)`` for Poisson ``K``; none when the depths are unknown), whose ratio to the
+  amplitude sets how closely the field follows the units. The posterior variance is computed
+  once for a few noise ratios (a grid) and interpolated in ``log`` ratio for each gene, so
+  that a thousand genes cost two multiply-adds per superpixel;
+- the uncertainty of the image term: the ridge weights' covariance, propagated to every
+  superpixel through its image components.
+
+A footprint (a real spot inside a pooled pseudo-spot, a cell) gets the posterior variance of
+its mean, with the covariances between its superpixels, and a measurement at a given depth
+adds that depth's counting noise (:func:`measurement_sd`).
+
+Reliability of each gene: the leave-one-unit-out R² of the map (each unit predicted from the
+others by the same field, closed form for the kernel system) and the share of the map's
+variance across superpixels that the image term carries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: A fitted :class:`~.superres.SuperResModel` (not imported: that module imports this one).
+SuperResModel = Any
+
+__all__ = [
+    "NOISE_RATIOS",
+    "Uncertainty",
+    "fit_uncertainty",
+    "footprint_variance",
+    "measurement_sd",
+    "measurement_variance",
+    "var_log1p",
+]
+
+#: Noise-to-amplitude ratios at which the field's posterior variance is computed.
+NOISE_RATIOS = (0.02, 0.1, 0.5, 2.5, 12.5)
+#: Bytes of one dense block of right-hand sides in the kernel solves.
+_BLOCK_BYTES = 64 * 1024**2
+
+
+@dataclass
+class Uncertainty:
+    """Posterior standard deviation of the map, per superpixel and gene."""
+
+    node_var: np.ndarray  # (ratios, superpixels) posterior variance of the unit-amplitude field
+    sigma2: np.ndarray  # (genes,) field amplitude
+    ratio_pos: np.ndarray  # (genes,) fractional index of each gene's noise ratio in the grid
+    image_lev: np.ndarray | None  # (superpixels,) image components through the weights' cov
+    image_var: np.ndarray | None  # (genes,) scale of the image term's variance
+    loo_r2: np.ndarray  # (genes,) leave-one-unit-out R² of the map
+    image_share: np.ndarray  # (genes,) share of the map's variance carried by the image term
+    scale: float = 1.0  # calibration factor of the standard deviations
+    kernel: Any = None  # (nodes, units) CSR: the field's covariance to every footprint
+    bandwidth: float = 1.0  # of that kernel, in unit pitches
+
+    def _mix(self, cols: np.ndarray, table: np.ndarray) -> np.ndarray:
+        """Interpolate ``table`` ``(ratios, n)`` at each gene's noise ratio: ``(n, cols)``."""
+        pos = self.ratio_pos[cols]
+        j = np.clip(np.floor(pos).astype(np.int64), 0, len(table) - 2)
+        t = (pos - j).astype(np.float32)
+        lo = table[j].T  # (n, cols)
+        hi = table[j + 1].T
+        return lo * (1 - t) + hi * t
+
+    def sd(self, cols: np.ndarray) -> np.ndarray:
+        """Return the standard deviation ``(superpixels, len(cols))`` of genes ``cols``."""
+        var = self._mix(cols, self.node_var) * self.sigma2[cols].astype(np.float32)
+        if self.image_lev is not None and self.image_var is not None:
+            var += self.image_lev[:, None] * self.image_var[cols].astype(np.float32)
+        np.maximum(var, 0.0, out=var)
+        return (np.sqrt(var) * np.float32(self.scale)).astype(np.float32)
+
+
+def var_log1p(
+    rate: np.ndarray, depth: np.ndarray, target_sum: float = 1e4, exact_below: float = 30.0
+) -> np.ndarray:
+    """Variance of ``log1p(target_sum * K / depth)`` for ``K ~ Poisson(rate * depth)``.
+
+    Examples
+    --------
+    >>> float(var_log1p(np.array([[0.0]]), np.array([100.0]))[0, 0])
+    0.0
+    >>> v = var_log1p(np.array([[0.01]]), np.array([1e5]))[0, 0]  # mean 1,000 counts
+    >>> bool(abs(v - 1e-3) < 1e-4)
+    True
+    """
+    r = np.clip(np.asarray(rate, dtype=np.float64), 0.0, None)
+    d = np.asarray(depth, dtype=np.float64).reshape(-1, 1)
+    mu = r * d
+    s = target_sum / d
+    out = mu * (s / (1.0 + s * mu)) ** 2  # delta method for large means
+    small = mu < exact_below
+    if small.any():
+        m = np.where(small, mu, 0.0)
+        pmf = np.exp(-m)
+        e1 = np.zeros_like(m)
+        e2 = np.zeros_like(m)
+        k_max = int(np.ceil(exact_below + 12.0 * np.sqrt(exact_below) + 10.0))
+        for k in range(1, k_max + 1):
+            pmf = pmf * m / k
+            v = np.log1p(s * k)
+            e1 += pmf * v
+            e2 += pmf * v * v
+        out = np.where(small, np.maximum(e2 - e1**2, 0.0), out)
+    return out
+
+
+def _solver(gram: Any, ratio: float) -> Any:
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import splu
+
+    n = gram.shape[0]
+    return splu(sp.csc_matrix(gram + (ratio + 1e-9) * sp.identity(n, format="csc")))
+
+
+def _explained(solver: Any, cross: Any) -> np.ndarray:
+    """``diag(cross @ inv(system) @ cross.T)`` for sparse ``cross`` ``(queries, units)``."""
+    import scipy.sparse as sp
+
+    cross = sp.csr_matrix(cross)
+    n_q, n_u = cross.shape
+    block = max(64, _BLOCK_BYTES // (8 * max(n_u, 1)))
+    out = np.empty(n_q)
+    for i in range(0, n_q, block):
+        rhs = cross[i : i + block].T.toarray()
+        out[i : i + block] = np.einsum("ij,ij->j", rhs, solver.solve(rhs))
+    return out
+
+
+def _inverse_diag(solver: Any, n: int) -> np.ndarray:
+    """Diagonal of the inverse of a factorised ``(n, n)`` system."""
+    block = max(64, _BLOCK_BYTES // (8 * max(n, 1)))
+    out = np.empty(n)
+    for i in range(0, n, block):
+        j = min(i + block, n)
+        rhs = np.zeros((n, j - i))
+        rhs[np.arange(i, j), np.arange(j - i)] = 1.0
+        out[i:j] = solver.solve(rhs)[np.arange(i, j), np.arange(j - i)]
+    return out
+
+
+def unit_noise(model: SuperResModel) -> np.ndarray | None:
+    """Return the counting noise variance ``(units, genes)`` of the units at their depths."""
+    if model.depth is None or model.config.aggregate != "log":
+        return None
+    depth = model.depth.footprint_depth(model.membership)
+    ts = model.config.target_sum
+    return var_log1p(np.expm1(model.values) / ts, depth, ts)
+
+
+def _uncertainty_kernel(model: SuperResModel, bandwidth: float) -> tuple[Any, Any]:
+    """Return the field's kernel at ``bandwidth`` pitches, ``(nodes, units)``, and its gram."""
+    from ._superres_ops import footprint_kernel
+
+    a_nodes = (model.membership @ model.interp).tocsc()
+    if bandwidth == model.config.bandwidth or model.nodes_xy is None:
+        kernel = model.kernel
+    else:
+        cfg = model.config
+        foot = np.flatnonzero(np.diff(a_nodes.indptr) > 0)
+        h = bandwidth * model.pitch
+        kernel = footprint_kernel(
+            model.nodes_xy,
+            foot,
+            a_nodes[:, foot].tocsr(),
+            h,
+            cfg.truncate,
+            cfg.coarse * cfg.bandwidth * model.pitch,
+        )
+    return kernel, (a_nodes.tocsr() @ kernel).tocsr()
+
+
+def fit_uncertainty(
+    model: SuperResModel,
+    *,
+    ratios: tuple[float, ...] = NOISE_RATIOS,
+    scale: float = 1.0,
+    bandwidth: float | None = None,
+    amplitude: str = "cv",
+    sample: int = 20000,
+) -> Uncertainty:
+    """Fit the uncertainty of a fitted model (see the module's docstring).
+
+    Parameters
+    ----------
+    model
+        A fitted super-resolution model (``aggregate="log"``).
+    ratios
+        Grid of noise-to-amplitude ratios for the field's posterior variance.
+    scale
+        Calibration factor applied to every standard deviation.
+    bandwidth
+        Kernel bandwidth of the field's covariance, in unit pitches (the model's by default).
+    amplitude
+        ``"cv"``: each gene's amplitude by leave-one-unit-out cross-validation (the units'
+        LOO errors match their predicted LOO variance on average; robust to a kernel that is
+        too smooth); ``"moments"``: the units' residual variance minus their counting noise.
+    sample
+        Superpixels (a fixed subsample) over which each gene's image share is taken.
+
+    Returns
+    -------
+    The uncertainty, attached to nothing: ``model.uncertainty`` holds it after a fit.
+    """
+    if amplitude not in ("cv", "moments"):
+        raise ValueError(f"Expected `amplitude` 'cv' or 'moments', found `{amplitude}`.")
+    bw = float(model.config.bandwidth if bandwidth is None else bandwidth)
+    a = model.membership
+    y = model.values
+    n_u, n_g = y.shape
+    kernel, gram = _uncertainty_kernel(model, bw)
+    gbar = float(np.mean(gram.diagonal()))
+    resid = y - model.mean
+    if model.components is not None and model.weights is not None:
+        unit_x = np.asarray(a @ model.components)
+        resid = resid - model.config.image_weight * (unit_x @ model.weights)
+    noise = unit_noise(model)
+    tau2 = np.zeros(n_g) if noise is None else noise.mean(0)
+    solvers = [_solver(gram, r) for r in ratios]
+    steps = np.arange(len(ratios), dtype=np.float64)
+    grid = np.log(np.asarray(ratios, dtype=np.float64))
+    total = (resid**2).mean(0)
+    sigma2 = np.maximum(np.maximum(total - tau2, 0.1 * total), 1e-12) / max(gbar, 1e-12)
+    pos = np.interp(np.log(np.clip(tau2 / sigma2, ratios[0], ratios[-1])), grid, steps)
+    if amplitude == "cv":
+        # Each unit's LOO residual over its LOO standard deviation should be 1 on average;
+        # the noise ratio depends on the amplitude: start from the moments, iterate.
+        cv = np.stack(
+            [(sv.solve(resid) ** 2 / _inverse_diag(sv, n_u)[:, None]).mean(0) for sv in solvers]
+        )  # (ratios, genes): the CV amplitude at each noise ratio
+        genes = np.arange(n_g)
+        for _ in range(3):
+            j = np.clip(np.floor(pos).astype(np.int64), 0, len(ratios) - 2)
+            t = pos - j
+            sigma2 = np.maximum(cv[j, genes] * (1 - t) + cv[j + 1, genes] * t, 1e-12)
+            pos = np.interp(np.log(np.clip(tau2 / sigma2, ratios[0], ratios[-1])), grid, steps)
+    ratio_pos = pos
+    node_rows = [np.clip(1.0 - _explained(sv, kernel), 0.0, 1.0) for sv in solvers]
+    node_var = np.asarray(model.interp @ np.stack(node_rows, axis=1), dtype=np.float32).T
+    image_lev, image_var = _image_variance(model, resid)
+    # Leave-one-unit-out residuals of the model's own field: coef / diag(inverse system).
+    own_gram = ((a @ model.interp) @ model.kernel).tocsr()
+    diag = float(np.mean(own_gram.diagonal()))
+    own = _solver(own_gram, (model.config.nugget + 1e-9) * diag)
+    loo = model.coef / _inverse_diag(own, n_u)[:, None]
+    centred = y - y.mean(0)
+    loo_r2 = 1.0 - (loo**2).sum(0) / np.maximum((centred**2).sum(0), 1e-12)
+    share = _image_share(model, sample)
+    return Uncertainty(
+        node_var=np.ascontiguousarray(node_var),
+        sigma2=sigma2,
+        ratio_pos=ratio_pos,
+        image_lev=image_lev,
+        image_var=image_var,
+        loo_r2=loo_r2,
+        image_share=share,
+        scale=float(scale),
+        kernel=kernel,
+        bandwidth=bw,
+    )
+
+
+def _image_variance(
+    model: SuperResModel, resid: np.ndarray
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Variance of the image term from its ridge weights' covariance, per superpixel x gene.
+
+    ``Cov(w) = s2 * V diag(d / (d + alpha)^2) V^T`` for the unit components' singular values
+    ``d`` (squared) and the penalty ``alpha``; ``s2`` is each gene's residual variance, and
+    the gene's shrinkage and the image weight scale the term.
+    """
+    if model.components is None or model.weights is None or model.unit_components is None:
+        return None, None
+    xs = model.unit_components
+    _u, s, vt = np.linalg.svd(xs, full_matrices=False)
+    alpha = float(model.info.get("ridge_alpha_median") or 0.0)
+    factor = vt.T * (s / (s**2 + alpha))[None, :]
+    lev = np.einsum("ij,ij->i", model.components @ factor, model.components @ factor)
+    n_u = len(resid)
+    s2 = (resid**2).sum(0) / max(n_u - xs.shape[1], 1)
+    scale = (model.config.image_weight * model.image_shrink) ** 2
+    return lev.astype(np.float32), s2 * scale
+
+
+def _image_share(model: SuperResModel, sample: int) -> np.ndarray:
+    """Share of each gene's map variance (over superpixels) carried by the image term."""
+    n_g = len(model.genes)
+    if model.components is None or model.weights is None:
+        return np.zeros(n_g)
+    rng = np.random.default_rng(0)
+    n = model.n_superpixels
+    idx = np.sort(rng.choice(n, size=min(sample, n), replace=False))
+    img = model.components[idx] @ model.weights * model.config.image_weight
+    smooth = np.asarray((model.interp[idx] @ model.kernel) @ model.coef)
+    vi, vs = img.var(0), smooth.var(0)
+    return vi / np.maximum(vi + vs, 1e-12)
+
+
+def footprint_variance(model: SuperResModel, unc: Uncertainty, membership: Any) -> np.ndarray:
+    """Posterior variance ``(queries, genes)`` of the map's mean over query footprints.
+
+    ``membership`` is ``(queries, superpixels)``, rows summing to one (real spots, cells).
+    The covariances between the superpixels of a footprint are counted, so a large footprint
+    is more certain than its superpixels.
+    """
+    import scipy.sparse as sp
+
+    from ._superres_ops import footprint_kernel
+
+    if model.nodes_xy is None:
+        raise ValueError("Expected a model fitted with its kernel nodes, found none.")
+    q = sp.csr_matrix(membership, dtype=np.float64)
+    q_nodes = (q @ model.interp).tocsc()
+    foot = np.flatnonzero(np.diff(q_nodes.indptr) > 0)
+    q_f = q_nodes[:, foot].tocsr()
+    cfg = model.config
+    h = unc.bandwidth * model.pitch
+    kq = footprint_kernel(
+        model.nodes_xy, foot, q_f, h, cfg.truncate, cfg.coarse * cfg.bandwidth * model.pitch
+    )
+    prior = np.asarray(q_f.multiply(sp.csr_matrix(kq[foot].T)).sum(1)).ravel()
+    cross = (q_nodes @ unc.kernel).tocsr()
+    a_nodes = (model.membership @ model.interp).tocsr()
+    gram = (a_nodes @ unc.kernel).tocsr()
+    rows = [np.clip(prior - _explained(_solver(gram, r), cross), 0.0, None) for r in NOISE_RATIOS]
+    field = unc._mix(np.arange(len(unc.sigma2)), np.stack(rows)) * unc.sigma2[None, :]
+    if unc.image_lev is not None and unc.image_var is not None and model.components is not None:
+        xq = np.asarray(q @ model.components)
+        xs = model.unit_components
+        _u, s, vt = np.linalg.svd(xs, full_matrices=False)
+        alpha = float(model.info.get("ridge_alpha_median") or 0.0)
+        z = xq @ (vt.T * (s / (s**2 + alpha))[None, :])
+        field = field + (z**2).sum(1)[:, None] * unc.image_var[None, :]
+    return field * unc.scale**2
+
+
+def measurement_variance(
+    model: SuperResModel, membership: Any, predicted: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the two parts of the predictive variance of what footprints would measure.
+
+    The posterior variance of the map's mean over each footprint (calibrated) and the
+    counting noise at each footprint's expected depth (from the model's count-density map)
+    around ``predicted`` (the expected log-normalised measurement, ``(queries, genes)``);
+    zero noise when the model has no depths.
+    """
+    unc = model.uncertainty
+    if unc is None:
+        raise ValueError("Expected a model fitted with its uncertainty, found none.")
+    field = footprint_variance(model, unc, membership)
+    noise = np.zeros_like(field)
+    if model.depth is not None:
+        ts = model.config.target_sum
+        depth = model.depth.footprint_depth(membership)
+        noise = var_log1p(np.expm1(np.clip(predicted, 0.0, None)) / ts, depth, ts)
+    return field, noise
+
+
+def measurement_sd(model: SuperResModel, membership: Any, predicted: np.ndarray) -> np.ndarray:
+    """Predictive standard deviation of what units with footprints ``membership`` measure.
+
+    See :func:`measurement_variance`.
+    """
+    field, noise = measurement_variance(model, membership, predicted)
+    return np.sqrt(np.maximum(field + noise, 0.0))
