@@ -66,7 +66,8 @@ def test_sd_is_smaller_inside_footprints_and_reproducible():
     sd1 = model.predict_sd()
     inside = np.asarray(member.sum(0)).ravel() > 0
     assert sd1.shape == (model.n_superpixels, len(model.genes))
-    assert np.isfinite(sd1).all() and (sd1 >= 0).all()
+    assert np.isfinite(sd1).all()
+    assert (sd1 >= 0).all()
     # Every gene: the map is more certain under the measured footprints than between them.
     assert (sd1[inside].mean(0) < sd1[~inside].mean(0)).all()
     sd2 = _toy_model()[0].predict_sd()
@@ -87,7 +88,8 @@ def test_reliability_columns_and_no_uncertainty_option():
     model, _m, _g = _toy_model()
     rel = model.reliability()
     assert list(rel.columns) == ["reliability_r2", "image_share"]
-    assert rel["reliability_r2"].le(1).all() and rel["image_share"].between(0, 1).all()
+    assert rel["reliability_r2"].le(1).all()
+    assert rel["image_share"].between(0, 1).all()
     rng = np.random.default_rng(0)
     grid = superpixel_grid((0, 0, 200, 200), 10.0)
     centres = rng.uniform(20, 180, size=(12, 2))
@@ -121,7 +123,8 @@ def test_sample_resolution_range_works_at_both_ends_and_refuses_outside(
     )
     um = slide.geometry.um_per_px
     finest, coarsest = resolution_range(slide.geometry.centers_px, diam, um)
-    assert finest == pytest.approx(um) and coarsest == pytest.approx(diam.min() * um)
+    assert finest == pytest.approx(um)
+    assert coarsest == pytest.approx(diam.min() * um)
     genes = list(slide.table.var_names[:2])
     for res in (2 * finest, 8.0, coarsest / 2, coarsest):
         result = run_generator(
@@ -178,7 +181,8 @@ def test_run_writes_uncertainty_twin_of_the_maps(c2_run):
     rows, cols = grid.rows_cols
     member = circle_membership(grid.positions, g.centers_px, g.diameter_px / 2)
     inside = np.asarray(member.sum(0)).ravel() > 0
-    assert inside.any() and (~inside).any()
+    assert inside.any()
+    assert (~inside).any()
     vals = u[:, rows, cols]  # (genes, superpixels)
     assert np.isfinite(vals).all()
     larger = vals[:, ~inside].mean(1) > vals[:, inside].mean(1)
@@ -215,7 +219,8 @@ def test_evaluate_superres_pool_reports_accuracy_and_coverage(tmp_path, her2st_c
     for key, nominal in (("coverage_50", 0.5), ("coverage_80", 0.8), ("coverage_95", 0.95)):
         assert abs(m[key] - nominal) < 0.1, (key, m[key])
     assert m["error_sd_ratio"] >= 1.5
-    assert m["n_units"] == 187 and m["n_genes"] == 250
+    assert m["n_units"] == 187
+    assert m["n_genes"] == 250
     assert main([*args, "--metrics-out", str(metrics), "--quiet"]) == 2  # no silent overwrite
 
 
