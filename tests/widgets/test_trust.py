@@ -157,7 +157,10 @@ def test_sd_maps_next_to_the_maps_readout_outlines_and_domains(dock, qtbot, tmp_
     layer = viewer.layers[DOMAINS_NAME]
     assert tuple(layer.translate) == pytest.approx(maps.translate)
     assert layer.metadata["name"] == "histosge_domains"
-    assert layer.get_color(0) is None or layer.get_color(0)[3] == 0  # off tissue: transparent
+    low, high = layer.contrast_limits
+    cmap = layer.colormap
+    assert cmap.map([(0 - low) / (high - low)])[0][3] == 0  # off tissue: transparent
+    assert cmap.map([(2 - low) / (high - low)])[0][3] == 1
     text = widget.domains_section.top_label.text()
     assert "1: Gfap, Aqp4" in text
     assert "2: Mbp" in text

@@ -161,7 +161,7 @@ class PredictSection(Section):
         if (
             maps is not None
             and self.session.predictions is not None
-            and (self.selected_genes() != list(maps.genes))
+            and set(self.selected_genes()) != set(maps.genes)
         ):
             self.render_timer.start()
 

@@ -173,29 +173,32 @@ class TrustLayers:
 
     def _show_domains(self) -> None:
         import numpy as np
-        from napari.layers import Labels
+        from napari.layers import Image
 
-        from napari_histosge._layers import domain_colors
+        from napari_histosge._layers import domain_colormap
 
         domains, layer = self.session.domains, self.domains_layer
         if domains is None:
             if layer is not None:
                 self._set_visible(layer, False)
             return
-        colors: dict[Any, str] = {None: "transparent", 0: "transparent"}
-        colors.update(domain_colors(domains.k))
         labels = np.load(domains.path, mmap_mode="r")
         meta = {"name": "histosge_domains", "top_genes": domains.top_genes}
+        # An image of the labels with one flat colour each (hovering shows the domain).
+        look = {"colormap": domain_colormap(domains.k), "contrast_limits": (-0.5, domains.k + 0.5)}
         if layer is not None and layer in self.view.viewer.layers:
-            layer.data, layer.colormap, layer.metadata = labels, colors, meta
+            layer.data, layer.metadata = labels, meta
+            layer.colormap, layer.contrast_limits = look["colormap"], look["contrast_limits"]
             layer.scale, layer.translate, layer.visible = domains.scale, domains.translate, True
             return
-        layer = Labels(
+        layer = Image(
             labels,
             name=DOMAINS_NAME,
             scale=domains.scale,
             translate=domains.translate,
-            colormap=colors,
+            **look,
+            interpolation2d="nearest",
+            blending="translucent",
             opacity=0.6,
             metadata=meta,
             visible=False,
