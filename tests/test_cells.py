@@ -152,3 +152,19 @@ def test_run_cells_on_a_legacy_st_section(tmp_path, her2st_c2_zarr):
     argv = ["run", str(her2st_c2_zarr), "--out", str(out), "--cells", "--seed", "0"]
     assert main([*argv, "--n-top-genes", "50", "--quiet"]) == 0
     _check_contract(out)
+
+
+def test_cell_features_option_of_the_superres_step(synthetic):
+    from napari_histosge._progress import run_generator
+    from napari_histosge.cells.features import cell_feature_names
+    from napari_histosge.pipeline import Slide
+    from napari_histosge.superpixels import SuperResOptions, iter_superres
+
+    slide = Slide.open(synthetic.sdata)
+    plain = run_generator(iter_superres(slide, genes=synthetic.genes[:3]))
+    opts = SuperResOptions(cell_features=True)
+    res = run_generator(iter_superres(slide, genes=synthetic.genes[:3], options=opts))
+    info = res.meta["features"]["cells"]
+    assert info["n_nuclei"] > 20
+    assert res.meta["features"]["dim"] == plain.meta["features"]["dim"] + len(cell_feature_names())
+    assert np.isfinite(res.model.predict(synthetic.genes[:3])).all()

@@ -66,6 +66,9 @@ class SuperResOptions:
     cache
         Reuse and keep the superpixel features in the store (``False``: the store is not
         touched).
+    cell_features
+        Append nucleus statistics around each superpixel to the features
+        (:func:`napari_histosge.cells.features.iter_add_cell_features`).
     config
         Model settings.
     """
@@ -78,6 +81,7 @@ class SuperResOptions:
     scales_um: tuple[float, ...] = DEFAULT_SCALES_UM
     batch_size: int = 8
     cache: bool = True
+    cell_features: bool = False
     config: SuperResConfig = field(default_factory=SuperResConfig)
 
     def __post_init__(self) -> None:
@@ -265,6 +269,10 @@ def iter_superres(
     pos = grid.positions
     yield Progress("superres", 0, 3, f"{grid.n} superpixels of {res_um:g} µm")
     feats, fmeta = yield from cached_features(slide, opts, pos, step, (lo, hi), res_um)
+    if opts.cell_features:
+        from .cells.features import iter_add_cell_features
+
+        feats, fmeta = yield from iter_add_cell_features(slide, feats, fmeta, pos)
     member = unit_membership(kind, footprints, pos)
     targets = slide.targets(genes=genes, n_top_genes=n_top_genes)
     model = yield from iter_fit_superres(
