@@ -159,7 +159,7 @@ def her2st_section(section: str, picture: bool) -> dict:
             "threshold": nuc.meta["threshold"],
         }
         if picture:
-            _picture(slide, nuc, DOCS_IMAGES / f"cells_her2st_{section}.png")
+            _picture(slide, nuc, DOCS_IMAGES / f"cells_her2st_{section}.jpg")
         nuc.close()
     return out
 
@@ -182,7 +182,7 @@ def _picture(slide, nuc, path: Path, side: int = 600) -> None:
     rgb[find_boundaries(lab, mode="inner")] = (0, 220, 0)
     both = np.concatenate([he, np.full((side, 8, 3), 255, np.uint8), rgb], axis=1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(both).save(path, optimize=True)
+    Image.fromarray(both).save(path, quality=88)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,104 @@
+"""Cells: time and memory of the nucleus segmentation and of ``histosge run --cells``.
+
+    # segmentation of a whole slide (every tile of the image), in this process:
+    .venv/bin/python bench/cells_speed.py segment /tmp/cells/synth25k.zarr
+    # histosge run (superres) without and with --cells, each in a child under /usr/bin/time:
+    .venv/bin/python bench/cells_speed.py run /tmp/cells/C2.zarr --work /tmp/cells
+
+The 25k-pixel slide is ``bench/synthetic_slide.py --size 25000 --spots 4000 --genes 500 --seed
+0`` (0.278 µm/px: segmented on its 2x level, 0.555 µm/px).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from _common import run_metadata, time_histosge_run, write_json
+
+
+def segment(store: str, tile_px: int) -> dict:
+    """Segment every tile of the slide's image; wall time, nuclei and peak RSS."""
+    import spatialdata as sd
+
+    from napari_histosge._progress import run_generator
+    from napari_histosge.cells.segment import NucleiOptions, iter_segment_nuclei
+    from napari_histosge.pipeline import Slide
+
+    slide = Slide.open(sd.read_zarr(store))
+    image = slide.sdata.images[slide.keys.image_key]
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    nuc = run_generator(
+        iter_segment_nuclei(image, slide.geometry.um_per_px, options=NucleiOptions(tile_px=tile_px))
+    )
+    t_seg = time.perf_counter() - t0
+    # the stitched labels, read back block by block as the export does
+    n_ids = 0
+    for blk in nuc.labels.to_delayed().ravel():
+        n_ids = max(n_ids, int(blk.compute().max()))
+    t_all = time.perf_counter() - t0
+    out = {
+        "store": store,
+        "image_shape": [int(s) for s in image["scale0"]["image"].shape],
+        "um_per_px": slide.geometry.um_per_px,
+        "level_um_per_px": nuc.um_per_px,
+        "segmented_px": int(nuc.labels.shape[0]) * int(nuc.labels.shape[1]),
+        "n_tiles": nuc.meta["n_tiles"],
+        "n_nuclei": nuc.n,
+        "max_label": n_ids,
+        "segment_s": round(t_seg, 1),
+        "segment_and_relabel_s": round(t_all, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "load_1min_before": load,
+        "load_1min_after": os.getloadavg()[0],
+    }
+    nuc.close()
+    return out
+
+
+def run(store: str, work: str, extra: list[str]) -> dict:
+    """``histosge run`` without and with ``--cells``: wall time and peak RSS of each."""
+    out = {}
+    for name, flags in (("plain", []), ("cells", ["--cells"])):
+        target = str(Path(work) / f"speed_{name}.zarr")
+        argv = [store, "--out", target, "--overwrite", "--quiet", "--seed", "0"]
+        r = time_histosge_run([*argv, *flags, *extra])
+        r["peak_rss_mb"] = round(r.pop("peak_rss_kb") / 1024, 1)
+        r["wall_s"] = round(r["wall_s"], 1)
+        out[name] = r
+        print(name, {k: v for k, v in r.items() if k != "stdout"}, flush=True)
+    out["ratio"] = round(out["cells"]["wall_s"] / out["plain"]["wall_s"], 2)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("what", choices=["segment", "run"])
+    p.add_argument("store")
+    p.add_argument("--tile-px", type=int, default=2048)
+    p.add_argument("--work", default="/tmp")
+    p.add_argument("--out", default=None)
+    args, extra = p.parse_known_args(argv)
+    warnings.simplefilter("ignore")
+    doc = {"meta": run_metadata()}
+    if args.what == "segment":
+        doc["segment"] = segment(args.store, args.tile_px)
+        print(doc["segment"], flush=True)
+    else:
+        doc["run"] = run(args.store, args.work, extra)
+        print("ratio", doc["run"]["ratio"])
+    name = args.out or f"cells_speed_{args.what}_{Path(args.store).stem}"
+    print("wrote", write_json(name, doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
