@@ -151,8 +151,15 @@ def _extract_options(args: argparse.Namespace, positions: str = "4x") -> Extract
 
 
 def _open(args: argparse.Namespace, src: str) -> Slide:
+    from .io.wsi import is_wsi_path
     from .pipeline import Slide
 
+    if is_wsi_path(src):
+        raise CliError(
+            f"Expected a slide with measured spots and a table, found the whole-slide file "
+            f"`{src}` (an H&E image only); apply a trained model to it with `histosge predict "
+            "SLIDE --checkpoint MODEL` or `histosge batch SLIDES --checkpoint MODEL`."
+        )
     return Slide.open(
         src, image_key=args.image_key, spots_key=args.spots_key, table_key=args.table_key
     )
