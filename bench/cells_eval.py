@@ -51,7 +51,7 @@ def synthetic_run(size: int, hidden: float, seed: int, genes: int) -> dict:
     from napari_histosge._progress import run_generator
     from napari_histosge.cells.metrics import match_nuclei
     from napari_histosge.cells.segment import NucleiOptions, iter_segment_nuclei
-    from napari_histosge.cells.table import _superpixel_values, cell_membership, grid_keep
+    from napari_histosge.cells.table import cell_membership, cell_values, grid_keep
     from napari_histosge.evaluate.superres import superres_baselines
     from napari_histosge.evaluate.synthetic import SyntheticConfig, synthetic_slide
     from napari_histosge.metrics import pearson_per_gene
@@ -86,7 +86,7 @@ def synthetic_run(size: int, hidden: float, seed: int, genes: int) -> dict:
     member, _ = cell_membership(nuc, grid, opts.expand_um)
     truth = _cell_truth(syn, nuc, int(np.ceil(opts.expand_um)))
     nuc.close()
-    preds = {k: member @ _superpixel_values(r, None, syn.genes) for k, r in maps.items()}
+    preds = {k: cell_values(member, r, None, syn.genes) for k, r in maps.items()}
     xy = slide.geometry.centers_px
     cells_xy = nuc.table[["x", "y"]].to_numpy()
     measured = slide.targets(genes=syn.genes).values

@@ -185,14 +185,23 @@ def _units(slide: Any, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(within >= 0, ids[np.maximum(within, 0)], ""), ids[near]
 
 
-def _superpixel_values(result: Any, maps: Any, genes: list[str]) -> np.ndarray:
-    """``(kept superpixels, genes)`` predictions: from the rendered maps when in memory."""
-    if maps is not None and isinstance(maps.data, np.ndarray) and list(maps.genes) == genes:
-        r, c = result.grid.rows_cols
-        return np.asarray(maps.data[:, r, c].T, dtype=np.float32)
-    out = np.empty((result.grid.n, len(genes)), np.float32)
+def cell_values(member: Any, result: Any, maps: Any, genes: list[str]) -> np.ndarray:
+    """Return ``(cells, genes)`` float32: the superpixel predictions averaged by ``member``.
+
+    Taken from the rendered maps when they are in memory, else predicted; 64 genes at a time,
+    so that no ``(superpixels, genes)`` copy of a whole slide's predictions is made.
+    """
+    out = np.empty((member.shape[0], len(genes)), np.float32)
+    in_memory = maps is not None and isinstance(maps.data, np.ndarray)
+    where = {g: i for i, g in enumerate(maps.genes)} if in_memory else {}
+    r, c = result.grid.rows_cols
     for g0 in range(0, len(genes), 64):
-        out[:, g0 : g0 + 64] = result.model.predict(genes[g0 : g0 + 64])
+        sub = genes[g0 : g0 + 64]
+        if all(g in where for g in sub):
+            sp_values = maps.data[[where[g] for g in sub]][:, r, c].T
+        else:
+            sp_values = result.model.predict(sub)
+        out[:, g0 : g0 + len(sub)] = member @ np.asarray(sp_values, dtype=np.float64)
     return out
 
 
@@ -321,7 +330,7 @@ def iter_add_cells(
         t1 = time.perf_counter()
         member, area = yield from iter_cell_membership(nuc, grid, opts.expand_um)
         genes = list(result.genes)
-        values = member @ _superpixel_values(result, maps, genes)
+        values = cell_values(member, result, maps, genes)
         table = _cells_table(slide, nuc, values, genes, area, seed)
         image_tf = dict(get_transformation(image, get_all=True))
         t2 = time.perf_counter()
