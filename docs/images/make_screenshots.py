@@ -106,6 +106,27 @@ def main() -> None:
     section.measured_check.value = True
     idle(widget)
     save(viewer, "step4_measured.png")
+    section.measured_check.value = False
+
+    # How far to trust the map: its standard deviation next to it, the units as outlines, the
+    # genes by reliability; then the tissue domains.
+    section.sd_check.value = True
+    section.units_check.value = True
+    section.sort_check.value = True
+    idle(widget)
+    viewer.reset_view()
+    widget.scroll_area.ensureWidgetVisible(section.legend)
+    idle(widget)
+    save(viewer, "step4_uncertainty.png")
+    section.sd_check.value = False
+    section.units_check.value = False
+    widget.domains_section.find()
+    idle(widget)
+    viewer.reset_view()
+    widget.scroll_area.ensureWidgetVisible(widget.domains_section)
+    idle(widget)
+    save(viewer, "step5_domains.png")
+    viewer.layers["domains (HisToSGE)"].visible = False
 
     out = Path(tempfile.gettempdir()) / "mouse_brain_histosge.zarr"
     shutil.rmtree(out, ignore_errors=True)
@@ -113,7 +134,7 @@ def main() -> None:
     widget.export()
     idle(widget)
     widget.scroll_area.ensureWidgetVisible(widget.export_section)
-    save(viewer, "step5_export.png")
+    save(viewer, "step6_export.png")
     shutil.rmtree(out, ignore_errors=True)
     viewer.close()
 

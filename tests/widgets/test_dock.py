@@ -140,6 +140,9 @@ def test_full_workflow_alignment_and_export(extracted, qtbot, tmp_path, monkeypa
     fields["genes"] = [str(g) for g in fields["genes"]]
     fields["spot_diameter_px"] = float(fields["spot_diameter_px"])
     fields["meta"] = json.loads(str(fields["meta"]))
+    fields["gene_info"] = {
+        k: np.asarray(v) for k, v in json.loads(str(fields["gene_info"])).items()
+    }
     predictions = Predictions(**fields)
     slide = Slide.open(session.slide.source, **session.slide.keys)
     pitch = 20.0 / session.slide.um_per_px

@@ -177,3 +177,45 @@ def test_domains_need_the_super_resolution_model(dock):
     assert "super-resolution" in session.why_not("domains")
     assert not widget.domains_section.find_button.enabled
     assert widget.domains_section.k_spin.value == 6
+
+
+def test_worker_gives_reliability_sd_maps_and_domains_of_the_superres_fit(tmp_path):
+    """The worker's side, on the bundled sample: no viewer, the controller drives the runner."""
+    from histosge_widget_utils import wait_for
+
+    from napari_histosge._widgets._controller import Controller
+    from napari_histosge._widgets._runner import Runner
+
+    c = Controller(runner=Runner(tmp_path / "session"))
+    s = c.session
+
+    def run(started: bool) -> None:
+        assert started, s.status
+        wait_for(c.runner, lambda: s.running is None, 600.0)
+        assert s.last_error is None, s.last_error
+
+    try:
+        run(c.open_sample())
+        run(c.train({"mode": "superres", "seed": 0}, 60, options={}, resolution_um=20.0))
+        run(c.predict())
+        reliability = s.predictions.reliability
+        assert set(reliability) == set(s.predictions.genes)
+        assert all(0.0 <= share <= 1.0 for _, share in reliability.values())
+        genes = s.predictions.genes[:2]
+        run(c.render(genes, 20.0))
+        maps = s.maps
+        values, sd = np.load(maps.path), np.load(maps.sd_levels[0])
+        assert sd.shape == values.shape
+        assert maps.shape == values.shape[1:]
+        assert (sd[np.isfinite(values)] >= 0).all()
+        assert all(lo == 0.0 < hi for lo, hi in maps.sd_limits)
+        run(c.domains(4))
+        labels = np.load(s.domains.path)
+        assert labels.shape == values.shape[1:]
+        assert set(np.unique(labels)) <= {0, 1, 2, 3, 4}
+        assert len(set(np.unique(labels)) - {0}) == 4
+        assert s.domains.scale == maps.scale
+        assert s.domains.translate == pytest.approx(maps.translate)
+        assert all(s.domains.top_genes[d] for d in range(1, 5))
+    finally:
+        c.close()

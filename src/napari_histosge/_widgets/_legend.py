@@ -38,7 +38,9 @@ class MapLegend(QWidget):
         self.session = session
         self.rows: list[tuple[str, dict[str, Any], float, float, str]] = []
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
-        self.setToolTip("Colour bars of the shown maps: transparent at the low limit")
+        self.setToolTip(
+            "Colour bars of the shown maps, over the H&E's tint: transparent at the low limit"
+        )
         self._line = self.fontMetrics().lineSpacing() + 4
         session.changed.connect(self._on_changed)
         self._on_changed("maps")
@@ -98,6 +100,6 @@ class MapLegend(QWidget):
         painter.drawText(
             QRectF(name_w, y, self.width() - name_w, self._line),
             Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft,
-            f"{self.units}; transparent at the low end",
+            self.units,
         )
         painter.end()

@@ -172,6 +172,9 @@ def _predictions(state: WorkerState, context: dict[str, Any]) -> Any:
         values["genes"] = [str(g) for g in values["genes"]]
         values["spot_diameter_px"] = float(values["spot_diameter_px"])
         values["meta"] = json.loads(str(values["meta"]))
+        if "gene_info" in values:
+            info = json.loads(str(values["gene_info"]))
+            values["gene_info"] = {k: np.asarray(v) for k, v in info.items()}
         state.predictions = Predictions(**values)
         state.predictions_path = path
     return state.predictions
@@ -263,12 +266,15 @@ def predict(state: WorkerState, job: Job) -> dict[str, Any]:
     path = state.new_path("predictions", ".npz")
     arrays = {f.name: getattr(preds, f.name) for f in fields(preds)}
     arrays["meta"] = json.dumps(preds.meta, default=str)
+    # Per-gene values (reliability) as JSON text: the file loads without pickle.
+    info = getattr(preds, "gene_info", None) or {}
+    arrays["gene_info"] = json.dumps({k: np.asarray(v).tolist() for k, v in info.items()})
     np.savez(path, **{k: np.asarray(v) for k, v in arrays.items()})
     state.predictions, state.predictions_path = preds, str(path)
     ranked = preds.top_genes(len(preds.genes))
     out = {"path": str(path), "genes": ranked, "n_positions": len(preds.positions_px)}
     if job.context.get("superres"):
-        out["reliability"] = superres_reliability(state, job, slide, ranked)
+        out["reliability"] = superres_reliability(state, job, slide, preds, ranked)
     return out
 
 

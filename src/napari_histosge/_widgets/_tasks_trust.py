@@ -30,9 +30,17 @@ def _core(name: str) -> Any:
 
 
 def superres_reliability(
-    state: Any, job: Job, slide: Any, genes: list[str]
+    state: Any, job: Job, slide: Any, preds: Any, genes: list[str]
 ) -> list[tuple[str, float, float]]:
-    """Return ``(gene, reliability_r2, image_share)`` per gene of the fit (none without them)."""
+    """Return ``(gene, reliability_r2, image_share)`` per gene of the fit (none without them).
+
+    Taken from the predictions' per-gene values where they hold them, else from the model.
+    """
+    info = getattr(preds, "gene_info", None) or {}
+    if "reliability_r2" in info and "image_share" in info:
+        index = {str(g): i for i, g in enumerate(preds.genes)}
+        r2, share = info["reliability_r2"], info["image_share"]
+        return [(g, float(r2[index[g]]), float(share[index[g]])) for g in genes if g in index]
     result = superres_result(state, slide, job.context["superres"], job)
     scores = getattr(result.model, "reliability", None)
     if scores is None:
