@@ -219,3 +219,17 @@ def test_worker_gives_reliability_sd_maps_and_domains_of_the_superres_fit(tmp_pa
         assert all(s.domains.top_genes[d] for d in range(1, 5))
     finally:
         c.close()
+
+
+def test_closing_the_dock_stops_the_mouse_readout(dock):
+    viewer, widget = dock
+    readout = widget.predict_section.readout
+    assert readout.on_move in viewer.mouse_move_callbacks
+    viewer.window.remove_dock_widget(widget)
+    widget.close()
+    widget.deleteLater()
+    from qtpy.QtCore import QEvent
+    from qtpy.QtWidgets import QApplication
+
+    QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    assert readout.on_move not in viewer.mouse_move_callbacks

@@ -82,7 +82,9 @@ class PredictSection(Section):
         if viewer is not None:
             from ._readout import ValueReadout
 
-            self.readout = ValueReadout(viewer, self.session, self.readout_label)
+            readout = self.readout = ValueReadout(viewer, self.session, self.readout_label)
+            # The viewer outlives the dock: stop reading its mouse when the label goes.
+            self.readout_label.destroyed.connect(lambda *_: readout.close())
         self.gate("predict", self.predict_button, "Predict at the spots and the new positions")
         self.gate("render", self.render_button, "Show the selected genes over the tissue")
         self.predict_button.changed.connect(self.predict)

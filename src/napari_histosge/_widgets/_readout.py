@@ -51,6 +51,7 @@ class ValueReadout(QObject):
 
     def close(self) -> None:
         """Stop reading the mouse."""
+        self.label = None
         if self.on_move in self.viewer.mouse_move_callbacks:
             self.viewer.mouse_move_callbacks.remove(self.on_move)
 
@@ -100,5 +101,5 @@ class ValueReadout(QObject):
         return f"{', '.join(parts)} (log1p normalised counts)" if parts else ""
 
     def _show(self) -> None:
-        if self.label.text() != self.text:
+        if self.label is not None and self.label.text() != self.text:
             self.label.setText(self.text)
