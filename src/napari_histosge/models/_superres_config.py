@@ -70,7 +70,9 @@ class SuperResConfig:
         the pooled-footprint protocol).
     uncertainty_bandwidth
         Kernel bandwidth of the field's covariance for the uncertainty, in unit pitches
-        (``None``: ``bandwidth``).
+        (``None``: ``bandwidth``). The uncertainty defaults (0.75 pitch, amplitude by moments,
+        scale 0.7) were chosen by leave-one-section-out on her2st C2–C5, pooled 2x2 and 3x3
+        (``bench/superres_calibration.py``).
     uncertainty_amplitude
         ``"cv"`` (leave-one-unit-out) or ``"moments"``: how each gene's field amplitude is
         estimated.
@@ -97,9 +99,9 @@ class SuperResConfig:
     depth_weight: float = 1.0
     target_sum: float = 1e4
     uncertainty: bool = True
-    uncertainty_scale: float = 1.0
-    uncertainty_bandwidth: float | None = None
-    uncertainty_amplitude: Literal["cv", "moments"] = "cv"
+    uncertainty_scale: float = 0.7
+    uncertainty_bandwidth: float | None = 0.75
+    uncertainty_amplitude: Literal["cv", "moments"] = "moments"
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -47,8 +47,8 @@ __all__ = [
 
 #: Noise-to-amplitude ratios at which the field's posterior variance is computed.
 NOISE_RATIOS = (0.02, 0.1, 0.5, 2.5, 12.5)
-#: Bytes of one dense block of right-hand sides in the kernel solves.
-_BLOCK_BYTES = 64 * 1024**2
+#: Up to this many units the units' gram is sliced as a dense array (128 MB at most).
+_DENSE_UNITS = 4096
 
 
 @dataclass
@@ -118,38 +118,126 @@ def var_log1p(
     return out
 
 
-def _solver(gram: Any, ratio: float) -> Any:
+def _groups(xy: np.ndarray, tile: float) -> list[np.ndarray]:
+    """Return the indices of the points of ``xy`` in each square tile of side ``tile``."""
+    keys = np.floor(xy / tile).astype(np.int64)
+    _, inv = np.unique(keys, axis=0, return_inverse=True)
+    inv = inv.ravel()
+    order = np.argsort(inv, kind="stable")
+    return np.split(order, np.flatnonzero(np.diff(inv[order])) + 1)
+
+
+def _block(gram: Any, near: np.ndarray) -> np.ndarray:
+    """Return ``gram[near][:, near]`` as a dense array (``gram`` dense or CSR)."""
+    if isinstance(gram, np.ndarray):
+        return gram[np.ix_(near, near)]
+    return gram[near][:, near].toarray()
+
+
+def _local_explained(
+    cross: Any,
+    gram: Any,
+    q_xy: np.ndarray,
+    unit_xy: np.ndarray,
+    ratios: tuple[float, ...],
+    tile: float,
+    reach: float,
+) -> np.ndarray:
+    """``diag(cross @ inv(gram + r I) @ cross.T)`` for every ratio ``r``: ``(ratios, queries)``.
+
+    Queries are taken a tile at a time, with the units within ``reach`` of the tile only
+    (those the kernel reaches, plus a margin: the farther ones are screened by them), so the
+    cost grows with the slide's area, not with the square of its units.
+    """
     import scipy.sparse as sp
-    from scipy.sparse.linalg import splu
-
-    n = gram.shape[0]
-    return splu(sp.csc_matrix(gram + (ratio + 1e-9) * sp.identity(n, format="csc")))
-
-
-def _explained(solver: Any, cross: Any) -> np.ndarray:
-    """``diag(cross @ inv(system) @ cross.T)`` for sparse ``cross`` ``(queries, units)``."""
-    import scipy.sparse as sp
+    from scipy.spatial import cKDTree
+    from threadpoolctl import threadpool_limits
 
     cross = sp.csr_matrix(cross)
-    n_q, n_u = cross.shape
-    block = max(64, _BLOCK_BYTES // (8 * max(n_u, 1)))
-    out = np.empty(n_q)
-    for i in range(0, n_q, block):
-        rhs = cross[i : i + block].T.toarray()
-        out[i : i + block] = np.einsum("ij,ij->j", rhs, solver.solve(rhs))
+    gram = sp.csr_matrix(gram)
+    tree = cKDTree(unit_xy)
+    out = np.zeros((len(ratios), cross.shape[0]))
+    if gram.shape[0] <= _DENSE_UNITS:
+        gram = gram.toarray()
+    with threadpool_limits(1):  # small matrices: threads cost more than they give
+        _explained_tiles(cross, gram, q_xy, tree, ratios, tile, reach, out)
     return out
 
 
-def _inverse_diag(solver: Any, n: int) -> np.ndarray:
-    """Diagonal of the inverse of a factorised ``(n, n)`` system."""
-    block = max(64, _BLOCK_BYTES // (8 * max(n, 1)))
-    out = np.empty(n)
-    for i in range(0, n, block):
-        j = min(i + block, n)
-        rhs = np.zeros((n, j - i))
-        rhs[np.arange(i, j), np.arange(j - i)] = 1.0
-        out[i:j] = solver.solve(rhs)[np.arange(i, j), np.arange(j - i)]
+def _explained_tiles(
+    cross: Any,
+    gram: Any,
+    q_xy: np.ndarray,
+    tree: Any,
+    ratios: tuple[float, ...],
+    tile: float,
+    reach: float,
+    out: np.ndarray,
+) -> None:
+    for idx in _groups(q_xy, tile):
+        centre = q_xy[idx].mean(0)
+        radius = float(np.sqrt(((q_xy[idx] - centre) ** 2).sum(1)).max()) + reach
+        near = np.asarray(tree.query_ball_point(centre, radius), dtype=np.int64)
+        if not len(near):
+            continue
+        k = cross[idx].toarray()[:, near]
+        g = _block(gram, near)
+        w, v = np.linalg.eigh(0.5 * (g + g.T))
+        kv2 = (k @ v) ** 2
+        w = np.maximum(w, 0.0)
+        for j, r in enumerate(ratios):
+            out[j, idx] = (kv2 / (w + r + 1e-9)).sum(1)
+
+
+def _local_inverse_diag(
+    gram: Any, ratio: float, unit_xy: np.ndarray, tile: float, reach: float
+) -> np.ndarray:
+    """Diagonal of ``inv(gram + ratio I)``, each unit's from the units within ``reach``."""
+    import scipy.sparse as sp
+    from scipy.spatial import cKDTree
+    from threadpoolctl import threadpool_limits
+
+    gram = sp.csr_matrix(gram)
+    tree = cKDTree(unit_xy)
+    out = np.empty(gram.shape[0])
+    if gram.shape[0] <= _DENSE_UNITS:
+        gram = gram.toarray()
+    with threadpool_limits(1):
+        _inverse_tiles(gram, ratio, unit_xy, tree, tile, reach, out)
     return out
+
+
+def _inverse_tiles(
+    gram: Any,
+    ratio: float,
+    unit_xy: np.ndarray,
+    tree: Any,
+    tile: float,
+    reach: float,
+    out: np.ndarray,
+) -> None:
+    for idx in _groups(unit_xy, tile):
+        centre = unit_xy[idx].mean(0)
+        radius = float(np.sqrt(((unit_xy[idx] - centre) ** 2).sum(1)).max()) + reach
+        near = np.asarray(tree.query_ball_point(centre, radius), dtype=np.int64)
+        g = _block(gram, near)
+        inv = np.linalg.inv(0.5 * (g + g.T) + (ratio + 1e-9) * np.eye(len(near)))
+        pos = np.searchsorted(near, idx) if np.all(np.diff(near) > 0) else None
+        if pos is None:
+            lookup = {int(u): i for i, u in enumerate(near)}
+            pos = np.array([lookup[int(u)] for u in idx])
+        out[idx] = inv[pos, pos]
+
+
+def _geometry(
+    model: SuperResModel, bandwidth: float
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Return unit and node positions, the tile side and the kernel's reach with a margin."""
+    a_nodes = (model.membership @ model.interp).tocsr()
+    unit_xy = np.asarray(a_nodes @ model.nodes_xy)
+    h = bandwidth * model.pitch
+    reach = model.config.truncate * h + 1.5 * model.pitch
+    return unit_xy, model.nodes_xy, float(model.pitch), float(reach)
 
 
 def unit_noise(model: SuperResModel) -> np.ndarray | None:
@@ -181,6 +269,19 @@ def _uncertainty_kernel(model: SuperResModel, bandwidth: float) -> tuple[Any, An
             cfg.coarse * cfg.bandwidth * model.pitch,
         )
     return kernel, (a_nodes.tocsr() @ kernel).tocsr()
+
+
+def _cv_amplitude(
+    gram: Any, ratio: float, resid: np.ndarray, unit_xy: np.ndarray, tile: float, reach: float
+) -> np.ndarray:
+    """Amplitude per gene from the LOO residuals of the field at noise ``ratio``."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import splu
+
+    n = gram.shape[0]
+    coef = splu(sp.csc_matrix(gram + (ratio + 1e-9) * sp.identity(n, format="csc"))).solve(resid)
+    inv_diag = _local_inverse_diag(gram, ratio, unit_xy, tile, reach)
+    return (coef**2 / inv_diag[:, None]).mean(0)
 
 
 def fit_uncertainty(
@@ -229,7 +330,7 @@ def fit_uncertainty(
         resid = resid - model.config.image_weight * (unit_x @ model.weights)
     noise = unit_noise(model)
     tau2 = np.zeros(n_g) if noise is None else noise.mean(0)
-    solvers = [_solver(gram, r) for r in ratios]
+    unit_xy, nodes_xy, tile, reach = _geometry(model, bw)
     steps = np.arange(len(ratios), dtype=np.float64)
     grid = np.log(np.asarray(ratios, dtype=np.float64))
     total = (resid**2).mean(0)
@@ -238,9 +339,7 @@ def fit_uncertainty(
     if amplitude == "cv":
         # Each unit's LOO residual over its LOO standard deviation should be 1 on average;
         # the noise ratio depends on the amplitude: start from the moments, iterate.
-        cv = np.stack(
-            [(sv.solve(resid) ** 2 / _inverse_diag(sv, n_u)[:, None]).mean(0) for sv in solvers]
-        )  # (ratios, genes): the CV amplitude at each noise ratio
+        cv = np.stack([_cv_amplitude(gram, r, resid, unit_xy, tile, reach) for r in ratios])
         genes = np.arange(n_g)
         for _ in range(3):
             j = np.clip(np.floor(pos).astype(np.int64), 0, len(ratios) - 2)
@@ -248,14 +347,16 @@ def fit_uncertainty(
             sigma2 = np.maximum(cv[j, genes] * (1 - t) + cv[j + 1, genes] * t, 1e-12)
             pos = np.interp(np.log(np.clip(tau2 / sigma2, ratios[0], ratios[-1])), grid, steps)
     ratio_pos = pos
-    node_rows = [np.clip(1.0 - _explained(sv, kernel), 0.0, 1.0) for sv in solvers]
-    node_var = np.asarray(model.interp @ np.stack(node_rows, axis=1), dtype=np.float32).T
+    explained = _local_explained(kernel, gram, nodes_xy, unit_xy, ratios, tile, reach)
+    node_rows = np.clip(1.0 - explained, 0.0, 1.0)  # (ratios, nodes)
+    node_var = np.asarray(model.interp @ node_rows.T, dtype=np.float32).T
     image_lev, image_var = _image_variance(model, resid)
     # Leave-one-unit-out residuals of the model's own field: coef / diag(inverse system).
     own_gram = ((a @ model.interp) @ model.kernel).tocsr()
-    diag = float(np.mean(own_gram.diagonal()))
-    own = _solver(own_gram, (model.config.nugget + 1e-9) * diag)
-    loo = model.coef / _inverse_diag(own, n_u)[:, None]
+    nugget = (model.config.nugget + 1e-9) * float(np.mean(own_gram.diagonal()))
+    _u, _n, _t, own_reach = _geometry(model, model.config.bandwidth)
+    inv_diag = _local_inverse_diag(own_gram, nugget, unit_xy, tile, own_reach)
+    loo = model.coef / inv_diag[:, None]
     centred = y - y.mean(0)
     loo_r2 = 1.0 - (loo**2).sum(0) / np.maximum((centred**2).sum(0), 1e-12)
     share = _image_share(model, sample)
@@ -335,8 +436,11 @@ def footprint_variance(model: SuperResModel, unc: Uncertainty, membership: Any) 
     cross = (q_nodes @ unc.kernel).tocsr()
     a_nodes = (model.membership @ model.interp).tocsr()
     gram = (a_nodes @ unc.kernel).tocsr()
-    rows = [np.clip(prior - _explained(_solver(gram, r), cross), 0.0, None) for r in NOISE_RATIOS]
-    field = unc._mix(np.arange(len(unc.sigma2)), np.stack(rows)) * unc.sigma2[None, :]
+    unit_xy, nodes_xy, tile, reach = _geometry(model, unc.bandwidth)
+    q_xy = np.asarray(q_nodes.tocsr() @ nodes_xy) / np.maximum(np.asarray(q_nodes.sum(1)), 1e-300)
+    explained = _local_explained(cross, gram, q_xy, unit_xy, NOISE_RATIOS, tile, reach)
+    rows = np.clip(prior[None, :] - explained, 0.0, None)
+    field = unc._mix(np.arange(len(unc.sigma2)), rows) * unc.sigma2[None, :]
     if unc.image_lev is not None and unc.image_var is not None and model.components is not None:
         xq = np.asarray(q @ model.components)
         xs = model.unit_components
