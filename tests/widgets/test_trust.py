@@ -146,6 +146,13 @@ def test_sd_maps_next_to_the_maps_readout_outlines_and_domains(dock, qtbot, tmp_
     assert viewer.layers["C sd (HisToSGE)"] is sd_layers[0]
     assert "B sd (HisToSGE)" not in viewer.layers
     assert len(units.data) == 5 * 2
+    # Hidden, then other maps: the stale sd layers go.
+    section.sd_check.value = False
+    wait_idle(qtbot, widget)
+    session.set_maps(_maps(tmp_path, genes=("D",)))
+    wait_idle(qtbot, widget)
+    assert "C sd (HisToSGE)" not in viewer.layers
+    assert len(units.data) == 5
 
     labels = np.zeros(maps.shape, dtype=np.int32)
     labels[2:18, 3:15], labels[2:18, 15:27] = 1, 2

@@ -47,6 +47,7 @@ class TrustLayers:
         self.view = view
         self.session = view.session
         self.sd_layers: dict[str, Any] = {}
+        self._sd_maps: MapsInfo | None = None  # the maps the sd layers were filled for
         self.units_layer: Any = None
         self.domains_layer: Any = None
         self.session.changed.connect(self._on_changed)
@@ -75,9 +76,11 @@ class TrustLayers:
         """Show, hide or refill the maps of standard deviations, reusing their layers."""
         wanted = maps is not None and bool(maps.sd_levels) and self.session.show_uncertainty
         old = list(self.sd_layers.values())
-        if not wanted:
+        if not wanted and maps is self._sd_maps:
             return [lambda layer=layer: self._set_visible(layer, False) for layer in old]
-        self.sd_layers = {}
+        self.sd_layers, self._sd_maps = {}, maps
+        if not wanted:  # other maps: these would show genes no longer shown
+            return [lambda layer=layer: self._remove(layer) for layer in old]
         genes = list(maps.genes)  # type: ignore[union-attr]
         reused = old[: len(genes)] + [None] * max(0, len(genes) - len(old))
         steps: list[Any] = [
