@@ -224,6 +224,18 @@ def test_worker_gives_reliability_sd_maps_and_domains_of_the_superres_fit(tmp_pa
         assert s.domains.scale == maps.scale
         assert s.domains.translate == pytest.approx(maps.translate)
         assert all(s.domains.top_genes[d] for d in range(1, 5))
+        # The export holds the maps' uncertainty and the domains shown (same number and seed).
+        import spatialdata as sd_io
+
+        from napari_histosge.store import DOMAINS_KEY, UNCERTAINTY_KEY
+
+        out = tmp_path / "out.zarr"
+        run(c.export(out, overwrite=False, pitch_um=20.0))
+        back = sd_io.read_zarr(out)
+        assert UNCERTAINTY_KEY in back.images
+        exported = back.labels[DOMAINS_KEY]
+        level = exported["scale0"]["image"] if hasattr(exported, "keys") else exported
+        np.testing.assert_array_equal(np.asarray(level), labels)
     finally:
         c.close()
 

@@ -169,6 +169,8 @@ class Controller:
     def export(self, path: str | Path, *, overwrite: bool, pitch_um: float | None = None) -> bool:
         """Write predictions, maps and features into a store."""
         payload = {"path": str(path), "overwrite": bool(overwrite), "pitch_um": pitch_um or None}
+        found = self.session.domains  # the domains shown go into the store too
+        payload["domains"] = None if found is None else {"k": found.k, "seed": found.seed}
         return self._submit("export", payload)
 
     def cancel(self) -> None:
@@ -307,7 +309,8 @@ class Controller:
     def _done_domains(self, result: dict[str, Any]) -> None:
         top = {int(d): [str(g) for g in genes] for d, genes in result["top_genes"].items()}
         scale, translate = tuple(result["scale"]), tuple(result["translate"])
-        domains = DomainsInfo(result["path"], int(result["k"]), scale, translate, top)  # type: ignore[arg-type]
+        k, seed = int(result["k"]), int(result.get("seed", 0))
+        domains = DomainsInfo(result["path"], k, scale, translate, top, seed)  # type: ignore[arg-type]
         self.session.set_domains(domains)
         self.session.set_status(f"Showing {domains.k} tissue domains and their top genes.")
 

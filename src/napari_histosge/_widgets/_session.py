@@ -121,6 +121,7 @@ class DomainsInfo:
     scale: tuple[float, float]
     translate: tuple[float, float]
     top_genes: dict[int, list[str]]
+    seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -177,12 +177,18 @@ def superres_maps_for(
 
 def superres_export(state: Any, job: Job, slide: Any) -> str:
     """Write the per-unit predictions and every gene's superpixel maps into a store."""
+    import inspect
+
     from napari_histosge.superpixels import export_superres
 
     spec = _at(job.context["superres"], job.payload.get("pitch_um"))
     result = superres_result(state, slide, spec, job)
     job.say("export", 1, 2, "Writing the store…")
+    # The domains shown in the dock, found again with the same number and seed.
+    found, extra = job.payload.get("domains"), {}
+    if found and "domains" in inspect.signature(export_superres).parameters:
+        extra = {"domains": int(found["k"]), "seed": int(found["seed"])}
     path, _ = export_superres(
-        slide, result, out=job.payload["path"], overwrite=bool(job.payload["overwrite"])
+        slide, result, out=job.payload["path"], overwrite=bool(job.payload["overwrite"]), **extra
     )
     return str(Path(path).resolve())

@@ -93,6 +93,7 @@ def find_domains(state: Any, job: Job, slide: Any) -> dict[str, Any]:
     return {
         "path": str(path),
         "k": k,
+        "seed": seed,
         "scale": [pitch, pitch],
         "translate": [float(y0), float(x0)],
         "top_genes": {int(d): [str(g) for g in genes] for d, genes in domains.top_genes.items()},
