@@ -85,6 +85,25 @@ def test_gene_list_shows_reliability_and_sorts_by_it(dock):
     assert model.stringList() == ["Gfap", "Mbp", "Nrgn", "Xist"]
 
 
+def test_sorting_thousands_of_genes_by_reliability_is_quick(dock):
+    import time
+
+    _, widget = dock
+    section = widget.predict_section
+    genes = [f"Gene{i:05d}" for i in range(30000)]
+    scores = np.random.default_rng(0).uniform(-0.5, 0.9, len(genes))
+    reliability = {g: (float(r), 0.5) for g, r in zip(genes, scores, strict=True)}
+    start = time.perf_counter()
+    widget.session.set_predictions(PredictionsInfo("p.npz", genes, 10, reliability))
+    section.select_genes(["Gene00007"])
+    section.sort_check.value = True
+    elapsed = time.perf_counter() - start
+    shown = section.gene_model.stringList()
+    assert shown[0] == genes[int(np.argmax(scores))]
+    assert section.selected_genes() == ["Gene00007"]
+    assert elapsed < 0.5
+
+
 def test_sd_maps_next_to_the_maps_readout_outlines_and_domains(dock, qtbot, tmp_path):
     viewer, widget = dock
     session, section = widget.session, widget.predict_section

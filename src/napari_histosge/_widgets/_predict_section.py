@@ -153,8 +153,9 @@ class PredictSection(Section):
         selected = self.selected_genes()
         self.gene_model.sort_by_reliability(on)
         if selected:
-            self.select_genes(selected)
-        self.gene_list.scrollToTop()
+            self.select_genes(selected)  # and scrolls to the first
+        else:
+            self.gene_list.scrollToTop()
 
     def _on_gene_selection(self, *_: Any) -> None:
         # Once maps are shown, choosing other genes re-renders them (no model run).
