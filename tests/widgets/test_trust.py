@@ -183,6 +183,8 @@ def test_sd_maps_next_to_the_maps_readout_outlines_and_domains(dock, qtbot, tmp_
     layer = viewer.layers[DOMAINS_NAME]
     assert tuple(layer.translate) == pytest.approx(maps.translate)
     assert layer.metadata["name"] == "histosge_domains"
+    text = section.readout.read((y, x))  # map pixel (5, 6): domain 1
+    assert text == "D 1.00 ± 0.50 (log1p normalised counts); domain 1"  # maps of gene D now
     low, high = layer.contrast_limits
     cmap = layer.colormap
     assert cmap.map([(0 - low) / (high - low)])[0][3] == 0  # off tissue: transparent

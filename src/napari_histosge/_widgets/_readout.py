@@ -1,4 +1,4 @@
-"""Value ± standard deviation of the shown maps under the mouse, in a label of the dock.
+"""Value ± standard deviation of the shown maps under the mouse (and the domain), in the dock.
 
 The maps and their standard deviations are the worker's memory-mapped ``.npy`` files; a mouse
 move reads one value of each (no computation) and the label changes at most every
@@ -43,6 +43,7 @@ class ValueReadout(QObject):
         self.text = ""
         self._maps: MapsInfo | None = None
         self._arrays: tuple[Any, Any] = (None, None)
+        self._domains: tuple[Any, Any] | None = None
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(SHOW_MS)
@@ -75,7 +76,28 @@ class ValueReadout(QObject):
                 self._timer.start()
 
     def read(self, yx: tuple[float, float]) -> str:
-        """Return the text for world position ``(y, x)`` (empty off the maps)."""
+        """Return the text for world position ``(y, x)`` (empty off the maps and domains)."""
+        values = self._values(yx)
+        domain = self._domain(yx)
+        return "; ".join(part for part in (values, domain) if part)
+
+    def _domain(self, yx: tuple[float, float]) -> str:
+        import numpy as np
+
+        domains = self.session.domains
+        if domains is None:
+            return ""
+        if self._domains is None or self._domains[0] is not domains:
+            self._domains = (domains, np.load(domains.path, mmap_mode="r"))
+        labels = self._domains[1]
+        row = round((yx[0] - domains.translate[0]) / domains.scale[0])
+        col = round((yx[1] - domains.translate[1]) / domains.scale[1])
+        if not (0 <= row < labels.shape[0] and 0 <= col < labels.shape[1]):
+            return ""
+        label = int(labels[row, col])
+        return f"domain {label}" if label > 0 else ""
+
+    def _values(self, yx: tuple[float, float]) -> str:
         if self.session.maps is not self._maps:
             self._open(self.session.maps)
         maps, (values, sd) = self._maps, self._arrays
