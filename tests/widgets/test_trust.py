@@ -72,7 +72,9 @@ def test_gene_list_shows_reliability_and_sorts_by_it(dock):
     assert "R²" in model.data(model.index(0, 0), Qt.ItemDataRole.ToolTipRole)
     assert section.sort_check.enabled
     section.select_genes(["Nrgn"])
+    section.render_timer.start()  # as if maps of Nrgn were shown
     section.sort_check.value = True
+    assert not section.render_timer.isActive()  # reordering renders nothing
     assert model.stringList() == ["Mbp", "Gfap", "Nrgn", "Xist"]
     assert section.selected_genes() == ["Nrgn"]  # the selection follows the genes
     # The search box matches gene names, not the scores.

@@ -154,6 +154,7 @@ class PredictSection(Section):
         self.gene_model.sort_by_reliability(on)
         if selected:
             self.select_genes(selected)  # and scrolls to the first
+            self.render_timer.stop()  # the same genes as before: nothing to render
         else:
             self.gene_list.scrollToTop()
 
