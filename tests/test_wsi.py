@@ -117,6 +117,14 @@ def test_read_wsi_is_lazy_and_keeps_the_files_pyramid(slides, sample_rgb):
         np.asarray(levels[0][:, 100:140, 200:260]).transpose(1, 2, 0), sample_rgb[100:140, 200:260]
     )
     assert stored_um_per_px(sdata, "A_image") == pytest.approx(UM)
+    # Tiles read by many threads at once decode as tifffile decodes the whole level.
+    import dask
+
+    with dask.config.set(scheduler="threads", num_workers=8):
+        level1 = levels[1].data.rechunk((3, 128, 128)).compute()
+    with tifffile.TiffFile(slides / "A.tif") as tif:
+        expected = tif.series[0].levels[1].asarray().transpose(2, 0, 1)
+    np.testing.assert_array_equal(level1, expected)
 
 
 def test_scale_from_aperio_mpp_and_implausible_tags(tmp_path, sample_rgb):
