@@ -60,7 +60,9 @@ def image_only_info(
         (k for k in sdata.shapes if not str(k).startswith("histosge_") and is_circles(sdata, k)),
         None,
     )
-    if spots is None and not um_per_px:
+    from napari_histosge.io.wsi import stored_um_per_px  # kept from a whole-slide file
+
+    if spots is None and not um_per_px and stored_um_per_px(sdata, str(image)) is None:
         raise ValueError(
             "Expected µm per pixel (Data section) for a slide with an image only, found none."
         )
@@ -80,20 +82,22 @@ def open_image_only(spec: dict[str, Any], model: Any) -> Any:
 
 
 def model_features(slide: Any, model: Any, options: dict[str, Any], job: Job) -> Any:
-    """Extract features with the model's own encoder and patch sizes (``histosge predict``)."""
-    from napari_histosge.pipeline import ExtractOptions, iter_extract
+    """Extract features with the model's own encoder and patch sizes (``histosge predict``).
 
-    meta = model.feature_meta
-    sizes = meta.get("patch_sizes_spot") or meta.get("patch_sizes")
-    opts = ExtractOptions(
-        encoder=str(meta.get("encoder", "histology")),
+    A whole slide is embedded block by block (:mod:`napari_histosge.wsi_scale`), in bounded
+    memory; a slide that fits in one block exactly as ``iter_extract`` does.
+    """
+    from napari_histosge.batch_predict import prediction_options
+    from napari_histosge.pipeline import ExtractOptions
+    from napari_histosge.wsi_scale import iter_extract_blocked
+
+    base = ExtractOptions(
         weights=options.get("weights"),
         device=options.get("device"),
         batch_size=int(options.get("batch_size") or 32),
         positions=str(options.get("positions") or "4x"),
-        patch_sizes=tuple(float(s) for s in sizes) if sizes else None,
     )
-    return job.run(iter_extract(slide, options=opts))
+    return job.run(iter_extract_blocked(slide, options=prediction_options(model, base)))
 
 
 # ---------------------------------------------------------------------------------------------
