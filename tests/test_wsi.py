@@ -266,3 +266,28 @@ def test_blocks_and_lazy_maps_match_the_whole_slide_at_once(slides, model):
     assert lazy.data.chunks[0][0] == 3
     assert (lazy.pitch_px, lazy.origin_px) == (eager.pitch_px, eager.origin_px)
     np.testing.assert_allclose(np.asarray(lazy.data), eager.data, rtol=1e-6, equal_nan=True)
+
+
+@pytest.mark.slow
+def test_dock_worker_opens_a_slide_file_and_predicts_with_a_model(tmp_path, slides, model):
+    """The dock's worker tasks (no Qt): open a TIFF by path, load a model, predict."""
+    from napari_histosge._widgets._job import Job
+    from napari_histosge._widgets._tasks import TASKS, WorkerState
+
+    def job(payload, context=None):
+        return Job(payload=payload, context=context or {}, report=lambda r: None, stop=lambda: 0)
+
+    state = WorkerState(tmp_path)
+    opened = TASKS["open"](state, job({"source": str(slides / "A.tif")}))
+    assert "problem" not in opened
+    assert opened["keys"]["image_key"] == "A_image"
+    assert not opened["has_table"]
+    no_scale = TASKS["open"](state, job({"source": str(slides / "nores.tif")}))
+    assert "µm per pixel" in no_scale["problem"]
+    loaded = TASKS["load_model"](state, job({"path": str(model)}))
+    slide = {"source": opened["source"], "keys": opened["keys"], "image_only": True}
+    got = TASKS["predict"](state, job({"options": {}}, {"slide": slide, "model": loaded["path"]}))
+    out = tmp_path / "cli.zarr"
+    assert main(["predict", str(slides / "A.tif"), "--checkpoint", str(model), "--out",
+                 str(out), "--quiet"]) == 0  # fmt: skip
+    assert got["n_positions"] == sd.read_zarr(out).tables[PREDICTIONS_KEY].n_obs
