@@ -146,6 +146,15 @@ def test_slide_files_are_told_from_plain_tiffs(tmp_path, slides):
     tifffile.imwrite(stack, np.zeros((5, 64, 64), np.uint16), tile=(32, 32))
     assert is_slide_file(slides / "A.tif")
     assert not is_slide_file(plain)
+    flat = tmp_path / "flat.tif"  # tiled, one level: a slide only when large
+    tifffile.imwrite(flat, np.zeros((512, 640, 3), np.uint8), tile=(256, 256), photometric="rgb")
+    assert not is_slide_file(flat)
+    big = tmp_path / "big.tif"
+    tiles = (np.zeros((256, 256, 3), np.uint8) for _ in range(33))
+    tifffile.imwrite(big, tiles, shape=(256, 8448, 3), dtype=np.uint8, tile=(256, 256),
+                     photometric="rgb")  # fmt: skip
+    assert is_slide_file(big)
+    assert len(image_levels(read_wsi(big, um_per_px=0.5).images["big_image"])) > 1
     assert not is_slide_file(stack)
     assert not is_slide_file(tmp_path / "missing.svs")
     assert not is_slide_file(tmp_path)

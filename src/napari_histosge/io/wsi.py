@@ -45,6 +45,8 @@ UM_PER_PX_ATTR = "histosge_um_per_px"
 _PLAUSIBLE_UM = (0.02, 50.0)
 _UNITS = ("INCH", "CENTIMETER", "MILLIMETER", "MICROMETER")
 _CHUNK = 1024
+#: A tiled single-level RGB TIFF larger than this on a side is read as a slide.
+_LARGE_PX = 8192
 
 
 def is_wsi_path(path: str | Path) -> bool:
@@ -62,7 +64,9 @@ def is_wsi_path(path: str | Path) -> bool:
 def is_slide_file(path: str | Path) -> bool:
     """Whether ``path`` is an RGB whole-slide image: a vendor format or a tiled pyramidal TIFF.
 
-    A plain TIFF (strips, a single level, or not RGB) is not: napari's own reader opens it.
+    A tiled RGB TIFF of a single level counts when it is large (over :data:`_LARGE_PX` px on a
+    side: napari's own reader would decode it whole). A plain TIFF (strips, a small single
+    level, or not RGB) is not: napari's own reader opens it.
 
     Examples
     --------
@@ -80,7 +84,10 @@ def is_slide_file(path: str | Path) -> bool:
             series = tif.series[0]
             page = series.pages[0]
             rgb = series.shape[-1] in (3, 4) and "S" in series.axes
-            return bool(rgb and getattr(page, "is_tiled", False) and len(series.levels) > 1)
+            big = max(series.shape[:2]) > _LARGE_PX
+            return bool(
+                rgb and getattr(page, "is_tiled", False) and (len(series.levels) > 1 or big)
+            )
     except (OSError, ValueError, IndexError, tifffile.TiffFileError):
         return False
 
