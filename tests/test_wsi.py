@@ -174,6 +174,7 @@ def test_napari_reader_opens_slides_and_leaves_plain_tiffs(tmp_path, slides):
     assert kwargs["multiscale"]
     assert [d.shape[-1] for d in data] == [3, 3, 3]
     assert all(isinstance(d, da.Array) for d in data)
+    assert kwargs["metadata"]["store"] == str(slides / "A.tif")  # the dock's "From layers"
 
 
 def test_slide_name_strips_slide_endings():

@@ -56,7 +56,7 @@ def _slide_file_layers(path: Path) -> list[Any]:
         "rgb": True,
         "multiscale": len(data) > 1,
         "contrast_limits": (0, 255),
-        "metadata": {"sdata": sdata, "name": key},
+        "metadata": {"sdata": sdata, "name": key, "store": str(path)},  # the dock opens it
     }
     return [(data if len(data) > 1 else data[0], kwargs, "image")]
 
