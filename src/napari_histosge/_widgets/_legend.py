@@ -37,6 +37,7 @@ class MapLegend(QWidget):
         super().__init__(parent)
         self.session = session
         self.rows: list[tuple[str, dict[str, Any], float, float, str]] = []
+        self.pitch_um: float | None = None
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
         self.setToolTip(
             "Colour bars of the shown maps, over the H&E's tint: transparent at the low limit"
@@ -68,6 +69,7 @@ class MapLegend(QWidget):
                 for gene, (lo, hi) in zip(maps.genes, maps.sd_limits, strict=False):
                     rows.append((f"{gene} sd", sd, lo, hi, CANVAS_TINT))
         self.rows = rows
+        self.pitch_um = None if maps is None else maps.pitch_um
         self.setFixedHeight((len(rows) + 1) * self._line if rows else 0)
         self.update()
 
@@ -100,6 +102,6 @@ class MapLegend(QWidget):
         painter.drawText(
             QRectF(name_w, y, self.width() - name_w, self._line),
             Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft,
-            self.units,
+            self.units + (f"; map pixels of {self.pitch_um:.3g} µm" if self.pitch_um else ""),
         )
         painter.end()
