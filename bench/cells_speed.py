@@ -4,6 +4,8 @@
     .venv/bin/python bench/cells_speed.py segment /tmp/cells/synth25k.zarr
     # histosge run (superres) without and with --cells, each in a child under /usr/bin/time:
     .venv/bin/python bench/cells_speed.py run /tmp/cells/C2.zarr --work /tmp/cells
+    # the same steps in this process, wall and CPU time of each (fit, export, cells):
+    .venv/bin/python bench/cells_speed.py phases /tmp/cells/synth25k.zarr --n-top-genes 500
 
 The 25k-pixel slide is ``bench/synthetic_slide.py --size 25000 --spots 4000 --genes 500 --seed
 0`` (0.278 µm/px: segmented on its 2x level, 0.555 µm/px).
@@ -77,21 +79,66 @@ def run(store: str, work: str, extra: list[str]) -> dict:
     return out
 
 
+def phases(store: str, work: str, n_top_genes: int) -> dict:
+    """The steps of ``histosge run --cells`` in this process: wall and CPU time of each.
+
+    Fit (features, model) and export are what ``histosge run`` does; the cells step is what
+    ``--cells`` adds (``cells.table.iter_add_cells``: segmentation, footprints, values, writes).
+    """
+    import spatialdata as sd
+
+    from napari_histosge._progress import run_generator
+    from napari_histosge.cells.table import iter_add_cells
+    from napari_histosge.pipeline import Slide
+    from napari_histosge.superpixels import SuperResOptions, export_superres, iter_superres
+
+    slide = Slide.open(sd.read_zarr(store))
+    out: dict = {"load_1min_before": os.getloadavg()[0], "n_top_genes": n_top_genes}
+    target = Path(work) / "speed_phases.zarr"
+
+    def timed(name, fn):
+        t, c = time.perf_counter(), time.process_time()
+        value = fn()
+        out[name] = {
+            "wall_s": round(time.perf_counter() - t, 1),
+            "cpu_s": round(time.process_time() - c, 1),
+        }
+        print(name, out[name], flush=True)
+        return value
+
+    opts = SuperResOptions.from_seed(0, cache=False)
+    res = timed(
+        "fit", lambda: run_generator(iter_superres(slide, n_top_genes=n_top_genes, options=opts))
+    )
+    _, maps = timed("export", lambda: export_superres(slide, res, out=target, overwrite=True))
+    info = timed("cells", lambda: run_generator(iter_add_cells(target, slide, res, maps=maps)))
+    out["cells_info"] = info
+    plain = out["fit"]["cpu_s"] + out["export"]["cpu_s"]
+    out["cpu_ratio_with_cells"] = round((plain + out["cells"]["cpu_s"]) / plain, 2)
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["load_1min_after"] = os.getloadavg()[0]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("what", choices=["segment", "run"])
+    p.add_argument("what", choices=["segment", "run", "phases"])
     p.add_argument("store")
     p.add_argument("--tile-px", type=int, default=2048)
     p.add_argument("--work", default="/tmp")
     p.add_argument("--out", default=None)
+    p.add_argument("--n-top-genes", type=int, default=1000, help="phases: genes of the map")
     args, extra = p.parse_known_args(argv)
     warnings.simplefilter("ignore")
     doc = {"meta": run_metadata()}
     if args.what == "segment":
         doc["segment"] = segment(args.store, args.tile_px)
         print(doc["segment"], flush=True)
+    elif args.what == "phases":
+        doc["phases"] = phases(args.store, args.work, args.n_top_genes)
+        print(doc["phases"], flush=True)
     else:
         doc["run"] = run(args.store, args.work, extra)
         print("ratio", doc["run"]["ratio"])
