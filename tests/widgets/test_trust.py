@@ -259,6 +259,11 @@ def test_worker_gives_reliability_sd_maps_and_domains_of_the_superres_fit(tmp_pa
         exported = back.labels[DOMAINS_KEY]
         level = exported["scale0"]["image"] if hasattr(exported, "keys") else exported
         np.testing.assert_array_equal(np.asarray(level), labels)
+        # At another map resolution, the domains lie on that resolution's grid.
+        run(c.render(genes[:1], 40.0))
+        run(c.domains(3, 0, 40.0))
+        assert np.load(s.domains.path).shape == s.maps.shape
+        assert s.domains.scale == s.maps.scale
     finally:
         c.close()
 

@@ -162,9 +162,9 @@ class Controller:
             return True
         return self._submit("measured", {"gene": gene}, "render")
 
-    def domains(self, k: int, seed: int = 0) -> bool:
-        """Cluster the super-resolved expression into ``k`` tissue domains."""
-        return self._submit("domains", {"k": int(k), "seed": int(seed)})
+    def domains(self, k: int, seed: int = 0, pitch_um: float | None = None) -> bool:
+        """Cluster the super-resolved expression at ``pitch_um`` into ``k`` tissue domains."""
+        return self._submit("domains", {"k": int(k), "seed": int(seed), "pitch_um": pitch_um})
 
     def export(self, path: str | Path, *, overwrite: bool, pitch_um: float | None = None) -> bool:
         """Write predictions, maps and features into a store."""

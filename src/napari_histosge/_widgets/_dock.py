@@ -225,6 +225,7 @@ class HisToSGEWidget(QWidget):
 
         self.domains_section = DomainsSection(self.controller)
         self.domains_section.seed = lambda: self.train_section.seed_spin.value
+        self.domains_section.pitch_um = lambda: self.predict_section.pitch_um
         return self.domains_section
 
     def _build_export(self) -> QWidget:

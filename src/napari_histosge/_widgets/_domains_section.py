@@ -37,12 +37,13 @@ class DomainsSection(Section):
         self.gate("domains", self.find_button, "Cluster the map's superpixels into domains")
         self.find_button.changed.connect(self.find)
         self.seed: Any = lambda: 0
+        self.pitch_um: Any = lambda: None  # the map resolution (µm; None: the fit's)
         self.session.changed.connect(self._on_changed)
         self.refresh()
 
     def find(self, *_: Any) -> bool:
         """Find ``k`` domains in the worker and show them as a labels layer."""
-        return self.controller.domains(int(self.k_spin.value), int(self.seed()))
+        return self.controller.domains(int(self.k_spin.value), int(self.seed()), self.pitch_um())
 
     def _on_changed(self, name: str) -> None:
         if name == "domains":

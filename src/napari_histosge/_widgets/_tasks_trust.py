@@ -12,7 +12,7 @@ from typing import Any
 
 from ._files import save_pyramid
 from ._job import Job
-from ._tasks_more import superres_result
+from ._tasks_more import superres_at, superres_result
 
 __all__ = ["find_domains", "superres_reliability", "uncertainty_files"]
 
@@ -83,7 +83,9 @@ def find_domains(state: Any, job: Job, slide: Any) -> dict[str, Any]:
     domains_of = _core("superres_domains")
     if domains_of is None:
         raise ValueError("This version of napari-histosge has no tissue domains yet.")
-    result = superres_result(state, slide, job.context["superres"], job)
+    # On the grid of the maps shown (a map resolution other than the fit's refits there).
+    spec = superres_at(job, job.payload.get("pitch_um"))
+    result = superres_result(state, slide, spec, job)
     k, seed = int(job.payload["k"]), int(job.payload.get("seed", 0))
     job.say("domains", 0, 1, f"Clustering the superpixels into {k} domains…")
     domains = domains_of(result, k=k, seed=seed)
