@@ -439,7 +439,9 @@ def export_superres(
     new: dict[str, Any] = dict(extra or {})
     image_key = slide.keys.image_key
     if result.model.uncertainty is not None:
-        new[UNCERTAINTY_KEY] = parse_maps(slide.sdata, image_key, superres_uncertainty_maps(result))
+        # Lazy, a block of genes at a time while it is written: never beside the maps in memory.
+        sd_maps = superres_uncertainty_maps(result, max_bytes=0)
+        new[UNCERTAINTY_KEY] = parse_maps(slide.sdata, image_key, sd_maps)
     if domains:
         found = superres_domains(result, k=int(domains), seed=seed)
         new.update(domain_elements(slide.sdata, image_key, found))
