@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -209,6 +210,8 @@ def agreement_step(name: str, device: str, epochs: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    # Deterministic cuBLAS (training asks for deterministic algorithms), set before CUDA starts.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     import torch
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
