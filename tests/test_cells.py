@@ -168,3 +168,63 @@ def test_cell_features_option_of_the_superres_step(synthetic):
     assert info["n_nuclei"] > 20
     assert res.meta["features"]["dim"] == plain.meta["features"]["dim"] + len(cell_feature_names())
     assert np.isfinite(res.model.predict(synthetic.genes[:3])).all()
+
+
+def test_stardist_needs_a_model_folder(tmp_path):
+    from napari_histosge.cells._deep import stardist_segmenter
+
+    with pytest.raises(ValueError, match="StarDist model folder"):
+        NucleiOptions(method="stardist")
+    with pytest.raises(ValueError, match="config.json"):
+        stardist_segmenter(tmp_path)
+
+
+def test_stardist_missing_package_says_what_to_install(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+
+    from napari_histosge.cells._deep import stardist_segmenter
+
+    if importlib.util.find_spec("stardist") is not None:
+        pytest.skip("stardist is installed here")
+    (tmp_path / "config.json").write_text("{}")
+    monkeypatch.setitem(sys.modules, "csbdeep", None)
+    monkeypatch.setitem(sys.modules, "csbdeep.utils", None)
+    with pytest.raises(ImportError, match="pip install stardist"):
+        stardist_segmenter(tmp_path)
+
+
+def test_a_deep_segmenter_runs_in_the_tiles(synthetic, monkeypatch):
+    """The tiling, stitching and sizes around a deep segmenter (a stand-in for StarDist)."""
+    from napari_histosge.cells import _deep
+    from napari_histosge.cells._classical import nuclear_signal, segment_window
+
+    calls = []
+
+    def fake(weights, model_um_per_px=0.25):
+        def segment(rgb, um):
+            calls.append(rgb.shape)
+            sig, _ = nuclear_signal(rgb, um, 0.5, 15.0)
+            return segment_window(sig, 0.03, min_diameter_px=4 / um, max_diameter_px=15 / um)
+
+        return segment
+
+    monkeypatch.setattr(_deep, "stardist_segmenter", fake)
+    opts = NucleiOptions(method="stardist", weights="model", tile_px=256)
+    nuc = segment_nuclei(synthetic.sdata.images["he"], 1.0, options=opts)
+    assert len(calls) == nuc.meta["n_tiles"] == 9
+    assert nuc.meta["threshold_from"] == "none (stardist)"
+    score = match_nuclei(synthetic.nuclei, _labels(nuc))
+    assert score["f1"] >= 0.9
+
+
+def test_stardist_model_from_a_local_folder(tmp_path, synthetic):
+    pytest.importorskip("stardist", reason="the optional package stardist is not installed")
+    from stardist.models import Config2D, StarDist2D
+
+    StarDist2D(Config2D(n_rays=8, n_channel_in=3, grid=(2, 2)), name="tiny", basedir=str(tmp_path))
+    opts = NucleiOptions(method="stardist", weights=str(tmp_path / "tiny"), tile_px=512)
+    nuc = segment_nuclei(synthetic.sdata.images["he"], 1.0, options=opts)
+    lab = _labels(nuc)
+    assert lab.shape == synthetic.nuclei.shape
+    assert len(np.unique(lab)) - 1 == nuc.n

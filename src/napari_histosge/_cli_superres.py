@@ -48,12 +48,14 @@ def run_superres(
         f"in {time.perf_counter() - t0:.1f} s"
     )
     if getattr(args, "cells", False):
+        from .cells.segment import NucleiOptions
         from .cells.table import iter_add_cells
 
         t1 = time.perf_counter()
-        info = drive(
-            iter_add_cells(out, slide, result, maps=maps, seed=args.seed), quiet=args.quiet
-        )
+        weights = getattr(args, "nuclei_weights", None)
+        nuclei = NucleiOptions(method="stardist", weights=weights) if weights else None
+        gen = iter_add_cells(out, slide, result, maps=maps, options=nuclei, seed=args.seed)
+        info = drive(gen, quiet=args.quiet)
         print(  # noqa: T201
             f"wrote {info['n_cells']} cells (histosge_nuclei, histosge_cells) into {out} "
             f"in {time.perf_counter() - t1:.1f} s"
@@ -68,6 +70,12 @@ def cell_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="superres mode: also segment nuclei on the H&E (histosge_nuclei) and write the "
         "map's expression per cell (histosge_cells)",
+    )
+    p.add_argument(
+        "--nuclei-weights",
+        metavar="FOLDER",
+        help="with --cells: segment with the StarDist model in this local folder (needs the "
+        "optional package stardist) instead of the classical segmentation",
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["haematoxylin", "nuclear_signal", "segment_window", "smoothed_haematoxylin"]
+__all__ = ["haematoxylin", "nuclear_signal", "segment_window", "sized", "smoothed_haematoxylin"]
 
 
 def _od_lut() -> np.ndarray:
@@ -123,8 +123,19 @@ def segment_window(
     peaks = (elev == ndi.maximum_filter(elev, size=size)) & mask
     markers, _ = ndi.label(peaks, structure=np.ones((3, 3), bool))
     labels = watershed(-elev, markers, mask=mask)
-    areas = np.bincount(labels.ravel())
-    bad = (areas < 0.5 * min_area) | (areas > max_area)
+    return sized(labels, min_diameter_px, max_diameter_px)
+
+
+def sized(labels: np.ndarray, min_diameter_px: float, max_diameter_px: float) -> np.ndarray:
+    """Keep the labels of area between half the disk of the smallest and the largest diameter.
+
+    Returns
+    -------
+    ``(h, w)`` int32 labels, consecutive from 1.
+    """
+    r_min = max(1.0, min_diameter_px / 2.0)
+    areas = np.bincount(np.asarray(labels).ravel())
+    bad = (areas < 0.5 * np.pi * r_min**2) | (areas > np.pi * (max_diameter_px / 2.0) ** 2)
     bad[0] = True
     keep = np.flatnonzero(~bad)
     lut = np.zeros(len(areas), np.int32)

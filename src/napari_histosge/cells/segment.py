@@ -30,7 +30,8 @@ class NucleiOptions:
     Parameters
     ----------
     method
-        ``"classical"``: colour deconvolution, threshold and watershed (scikit-image).
+        ``"classical"``: colour deconvolution, threshold and watershed (scikit-image);
+        ``"stardist"``: a StarDist model from the local folder ``weights`` (optional package).
     min_diameter_um, max_diameter_um
         Nuclei sizes kept (diameters of disks of the same area, µm).
     sigma_um
@@ -45,9 +46,11 @@ class NucleiOptions:
         Tile side in pixels of the level segmented.
     expand_um
         Growth of each nucleus into its cell footprint (``expand_labels``).
+    weights
+        ``"stardist"``: the local StarDist model folder (:mod:`._deep`).
     """
 
-    method: Literal["classical"] = "classical"
+    method: Literal["classical", "stardist"] = "classical"
     min_diameter_um: float = 4.0
     max_diameter_um: float = 15.0
     sigma_um: float = 0.5
@@ -55,10 +58,15 @@ class NucleiOptions:
     max_um_per_px: float = 0.6
     tile_px: int = 2048
     expand_um: float = 3.0
+    weights: str | None = None
 
     def __post_init__(self) -> None:
-        if self.method != "classical":
-            raise ValueError(f"Expected a nucleus method in ['classical'], found `{self.method}`.")
+        if self.method not in ("classical", "stardist"):
+            raise ValueError(
+                f"Expected a nucleus method in ['classical', 'stardist'], found `{self.method}`."
+            )
+        if self.method == "stardist" and not self.weights:
+            raise ValueError("Expected the StarDist model folder in `weights`, found none.")
         if not 0 < self.min_diameter_um < self.max_diameter_um:
             raise ValueError(
                 "Expected 0 < min_diameter_um < max_diameter_um, found "
@@ -234,7 +242,7 @@ def iter_segment_nuclei(
     import zarr
     from scipy.spatial import cKDTree
 
-    from ._classical import nuclear_signal, segment_window
+    from ._classical import nuclear_signal, segment_window, sized
 
     opts = options or NucleiOptions()
     if not (np.isfinite(um_per_px) and um_per_px > 0):
@@ -255,7 +263,13 @@ def iter_segment_nuclei(
     dmax = opts.max_diameter_um / um
     margin = int(np.ceil(2 * dmax + 3 * opts.sigma_um / um)) + 4
     thr = opts.threshold
-    if thr is None:
+    deep = None
+    if opts.method == "stardist":
+        from ._deep import stardist_segmenter
+
+        deep = stardist_segmenter(str(opts.weights))
+        thr = float("nan")
+    elif thr is None:
         thr = _otsu_threshold(arr, (y0, y1, x0, x1), um, opts)
     tiles = _tile_grid(h, w, opts.tile_px)
     tmp = tempfile.TemporaryDirectory(prefix="histosge-nuclei-") if workdir is None else None
@@ -270,9 +284,12 @@ def iter_segment_nuclei(
         wx0, wx1 = max(0, x0 + tx0 - margin), min(full_w, x0 + tx1 + margin)
         rgb = _window(arr, wy0, wy1, wx0, wx1)
         sig, hema = nuclear_signal(rgb, um, opts.sigma_um, opts.max_diameter_um)
-        lab = segment_window(
-            sig, thr, min_diameter_px=opts.min_diameter_um / um, max_diameter_px=dmax
-        )
+        if deep is None:
+            lab = segment_window(
+                sig, thr, min_diameter_px=opts.min_diameter_um / um, max_diameter_px=dmax
+            )
+        else:
+            lab = sized(deep(rgb, um), opts.min_diameter_um / um, dmax)
         st = _object_stats(lab, hema)
         cx = st["x"] + wx0 - x0  # centroid in the extent's level pixels
         cy = st["y"] + wy0 - y0
@@ -314,6 +331,7 @@ def iter_segment_nuclei(
         **{k: v for k, v in asdict(opts).items() if k != "threshold"},
         "threshold": float(thr),
         "threshold_from": "options" if opts.threshold is not None else "otsu",
+        **({"threshold_from": "none (stardist)"} if deep is not None else {}),
         "level_factor": f,
         "um_per_px": um,
         "extent_px": [int(x0 * f), int(y0 * f), int(x1 * f), int(y1 * f)],
