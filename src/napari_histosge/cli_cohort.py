@@ -63,10 +63,18 @@ def cmd_batch(args: argparse.Namespace, *, helpers: CliHelpers) -> int:
     With ``--checkpoint``, one ``predict`` of that model per slide instead.
     """
     from .batch import SlideJob, run_batch
+    from .io.wsi import is_wsi_path
 
     helpers.check_inputs(args)
     if args.checkpoint:
         return _report(args, _predict_batch(args, helpers))
+    files = [s for s in args.stores if is_wsi_path(s)]
+    if files:
+        raise ValueError(
+            f"Expected slides with measured spots and a table to train on, found whole-slide "
+            f"files (H&E only) such as `{files[0]}`; apply a trained model to them with "
+            "--checkpoint MODEL."
+        )
     genes = helpers.read_genes(args)
     job = SlideJob(
         extract=helpers.extract_options(args, args.positions),
