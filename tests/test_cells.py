@@ -93,7 +93,7 @@ def test_options_are_checked():
     with pytest.raises(ValueError, match="min_diameter_um"):
         NucleiOptions(min_diameter_um=20.0)
     with pytest.raises(ValueError, match="nucleus method"):
-        NucleiOptions(method="stardist")  # type: ignore[arg-type]
+        NucleiOptions(method="cellpose")  # type: ignore[arg-type]
 
 
 def _check_contract(out: Path) -> None:
