@@ -328,6 +328,11 @@ def superres_maps(
     def block(sub: list[str]) -> np.ndarray:
         out = np.full((len(sub), h, w), np.nan, dtype=np.float32)
         out[:, rows, cols] = render(sub).T
+        if what == "sd":
+            # 10 of float32's 23 mantissa bits (relative error < 0.05 %) is more than an sd
+            # needs; the zeroed bits make the maps compress and write several times faster.
+            bits = out.view(np.uint32)
+            bits &= np.uint32(0xFFFFE000)
         return out
 
     chunks = [names[g0 : g0 + chunk] for g0 in range(0, len(names), chunk)]
