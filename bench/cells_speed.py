@@ -24,7 +24,7 @@ from pathlib import Path
 from _common import run_metadata, time_histosge_run, write_json
 
 
-def segment(store: str, tile_px: int) -> dict:
+def segment(store: str, tile_px: int, workers: int = 1) -> dict:
     """Segment every tile of the slide's image; wall time, nuclei and peak RSS."""
     import spatialdata as sd
 
@@ -37,7 +37,9 @@ def segment(store: str, tile_px: int) -> dict:
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     nuc = run_generator(
-        iter_segment_nuclei(image, slide.geometry.um_per_px, options=NucleiOptions(tile_px=tile_px))
+        iter_segment_nuclei(
+            image, slide.geometry.um_per_px, options=NucleiOptions(tile_px=tile_px, workers=workers)
+        )
     )
     t_seg = time.perf_counter() - t0
     # the stitched labels, read back block by block as the export does
@@ -52,6 +54,7 @@ def segment(store: str, tile_px: int) -> dict:
         "level_um_per_px": nuc.um_per_px,
         "segmented_px": int(nuc.labels.shape[0]) * int(nuc.labels.shape[1]),
         "n_tiles": nuc.meta["n_tiles"],
+        "workers": workers,
         "n_nuclei": nuc.n,
         "max_label": n_ids,
         "segment_s": round(t_seg, 1),
@@ -127,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("what", choices=["segment", "run", "phases"])
     p.add_argument("store")
     p.add_argument("--tile-px", type=int, default=2048)
+    p.add_argument("--workers", type=int, default=1, help="segment: tile processes")
     p.add_argument("--work", default="/tmp")
     p.add_argument("--out", default=None)
     p.add_argument("--n-top-genes", type=int, default=1000, help="phases: genes of the map")
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("ignore")
     doc = {"meta": run_metadata()}
     if args.what == "segment":
-        doc["segment"] = segment(args.store, args.tile_px)
+        doc["segment"] = segment(args.store, args.tile_px, args.workers)
         print(doc["segment"], flush=True)
     elif args.what == "phases":
         doc["phases"] = phases(args.store, args.work, args.n_top_genes)

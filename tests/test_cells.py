@@ -228,3 +228,11 @@ def test_stardist_model_from_a_local_folder(tmp_path, synthetic):
     lab = _labels(nuc)
     assert lab.shape == synthetic.nuclei.shape
     assert len(np.unique(lab)) - 1 == nuc.n
+
+
+def test_tiles_in_worker_processes_give_the_same_nuclei(synthetic):
+    image = synthetic.sdata.images["he"]
+    one = segment_nuclei(image, 1.0, options=NucleiOptions(tile_px=256))
+    two = segment_nuclei(image, 1.0, options=NucleiOptions(tile_px=256, workers=2))
+    assert two.n == one.n
+    assert np.array_equal(_labels(one), _labels(two))

@@ -48,6 +48,8 @@ class NucleiOptions:
         Growth of each nucleus into its cell footprint (``expand_labels``).
     weights
         ``"stardist"``: the local StarDist model folder (:mod:`._deep`).
+    workers
+        Processes segmenting tiles at once (classical method; 1: in this process).
     """
 
     method: Literal["classical", "stardist"] = "classical"
@@ -59,6 +61,7 @@ class NucleiOptions:
     tile_px: int = 2048
     expand_um: float = 3.0
     weights: str | None = None
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.method not in ("classical", "stardist"):
@@ -202,6 +205,62 @@ def _object_stats(labels: np.ndarray, hema: np.ndarray) -> dict[str, np.ndarray]
     }
 
 
+def _tile_job(job: dict[str, Any], deep: Any = None) -> dict[str, Any]:
+    """Segment one window, write its tile's core to the temporary array; return its nuclei."""
+    import zarr
+
+    from ._classical import nuclear_signal, segment_window, sized
+
+    opts, um = job["opts"], job["um"]
+    wy0, wx0 = job["window"]
+    ty0, ty1, tx0, tx1 = job["core"]
+    y0, x0 = job["origin"]
+    a = np.asarray(job["rgb"])
+    if a.dtype != np.uint8:
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    rgb = np.ascontiguousarray(np.moveaxis(a, 0, -1))
+    sig, hema = nuclear_signal(rgb, um, opts.sigma_um, opts.max_diameter_um)
+    dmax = opts.max_diameter_um / um
+    if deep is None:
+        lab = segment_window(
+            sig, job["threshold"], min_diameter_px=opts.min_diameter_um / um, max_diameter_px=dmax
+        )
+    else:
+        lab = sized(deep(rgb, um), opts.min_diameter_um / um, dmax)
+    st = _object_stats(lab, hema)
+    cx = st["x"] + wx0 - x0  # centroid in the extent's level pixels
+    cy = st["y"] + wy0 - y0
+    core = lab[y0 + ty0 - wy0 : y0 + ty1 - wy0, x0 + tx0 - wx0 : x0 + tx1 - wx0]
+    zarr.open_array(job["store"], mode="r+")[ty0:ty1, tx0:tx1] = core
+    present = np.unique(core)
+    present = present[present > 0]
+    ids = np.arange(1, len(st["count"]))
+    mine = ids[(cx[ids] >= tx0) & (cx[ids] < tx1) & (cy[ids] >= ty0) & (cy[ids] < ty1)]
+    return {
+        "present": present,
+        "centroids": np.c_[cx[present], cy[present]],
+        "mine": mine,
+        "cx": cx[mine],
+        "cy": cy[mine],
+        "stats": {
+            k: st[k][mine] for k in ("count", "eccentricity", "ellipse_fill", "haematoxylin")
+        },
+    }
+
+
+def _run_tiles(jobs: list[dict[str, Any]], workers: int, deep: Any) -> Any:
+    """Results of :func:`_tile_job` in the order of ``jobs``: here, or in worker processes."""
+    if workers <= 1:
+        for job in jobs:
+            yield _tile_job(job, deep)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+        yield from ex.map(_tile_job, jobs)
+
+
 def iter_segment_nuclei(
     image: Any,
     um_per_px: float,
@@ -242,8 +301,6 @@ def iter_segment_nuclei(
     import zarr
     from scipy.spatial import cKDTree
 
-    from ._classical import nuclear_signal, segment_window, sized
-
     opts = options or NucleiOptions()
     if not (np.isfinite(um_per_px) and um_per_px > 0):
         raise ValueError(f"Expected a positive µm per pixel, found `{um_per_px}`.")
@@ -279,44 +336,44 @@ def iter_segment_nuclei(
     )
     owned: list[pd.DataFrame] = []
     seen: list[tuple[np.ndarray, np.ndarray]] = []  # per tile: local ids, centroids (x, y)
-    for i, (ty0, ty1, tx0, tx1) in enumerate(tiles):
+    jobs = []
+    for ty0, ty1, tx0, tx1 in tiles:
         wy0, wy1 = max(0, y0 + ty0 - margin), min(full_h, y0 + ty1 + margin)
         wx0, wx1 = max(0, x0 + tx0 - margin), min(full_w, x0 + tx1 + margin)
-        rgb = _window(arr, wy0, wy1, wx0, wx1)
-        sig, hema = nuclear_signal(rgb, um, opts.sigma_um, opts.max_diameter_um)
-        if deep is None:
-            lab = segment_window(
-                sig, thr, min_diameter_px=opts.min_diameter_um / um, max_diameter_px=dmax
-            )
-        else:
-            lab = sized(deep(rgb, um), opts.min_diameter_um / um, dmax)
-        st = _object_stats(lab, hema)
-        cx = st["x"] + wx0 - x0  # centroid in the extent's level pixels
-        cy = st["y"] + wy0 - y0
-        core = lab[y0 + ty0 - wy0 : y0 + ty1 - wy0, x0 + tx0 - wx0 : x0 + tx1 - wx0]
-        store[ty0:ty1, tx0:tx1] = core
-        present = np.unique(core)
-        present = present[present > 0]
-        seen.append((present, np.c_[cx[present], cy[present]]))
-        ids = np.arange(1, len(st["count"]))
-        mine = ids[(cx[ids] >= tx0) & (cx[ids] < tx1) & (cy[ids] >= ty0) & (cy[ids] < ty1)]
-        sx0, sy0 = (cx[mine] + x0 + 0.5) * f, (cy[mine] + y0 + 0.5) * f
+        jobs.append(
+            {
+                "rgb": arr[:3, wy0:wy1, wx0:wx1],
+                "window": (wy0, wx0),
+                "core": (ty0, ty1, tx0, tx1),
+                "origin": (y0, x0),
+                "um": um,
+                "opts": opts,
+                "threshold": thr,
+                "store": str(root / "tiles.zarr"),
+            }
+        )
+    workers = 1 if deep is not None else max(1, min(int(opts.workers), len(jobs)))
+    for i, res in enumerate(_run_tiles(jobs, workers, deep)):
+        seen.append((res["present"], res["centroids"]))
+        mine, cx, cy = res["mine"], res["cx"], res["cy"]
+        sx0, sy0 = (cx + x0 + 0.5) * f, (cy + y0 + 0.5) * f
+        ok = np.ones(len(mine), bool)
         if keep is not None and len(mine):
             ok = np.asarray(keep(np.c_[sx0, sy0]), dtype=bool)
-            mine, sx0, sy0 = mine[ok], sx0[ok], sy0[ok]
+        st = res["stats"]
         owned.append(
             pd.DataFrame(
                 {
                     "tile": i,
-                    "local": mine,
-                    "lx": cx[mine],
-                    "ly": cy[mine],
-                    "x": sx0,
-                    "y": sy0,
-                    "area_um2": st["count"][mine] * um * um,
-                    "eccentricity": st["eccentricity"][mine],
-                    "ellipse_fill": st["ellipse_fill"][mine],
-                    "haematoxylin": st["haematoxylin"][mine],
+                    "local": mine[ok],
+                    "lx": cx[ok],
+                    "ly": cy[ok],
+                    "x": sx0[ok],
+                    "y": sy0[ok],
+                    "area_um2": st["count"][ok] * um * um,
+                    "eccentricity": st["eccentricity"][ok],
+                    "ellipse_fill": st["ellipse_fill"][ok],
+                    "haematoxylin": st["haematoxylin"][ok],
                 }
             )
         )
