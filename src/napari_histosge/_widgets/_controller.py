@@ -6,11 +6,13 @@ neither Qt nor the core, so the whole workflow is driven and tested without a vi
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ._runner import Runner
 from ._session import (
+    CellsInfo,
     DomainsInfo,
     FeaturesInfo,
     MapsInfo,
@@ -35,6 +37,8 @@ LABELS = {
     "measured": "Reading measured expression",
     "export": "Exporting",
     "domains": "Finding domains",
+    "cells": "Segmenting cells",
+    "cells_colour": "Colouring cells",
 }
 
 
@@ -165,6 +169,18 @@ class Controller:
     def domains(self, k: int, seed: int = 0, pitch_um: float | None = None) -> bool:
         """Cluster the super-resolved expression at ``pitch_um`` into ``k`` tissue domains."""
         return self._submit("domains", {"k": int(k), "seed": int(seed), "pitch_um": pitch_um})
+
+    def cells(self, gene: str | None = None, pitch_um: float | None = None) -> bool:
+        """Segment the nuclei, average the maps over each cell and colour them by ``gene``."""
+        return self._submit("cells", {"gene": gene, "pitch_um": pitch_um})
+
+    def colour_cells(self, gene: str) -> bool:
+        """Colour the segmented cells by ``gene`` (from their saved values)."""
+        cells = self.session.cells
+        if cells is None or gene == cells.gene or gene not in cells.genes:
+            return False
+        payload = {"labels": cells.labels, "values": cells.values, "genes": cells.genes}
+        return self._submit("cells_colour", {**payload, "gene": gene}, "cells")
 
     def export(self, path: str | Path, *, overwrite: bool, pitch_um: float | None = None) -> bool:
         """Write predictions, maps and features into a store."""
@@ -313,6 +329,31 @@ class Controller:
         domains = DomainsInfo(result["path"], k, scale, translate, top, seed)  # type: ignore[arg-type]
         self.session.set_domains(domains)
         self.session.set_status(f"Showing {domains.k} tissue domains and their top genes.")
+
+    def _done_cells(self, result: dict[str, Any]) -> None:
+        colour = result["colour"]
+        cells = CellsInfo(
+            result["labels"],
+            result["values"],
+            list(result["genes"]),
+            int(result["n_cells"]),
+            tuple(result["scale"]),  # type: ignore[arg-type]
+            tuple(result["translate"]),  # type: ignore[arg-type]
+            colour["gene"],
+            list(colour["levels"]),
+            tuple(colour["limits"]),  # type: ignore[arg-type]
+        )
+        self.session.set_cells(cells)
+        self.session.set_status(f"Showing {cells.n_cells} cells coloured by {cells.gene}.")
+
+    def _done_cells_colour(self, result: dict[str, Any]) -> None:
+        cells = self.session.cells
+        if cells is None or cells.labels != result.get("labels"):
+            return  # cells segmented again since
+        limits = tuple(result["limits"])
+        cells = replace(cells, gene=result["gene"], colour=list(result["levels"]), limits=limits)
+        self.session.set_cells(cells)
+        self.session.set_status(f"Showing the cells coloured by {cells.gene}.")
 
     def _done_measured(self, result: dict[str, Any]) -> None:
         measured = _measured(result)

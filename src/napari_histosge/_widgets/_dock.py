@@ -1,4 +1,4 @@
-"""The HisToSGE dock: six sections over one session, its worker process and its layers.
+"""The HisToSGE dock: seven sections over one session, its worker process and its layers.
 
 The dock only composes: the session (:mod:`._session`) holds the state, the controller
 (:mod:`._controller`) runs each step in the worker process (:mod:`._runner`, :mod:`._tasks`),
@@ -13,14 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import (
-    QHBoxLayout,
-    QProgressBar,
-    QPushButton,
-    QScrollArea,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
 from ._controller import Controller
 from ._layer_view import LayerView, prefetch_readers
@@ -149,6 +142,7 @@ class HisToSGEWidget(QWidget):
             self._build_train,
             self._build_predict,
             self._build_domains,
+            self._build_cells,
             self._build_export,
         ]
         self._painted = False
@@ -228,6 +222,12 @@ class HisToSGEWidget(QWidget):
         self.domains_section.pitch_um = lambda: self.predict_section.pitch_um
         return self.domains_section
 
+    def _build_cells(self) -> QWidget:
+        from ._cells_section import CellsSection
+
+        self.cells_section = CellsSection(self.controller, lambda: self.predict_section.pitch_um)
+        return self.cells_section
+
     def _build_export(self) -> QWidget:
         from ._export_section import ExportSection
 
@@ -236,7 +236,7 @@ class HisToSGEWidget(QWidget):
 
     @property
     def sections_ready(self) -> bool:
-        """All six sections are built."""
+        """All seven sections are built."""
         return not self._builders
 
     def build_all(self) -> None:
@@ -250,7 +250,7 @@ class HisToSGEWidget(QWidget):
 
     @property
     def sections(self) -> tuple[QWidget, ...]:
-        """The six sections, top to bottom."""
+        """The seven sections, top to bottom."""
         self.build_all()
         return (
             self.data_section,
@@ -258,6 +258,7 @@ class HisToSGEWidget(QWidget):
             self.train_section,
             self.predict_section,
             self.domains_section,
+            self.cells_section,
             self.export_section,
         )
 

@@ -1,4 +1,4 @@
-"""6. Export: predictions, maps and features into a zarr store."""
+"""7. Export: predictions, maps and features into a zarr store."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class ExportSection(Section):
     """Choose an output store and press Export; nothing is replaced without asking."""
 
     def __init__(self, controller: Controller, pitch_um: Callable[[], float | None]) -> None:
-        super().__init__("6. Export", controller)
+        super().__init__("7. Export", controller)
         self.pitch_um = pitch_um
         self.path_edit = FileEdit(label="Store", mode="w", filter="*.zarr")
         self.path_edit.tooltip = "Output .zarr store"

@@ -1,4 +1,4 @@
-"""Value ± standard deviation of the shown maps under the mouse (and the domain), in the dock.
+"""Value ± standard deviation of the shown maps under the mouse (domain, cell), in the dock.
 
 The maps and their standard deviations are the worker's memory-mapped ``.npy`` files; a mouse
 move reads one value of each (no computation) and the label changes at most every
@@ -44,6 +44,7 @@ class ValueReadout(QObject):
         self._maps: MapsInfo | None = None
         self._arrays: tuple[Any, Any] = (None, None)
         self._domains: tuple[Any, Any] | None = None
+        self._cells: tuple[Any, ...] | None = None
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(SHOW_MS)
@@ -76,10 +77,33 @@ class ValueReadout(QObject):
                 self._timer.start()
 
     def read(self, yx: tuple[float, float]) -> str:
-        """Return the text for world position ``(y, x)`` (empty off the maps and domains)."""
+        """Return the text for world position ``(y, x)`` (empty off the maps, domains, cells)."""
         values = self._values(yx)
         domain = self._domain(yx)
-        return "; ".join(part for part in (values, domain) if part)
+        cell = self._cell(yx)
+        return "; ".join(part for part in (values, domain, cell) if part)
+
+    def _cell(self, yx: tuple[float, float]) -> str:
+        import numpy as np
+
+        cells = self.session.cells
+        if cells is None:
+            return ""
+        if self._cells is None or self._cells[0] is not cells:
+            labels, values = (np.load(p, mmap_mode="r") for p in (cells.labels, cells.values))
+            self._cells = (cells, labels, values, {g: i for i, g in enumerate(cells.genes)})
+        _, labels, values, index = self._cells
+        row = round((yx[0] - cells.translate[0]) / cells.scale[0])
+        col = round((yx[1] - cells.translate[1]) / cells.scale[1])
+        if not (0 <= row < labels.shape[0] and 0 <= col < labels.shape[1]):
+            return ""
+        cell = int(labels[row, col])
+        if cell <= 0:
+            return ""
+        maps = self.session.maps
+        genes = list(maps.genes) if maps is not None else [cells.gene]
+        parts = [f"{g} {float(values[cell - 1, index[g]]):.2f}" for g in genes if g in index]
+        return f"cell {cell}: {', '.join(parts)}" if parts else f"cell {cell}"
 
     def _domain(self, yx: tuple[float, float]) -> str:
         import numpy as np

@@ -14,6 +14,7 @@ from typing import Any
 from psygnal import Signal
 
 __all__ = [
+    "CellsInfo",
     "DomainsInfo",
     "FeaturesInfo",
     "MapsInfo",
@@ -125,6 +126,26 @@ class DomainsInfo:
 
 
 @dataclass(frozen=True)
+class CellsInfo:
+    """Segmented cells: ``.npy`` files of their ids, values and one gene's colours.
+
+    ``labels``: int32 cell ids (0: none) placed on the H&E by ``scale`` and ``translate``;
+    ``values``: ``(cells, genes)``; ``colour``: ``(1, y, x)`` levels, finest first, of ``gene``'s
+    value in each cell (NaN off them) on the grid of ``labels``.
+    """
+
+    labels: str
+    values: str
+    genes: list[str]
+    n_cells: int
+    scale: tuple[float, float]
+    translate: tuple[float, float]
+    gene: str
+    colour: list[str]
+    limits: tuple[float, float]
+
+
+@dataclass(frozen=True)
 class MeasuredInfo:
     """Measured expression of one gene at the spots, as a ``.npy`` file."""
 
@@ -145,6 +166,7 @@ NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
     "render": (("predictions", "Predict first."),),
     "export": (("predictions", "Predict first."),),
     "domains": (("predictions", "Predict first."),),
+    "cells": (("predictions", "Predict first."),),
 }
 
 
@@ -176,6 +198,7 @@ class Session:
         self.maps: MapsInfo | None = None
         self.measured: MeasuredInfo | None = None
         self.domains: DomainsInfo | None = None
+        self.cells: CellsInfo | None = None
         self.show_uncertainty = False
         self.show_units = False
         self.running: str | None = None
@@ -194,14 +217,14 @@ class Session:
 
     def set_elements(self, source: str, elements: dict[str, list[str]]) -> None:
         """Record a store whose elements are not resolved yet."""
-        self._set(slide=None, features=None, model=None, predictions=None, domains=None)
+        self._set(slide=None, features=None, model=None, predictions=None, domains=None, cells=None)
         self.source = source
         self._set(elements=elements)
 
     def set_slide(self, slide: SlideInfo) -> None:
         """Use a new slide, forgetting everything computed before."""
         self.source = slide.source
-        self._set(features=None, model=None, predictions=None, domains=None)
+        self._set(features=None, model=None, predictions=None, domains=None, cells=None)
         self._set(elements=slide.elements)
         self.clear_losses()
         self._set(slide=slide)
@@ -214,7 +237,7 @@ class Session:
 
     def set_model(self, model: ModelInfo) -> None:
         """Use a new model; earlier predictions and domains no longer apply."""
-        self._set(predictions=None, domains=None, model=model)
+        self._set(predictions=None, domains=None, cells=None, model=model)
 
     def set_predictions(self, predictions: PredictionsInfo) -> None:
         """Use new predictions."""
@@ -232,6 +255,10 @@ class Session:
     def set_domains(self, domains: DomainsInfo | None) -> None:
         """Show tissue domains (or none)."""
         self._set(domains=domains)
+
+    def set_cells(self, cells: CellsInfo | None) -> None:
+        """Show segmented cells, coloured by one gene (or none)."""
+        self._set(cells=cells)
 
     def set_shown(self, *, uncertainty: bool | None = None, units: bool | None = None) -> None:
         """Show or hide the maps' standard deviations and the measured units' outlines."""
@@ -260,6 +287,8 @@ class Session:
             return "A super-resolution fit belongs to this slide and is not saved."
         if action == "domains" and (self.model is None or self.model.superres is None):
             return "Domains come from the super-resolution model: fit it (Train, superres)."
+        if action == "cells" and (self.model is None or self.model.superres is None):
+            return "Cells take their values from the super-resolution model: fit it (superres)."
         slide = self.slide
         if slide is not None and not slide.has_table:
             if action in ("train", "fit"):

@@ -22,6 +22,7 @@ from typing import Any
 
 from ._files import save_pyramid
 from ._job import Job, plain
+from ._tasks_cells import colour_cells, segment_cells
 from ._tasks_more import (
     fit_superres,
     model_features,
@@ -333,6 +334,11 @@ def domains(state: WorkerState, job: Job) -> dict[str, Any]:
     return find_domains(state, job, _slide(state, job.context))
 
 
+def cells(state: WorkerState, job: Job) -> dict[str, Any]:
+    """Segment the nuclei and average the maps over each cell (ids, values, one gene's colours)."""
+    return segment_cells(state, job, _slide(state, job.context))
+
+
 def measured(state: WorkerState, job: Job) -> dict[str, Any]:
     """Measured expression of one gene at the spots, as a ``.npy`` file."""
     return _measured_file(state, _slide(state, job.context), str(job.payload["gene"]))
@@ -372,4 +378,6 @@ TASKS: dict[str, Callable[..., dict[str, Any]]] = {
     "measured": measured,
     "export": export,
     "domains": domains,
+    "cells": cells,
+    "cells_colour": colour_cells,
 }

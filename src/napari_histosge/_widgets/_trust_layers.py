@@ -11,7 +11,7 @@ from typing import Any
 
 from ._session import MapsInfo
 
-__all__ = ["TrustLayers", "sd_translate"]
+__all__ = ["CELLS_NAME", "TrustLayers", "sd_translate"]
 
 #: Room between the map and the standard deviations shown next to it, as a share of its width.
 SIDE_GAP = 0.05
@@ -19,6 +19,8 @@ SIDE_GAP = 0.05
 UNITS_NAME = "measured units (HisToSGE)"
 #: Name of the domains' labels layer.
 DOMAINS_NAME = "domains (HisToSGE)"
+#: Name of the cells' layer (each cell in its value of one gene).
+CELLS_NAME = "cells (HisToSGE)"
 
 
 def sd_translate(maps: MapsInfo, slot: int) -> tuple[float, float]:
@@ -50,6 +52,7 @@ class TrustLayers:
         self._sd_maps: MapsInfo | None = None  # the maps the sd layers were filled for
         self.units_layer: Any = None
         self.domains_layer: Any = None
+        self.cells_layer: Any = None
         self.session.changed.connect(self._on_changed)
 
     def _on_changed(self, name: str) -> None:
@@ -59,6 +62,8 @@ class TrustLayers:
             self.view.queue(self._show_units)
         if name == "domains":
             self.view.queue(self._show_domains)
+        if name == "cells":
+            self.view.queue(self._show_cells)
 
     def _remove(self, layer: Any) -> None:
         if layer is not None and layer in self.view.viewer.layers:
@@ -208,3 +213,44 @@ class TrustLayers:
         )
         self.domains_layer = layer
         self.view.add_next(layer, lambda: self.domains_layer is layer)
+
+    # Cells ---------------------------------------------------------------------------------
+
+    def _show_cells(self) -> None:
+        import numpy as np
+        from napari.layers import Image
+
+        from napari_histosge._layers import MAP_UNITS, map_colormap
+
+        cells, layer = self.session.cells, self.cells_layer
+        if cells is None:
+            if layer is not None:
+                self._set_visible(layer, False)
+            return
+        # An image of each cell's value, made by the worker (NaN off the cells: transparent).
+        levels = [np.load(p, mmap_mode="r")[0] for p in cells.colour]
+        data = levels if len(levels) > 1 else levels[0]
+        meta = {"name": "histosge_cells", "gene": cells.gene, "units": MAP_UNITS}
+        name = f"cells: {cells.gene} (HisToSGE)"
+        if layer is not None and layer in self.view.viewer.layers:
+            if layer.multiscale == (len(levels) > 1):
+                layer.data, layer.metadata, layer.contrast_limits = data, meta, cells.limits
+                layer.scale, layer.translate = cells.scale, cells.translate
+                layer.name, layer.visible = name, True
+                return
+            self._remove(layer)  # napari cannot switch a layer to or from levels
+        layer = Image(
+            data,
+            name=name,
+            scale=cells.scale,
+            translate=cells.translate,
+            colormap=map_colormap(),
+            contrast_limits=cells.limits,
+            interpolation2d="nearest",
+            blending="translucent",
+            metadata=meta,
+            multiscale=len(levels) > 1,
+            visible=False,
+        )
+        self.cells_layer = layer
+        self.view.add_next(layer, lambda: self.cells_layer is layer)
