@@ -64,6 +64,7 @@ def test_in_place_writes_only_the_new_elements(tmp_path, sample_store):
     added = {Path(k).parts[:2] for k in after if k not in before}
     assert added == {
         ("images", "histosge_expression"),
+        ("images", "histosge_uncertainty"),  # the superres maps' standard deviations
         ("shapes", "histosge_positions"),
         ("tables", "histosge_predictions"),
     }
