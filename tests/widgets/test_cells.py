@@ -110,6 +110,7 @@ def test_segment_cells_button_shows_the_cells_and_their_values(dock, qtbot):
     assert widget.predict()
     wait_idle(qtbot, widget, timeout=600_000)
     genes = session.predictions.genes[:2]
+    other = session.predictions.genes[1:3]
     widget.predict_section.select_genes(genes)
     assert widget.render()
     wait_idle(qtbot, widget, timeout=600_000)
@@ -163,10 +164,19 @@ def test_segment_cells_button_shows_the_cells_and_their_values(dock, qtbot):
     assert f"cell {cell}: {genes[0]} {values[cell - 1, g]:.2f}" in text
     assert read_ms < 20
 
-    # Other genes shown: the cells are recoloured by the first one.
-    widget.predict_section.select_genes(genes[1:])
+    # Other genes shown: the cells are recoloured by the first one (two genes again, so that
+    # no map layer is removed: napari's removal of a layer is a long turn of its own).
+    widget.predict_section.select_genes(other)
+    gaps.clear()
+    last[0] = clock.elapsed()
+    timer.start()
     assert widget.render()
-    qtbot.waitUntil(lambda: session.cells.gene == genes[1], timeout=120_000)
+    qtbot.waitUntil(lambda: session.cells.gene == other[0], timeout=120_000)
     wait_idle(qtbot, widget)
-    assert layer.metadata["gene"] == genes[1]
-    assert layer.name == f"cells: {genes[1]} (HisToSGE)"
+    qtbot.wait(300)
+    timer.stop()
+    print(f"longest turns from Render to the cells recoloured: {sorted(gaps)[-5:]} ms")
+    assert max(gaps) < 100
+    assert layer.metadata["gene"] == other[0]
+    assert layer.name == f"cells: {other[0]} (HisToSGE)"
+    assert widget.layer_view.trust.cells_layer is layer

@@ -234,8 +234,10 @@ class TrustLayers:
         name = f"cells: {cells.gene} (HisToSGE)"
         if layer is not None and layer in self.view.viewer.layers:
             if layer.multiscale == (len(levels) > 1):
+                # Another gene on the same cells: each change of placement redraws, skipped.
                 layer.data, layer.metadata, layer.contrast_limits = data, meta, cells.limits
-                layer.scale, layer.translate = cells.scale, cells.translate
+                if tuple(layer.scale) != cells.scale or tuple(layer.translate) != cells.translate:
+                    layer.scale, layer.translate = cells.scale, cells.translate
                 layer.name, layer.visible = name, True
                 return
             self._remove(layer)  # napari cannot switch a layer to or from levels
