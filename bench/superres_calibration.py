@@ -50,36 +50,24 @@ def section_arrays(sec: str, work: Path) -> dict:
     from napari_histosge._progress import run_generator
     from napari_histosge.expression import count_matrix
     from napari_histosge.features.superpixel_cache import cached_features
-    from napari_histosge.geometry.footprints import (
-        default_resolution,
-        unit_footprints,
-        unit_membership,
-    )
+    from napari_histosge.geometry.footprints import unit_membership
     from napari_histosge.pipeline import Slide
-    from napari_histosge.superpixels import (
-        DEFAULT_RESOLUTION_UM,
-        SuperResOptions,
-        units_superpixel_grid,
-    )
+    from napari_histosge.superpixels import SuperResOptions, slide_grid
 
     store = convert_sections(work, [sec])[sec]
     slide = Slide.open(sd.read_zarr(store))
-    g, keys = slide.geometry, slide.keys
-    kind, foot, diam = unit_footprints(
-        slide.sdata, image_key=keys.image_key, spots_key=keys.spots_key, table_key=keys.table_key
-    )
-    res_um = default_resolution(diam * g.um_per_px, DEFAULT_RESOLUTION_UM)
-    step = res_um / g.um_per_px
-    grid, box = units_superpixel_grid(g.centers_px, float(diam.max()), step)
+    g = slide.geometry
+    sg = slide_grid(slide)
+    grid = sg.grid
     t0 = time.perf_counter()
     feats, _ = run_generator(
-        cached_features(slide, SuperResOptions(), grid.positions, step, box, res_um)
+        cached_features(slide, SuperResOptions(), grid.positions, sg.step, sg.box, sg.resolution_um)
     )
     return {
         "feats": feats,
         "pos": grid.positions * g.um_per_px,
         "xy": g.centers_px * g.um_per_px,
-        "spots": unit_membership(kind, foot, grid.positions),
+        "spots": unit_membership(sg.kind, sg.footprints, grid.positions),
         "counts": sp.csr_matrix(count_matrix(slide.table)[0]),
         "feature_seconds": time.perf_counter() - t0,
         "n_superpixels": int(grid.n),

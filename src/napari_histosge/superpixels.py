@@ -37,8 +37,10 @@ __all__ = [
     "superres_maps",
     "superres_predictions",
     "superres_uncertainty_maps",
+    "SlideGrid",
     "check_resolution",
     "resolution_range",
+    "slide_grid",
     "units_superpixel_grid",
 ]
 
@@ -221,6 +223,47 @@ def unit_depths(table: Any) -> np.ndarray | None:
     return depth if bool(np.all(depth > 0)) else None
 
 
+@dataclass(frozen=True)
+class SlideGrid:
+    """The superpixel grid of a slide's measured units (see :func:`slide_grid`)."""
+
+    kind: str  # footprint kind of the units
+    footprints: Any  # the units' footprints (for :func:`~.geometry.footprints.unit_membership`)
+    grid: SuperpixelGrid
+    box: tuple[np.ndarray, np.ndarray]  # (lo, hi) corners the grid was laid in (pixels)
+    resolution_um: float
+    step: float  # superpixel side in scale-0 pixels
+
+
+def slide_grid(slide: Slide, resolution_um: float | None = None) -> SlideGrid:
+    """Lay the superres grid over a slide's units at a valid resolution.
+
+    ``None``: 8 µm or a quarter of the smallest unit's diameter (no finer than the finest
+    allowed); otherwise ``resolution_um`` is checked against :func:`resolution_range`.
+
+    Examples
+    --------
+    >>> sg = slide_grid(slide, 8.0)  # doctest: +SKIP
+    >>> sg.grid.n, sg.resolution_um  # doctest: +SKIP
+    """
+    from .geometry.footprints import default_resolution, unit_footprints
+
+    keys = slide.keys
+    geom = slide.geometry
+    um = geom.um_per_px
+    kind, footprints, diam_px = unit_footprints(
+        slide.sdata, image_key=keys.image_key, spots_key=keys.spots_key, table_key=keys.table_key
+    )
+    finest, coarsest = resolution_range(geom.centers_px, diam_px, um)
+    if resolution_um is None:
+        res_um = max(default_resolution(diam_px * um, DEFAULT_RESOLUTION_UM), finest)
+    else:
+        res_um = check_resolution(resolution_um, finest, coarsest)
+    step = res_um / um
+    grid, box = units_superpixel_grid(geom.centers_px, float(diam_px.max()), step)
+    return SlideGrid(kind, footprints, grid, box, res_um, step)
+
+
 def iter_superres(
     slide: Slide,
     *,
@@ -249,26 +292,16 @@ def iter_superres(
     --------
     >>> res = run_generator(iter_superres(slide, genes=["Gfap"]))  # doctest: +SKIP
     """
-    from .geometry.footprints import default_resolution, unit_footprints, unit_membership
+    from .geometry.footprints import unit_membership
     from .models.superres import iter_fit_superres
 
     opts = options or SuperResOptions()
-    keys = slide.keys
-    geom = slide.geometry
-    um = geom.um_per_px
-    kind, footprints, diam_px = unit_footprints(
-        slide.sdata, image_key=keys.image_key, spots_key=keys.spots_key, table_key=keys.table_key
-    )
-    finest, coarsest = resolution_range(geom.centers_px, diam_px, um)
-    if opts.resolution_um is None:
-        res_um = max(default_resolution(diam_px * um, DEFAULT_RESOLUTION_UM), finest)
-    else:
-        res_um = check_resolution(opts.resolution_um, finest, coarsest)
-    step = res_um / um
-    grid, (lo, hi) = units_superpixel_grid(geom.centers_px, float(diam_px.max()), step)
+    sg = slide_grid(slide, opts.resolution_um)
+    grid, res_um, kind, footprints = sg.grid, sg.resolution_um, sg.kind, sg.footprints
+    um = slide.geometry.um_per_px
     pos = grid.positions
     yield Progress("superres", 0, 3, f"{grid.n} superpixels of {res_um:g} µm")
-    feats, fmeta = yield from cached_features(slide, opts, pos, step, (lo, hi), res_um)
+    feats, fmeta = yield from cached_features(slide, opts, pos, sg.step, sg.box, res_um)
     if opts.cell_features:
         from .cells.features import iter_add_cell_features
 

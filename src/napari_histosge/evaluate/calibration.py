@@ -25,7 +25,7 @@ import numpy as np
 from napari_histosge._progress import Progress
 from napari_histosge.metrics import pearson_per_gene
 
-from .superres import log_normalise, pooled_units, superres_baselines
+from .superres import pool_section, rounded_r, superres_baselines
 
 if TYPE_CHECKING:
     from napari_histosge.models.superres import SuperResConfig
@@ -144,23 +144,11 @@ def pooled_calibration(
     from napari_histosge.models.superres import SuperResConfig, fit_superres
 
     cfg = replace(config or SuperResConfig(), measurement="poisson", uncertainty=True)
-    centres, pooled, labels, unit_m = pooled_units(unit_xy, spot_membership, counts, factor)
-    if len(centres) < 4:
-        raise ValueError(
-            f"Expected at least 4 pseudo-units, found {len(centres)}; use a smaller pooling."
-        )
-    uy_all = log_normalise(pooled)
-    cols = (
-        np.asarray(genes, dtype=np.int64)
-        if genes is not None
-        else np.argsort(-uy_all.var(0), kind="stable")[:n_genes]
-    )
-    uy = uy_all[:, cols]
-    truth = log_normalise(counts)[:, cols]
-    depth = np.asarray(pooled.sum(1), dtype=np.float64).ravel()
+    ps = pool_section(unit_xy, spot_membership, counts, factor, n_genes, genes)
+    uy, truth, unit_m, depth = ps.values, ps.truth, ps.membership, ps.depth
     if not (depth > 0).all():
         raise ValueError("Expected every pseudo-unit to hold counts, found empty ones.")
-    base = superres_baselines(centres, uy, labels, positions, spot_membership, unit_m, depth)
+    base = superres_baselines(ps.centres, uy, ps.labels, positions, spot_membership, unit_m, depth)
     model = fit_superres(features, positions, unit_m, uy, config=cfg, depth=depth)
     pred = model.predict_units(spot_membership)
     field, noise = measurement_variance(model, spot_membership, pred)
@@ -171,11 +159,12 @@ def pooled_calibration(
         r = pearson_per_gene(values, truth)
         if name in ("map", "own_unit", "knn", "smooth_lowrank"):
             out[f"r_{name}"] = float(np.nanmean(r))
-        per_gene[name] = [None if not np.isfinite(v) else round(float(v), 4) for v in r]
+        per_gene[name] = rounded_r(r)
     out.update(coverage(truth, pred, sd))
     out["error_sd_ratio"] = error_sd_ratio(truth, pred, sd)
     out["uncertainty_scale"] = float(cfg.uncertainty_scale)
-    out.update(n_units=int(len(truth)), n_pseudo=int(len(centres)), n_genes=int(len(cols)))
+    cols = ps.genes_idx
+    out.update(n_units=int(len(truth)), n_pseudo=int(len(ps.centres)), n_genes=int(len(cols)))
     out["genes_idx"] = [int(c) for c in cols]
     out["per_gene"] = per_gene
     if keep_arrays:
@@ -206,18 +195,8 @@ def evaluate_superres_pool(
 
     from napari_histosge.expression import count_matrix, is_log_normalized
     from napari_histosge.features.superpixel_cache import cached_features
-    from napari_histosge.geometry.footprints import (
-        default_resolution,
-        unit_footprints,
-        unit_membership,
-    )
-    from napari_histosge.superpixels import (
-        DEFAULT_RESOLUTION_UM,
-        SuperResOptions,
-        check_resolution,
-        resolution_range,
-        units_superpixel_grid,
-    )
+    from napari_histosge.geometry.footprints import unit_membership
+    from napari_histosge.superpixels import SuperResOptions, slide_grid
 
     if int(factor) != factor or factor < 2:
         raise ValueError(f"Expected a pooling factor of 2 or more, found `{factor}`.")
@@ -227,23 +206,13 @@ def evaluate_superres_pool(
             "found log-normalised values."
         )
     opts = options or SuperResOptions()
-    keys = slide.keys
     geom = slide.geometry
     um = geom.um_per_px
-    kind, footprints, diam_px = unit_footprints(
-        slide.sdata, image_key=keys.image_key, spots_key=keys.spots_key, table_key=keys.table_key
-    )
-    finest, coarsest = resolution_range(geom.centers_px, diam_px, um)
-    if opts.resolution_um is None:
-        res_um = max(default_resolution(diam_px * um, DEFAULT_RESOLUTION_UM), finest)
-    else:
-        res_um = check_resolution(opts.resolution_um, finest, coarsest)
-    step = res_um / um
-    grid, box = units_superpixel_grid(geom.centers_px, float(diam_px.max()), step)
-    pos = grid.positions
+    sg = slide_grid(slide, opts.resolution_um)
+    grid, res_um, pos = sg.grid, sg.resolution_um, sg.grid.positions
     yield Progress("evaluate", 0, 2, f"{grid.n} superpixels of {res_um:g} µm")
-    feats, _meta = yield from cached_features(slide, opts, pos, step, box, res_um)
-    member = unit_membership(kind, footprints, pos)
+    feats, _meta = yield from cached_features(slide, opts, pos, sg.step, sg.box, res_um)
+    member = unit_membership(sg.kind, sg.footprints, pos)
     counts = sp.csr_matrix(count_matrix(slide.table)[0])
     names = [str(v) for v in slide.table.var_names]
     cols = None

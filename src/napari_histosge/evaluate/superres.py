@@ -25,6 +25,7 @@ others by their map's mean inside each real footprint.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,8 +44,11 @@ __all__ = [
     "BASELINES",
     "COUNT_BLIND",
     "log_normalise",
+    "PooledSection",
     "loso_choice",
+    "pool_section",
     "pooled_units",
+    "rounded_r",
     "superres_baselines",
     "superres_footprints",
 ]
@@ -137,6 +141,65 @@ def superres_baselines(
     return out
 
 
+@dataclass
+class PooledSection:
+    """A section pooled into pseudo-units: what a model sees and the real units' truth."""
+
+    centres: np.ndarray  # (pseudo-units, 2)
+    labels: np.ndarray  # (units,) pseudo-unit of every real unit
+    membership: Any  # (pseudo-units, superpixels) footprints
+    values: np.ndarray  # (pseudo-units, scored genes) log-normalised
+    truth: np.ndarray  # (units, scored genes) the real units' log-normalised values
+    depth: np.ndarray  # (pseudo-units,) total counts
+    genes_idx: np.ndarray  # columns of ``counts`` scored
+
+
+def pool_section(
+    unit_xy: np.ndarray,
+    spot_membership: Any,
+    counts: Any,
+    factor: int,
+    n_genes: int = 250,
+    genes: Sequence[int] | None = None,
+) -> PooledSection:
+    """Pool a section's units and choose the scored genes (see :func:`superres_footprints`).
+
+    Genes: ``genes`` (column indices), else the ``n_genes`` of highest variance of the
+    pseudo-units' log-normalised values (chosen on what a model sees, never on the real units).
+    """
+    centres, pooled, labels, unit_m = pooled_units(unit_xy, spot_membership, counts, factor)
+    if len(centres) < 4:
+        raise ValueError(
+            f"Expected at least 4 pseudo-units, found {len(centres)}; use a smaller pooling factor."
+        )
+    uy_all = log_normalise(pooled)
+    cols = (
+        np.asarray(genes, dtype=np.int64)
+        if genes is not None
+        else np.argsort(-uy_all.var(0), kind="stable")[:n_genes]
+    )
+    return PooledSection(
+        centres=centres,
+        labels=labels,
+        membership=unit_m,
+        values=uy_all[:, cols],
+        truth=log_normalise(counts)[:, cols],
+        depth=np.asarray(pooled.sum(1), dtype=np.float64).ravel(),
+        genes_idx=cols,
+    )
+
+
+def rounded_r(r: np.ndarray) -> list[float | None]:
+    """Per-gene correlations for JSON: 4 decimals, ``None`` where undefined.
+
+    Examples
+    --------
+    >>> rounded_r(np.array([0.123456, np.nan]))
+    [0.1235, None]
+    """
+    return [None if not np.isfinite(v) else round(float(v), 4) for v in r]
+
+
 def superres_footprints(
     features: np.ndarray | None,
     positions: np.ndarray,
@@ -186,24 +249,16 @@ def superres_footprints(
 
     from napari_histosge.models.superres import SuperResConfig, fit_superres
 
-    centres, pooled, labels, unit_m = pooled_units(unit_xy, spot_membership, counts, factor)
-    if len(centres) < 4:
-        raise ValueError(
-            f"Expected at least 4 pseudo-units, found {len(centres)}; use a smaller `factor`."
-        )
-    uy_all = log_normalise(pooled)
-    cols = np.argsort(-uy_all.var(0), kind="stable")[:n_genes]
-    uy = uy_all[:, cols]
-    truth = log_normalise(counts)[:, cols]
+    ps = pool_section(unit_xy, spot_membership, counts, factor, n_genes)
+    uy, truth, unit_m, depth = ps.values, ps.truth, ps.membership, ps.depth
     out: dict[str, Any] = {"mean_r": {}, "per_gene_r": {}, "seconds": {}, "consistency": {}}
     t = time.perf_counter()
-    depth = np.asarray(pooled.sum(1), dtype=np.float64).ravel()
-    base = superres_baselines(centres, uy, labels, positions, spot_membership, unit_m, depth)
+    base = superres_baselines(ps.centres, uy, ps.labels, positions, spot_membership, unit_m, depth)
     out["seconds"]["baselines"] = round(time.perf_counter() - t, 3)
     for name, pred in base.items():
         r = pearson_per_gene(pred, truth)
         out["mean_r"][name] = float(np.nanmean(r))
-        out["per_gene_r"][name] = [None if not np.isfinite(v) else round(float(v), 4) for v in r]
+        out["per_gene_r"][name] = rounded_r(r)
     for name, cfg in (configs or {"default": SuperResConfig()}).items():
         t = time.perf_counter()
         model = fit_superres(features, positions, unit_m, uy, config=cfg, depth=depth)
@@ -218,10 +273,10 @@ def superres_footprints(
             out["consistency"][name] = float(np.abs(unit_m @ pred - uy).max())
         r = pearson_per_gene(spots, truth)
         out["mean_r"][name] = float(np.nanmean(r))
-        out["per_gene_r"][name] = [None if not np.isfinite(v) else round(float(v), 4) for v in r]
+        out["per_gene_r"][name] = rounded_r(r)
     out["n_units"] = int(len(truth))
-    out["n_pseudo"] = int(len(centres))
-    out["genes_idx"] = [int(c) for c in cols]
+    out["n_pseudo"] = int(len(ps.centres))
+    out["genes_idx"] = [int(c) for c in ps.genes_idx]
     return out
 
 
