@@ -15,7 +15,14 @@ from .predict import Predictions
 if TYPE_CHECKING:
     from .geometry import SpotGeometry
 
-__all__ = ["pyramid_factors", "default_pitch_px", "GeneMaps", "rasterize", "sample_map"]
+__all__ = [
+    "GeneMaps",
+    "default_pitch_px",
+    "map_layout",
+    "pyramid_factors",
+    "rasterize",
+    "sample_map",
+]
 
 
 @dataclass
@@ -102,6 +109,36 @@ def default_pitch_px(positions_px: np.ndarray) -> float:
     return _nearest_spacing(np.asarray(positions_px, dtype=float)) / 4.0
 
 
+def map_layout(
+    xy: np.ndarray, pitch_px: float | None, *, clip: bool = False
+) -> tuple[float, float, np.ndarray, int, int]:
+    """Lay a map grid over positions ``xy``: ``(spacing, pitch, origin, height, width)``.
+
+    The grid reaches three quarters of the positions' spacing past the outermost ones (not
+    below pixel 0 with ``clip``); its pixels are ``pitch_px`` wide (a quarter of the spacing
+    by default) and ``origin`` is the centre of pixel ``[0, 0]``.
+
+    Examples
+    --------
+    >>> xy = np.array([[10.0, 10.0], [30.0, 10.0], [10.0, 30.0], [30.0, 30.0]])
+    >>> spacing, pitch, origin, h, w = map_layout(xy, 5.0)
+    >>> spacing, pitch, origin.tolist(), h, w
+    (20.0, 5.0, [-2.5, -2.5], 10, 10)
+    """
+    spacing = _nearest_spacing(xy)
+    pitch = float(pitch_px) if pitch_px is not None else spacing / 4.0
+    assert_positive("pitch_px", pitch)
+    reach = 0.75 * spacing
+    lo = xy.min(axis=0) - reach
+    hi = xy.max(axis=0) + reach
+    if clip:
+        lo = np.maximum(lo, 0.0)
+    origin = lo + pitch / 2.0
+    width = int(np.ceil((hi[0] - lo[0]) / pitch))
+    height = int(np.ceil((hi[1] - lo[1]) / pitch))
+    return spacing, pitch, origin, height, width
+
+
 def rasterize(
     predictions: Predictions,
     *,
@@ -152,17 +189,8 @@ def rasterize(
     if not names:
         raise ValueError("Expected at least one gene to render, found none.")
     cols = predictions.gene_index(names)
-    spacing = _nearest_spacing(xy)
-    pitch = float(pitch_px) if pitch_px is not None else spacing / 4.0
-    assert_positive("pitch_px", pitch)
+    spacing, pitch, origin, height, width = map_layout(xy, pitch_px, clip=geometry is not None)
     reach = 0.75 * spacing
-    lo = xy.min(axis=0) - reach
-    hi = xy.max(axis=0) + reach
-    if geometry is not None:
-        lo = np.maximum(lo, 0.0)
-    origin = lo + pitch / 2.0
-    width = int(np.ceil((hi[0] - lo[0]) / pitch))
-    height = int(np.ceil((hi[1] - lo[1]) / pitch))
     gx = origin[0] + pitch * np.arange(width)
     gy = origin[1] + pitch * np.arange(height)
     grid = np.stack(np.meshgrid(gx, gy), axis=-1).reshape(-1, 2)

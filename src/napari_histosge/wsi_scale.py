@@ -143,7 +143,7 @@ def rasterize_gaussian_lazy(
     import dask.array as da
     from scipy.spatial import cKDTree
 
-    from .maps import _nearest_spacing
+    from .maps import map_layout
 
     xy = np.asarray(predictions.positions_px, dtype=float)
     names = list(predictions.genes) if genes is None else list(genes)
@@ -152,18 +152,8 @@ def rasterize_gaussian_lazy(
     if genes_per_block < 1:
         raise ValueError(f"Expected `genes_per_block` >= 1, found `{genes_per_block}`.")
     cols = predictions.gene_index(names)
-    spacing = _nearest_spacing(xy)
-    pitch = float(pitch_px) if pitch_px is not None else spacing / 4.0
-    if not pitch > 0:
-        raise ValueError(f"Expected `pitch_px` > 0, found `{pitch}`.")
+    spacing, pitch, origin, height, width = map_layout(xy, pitch_px, clip=geometry is not None)
     reach = 0.75 * spacing
-    lo = xy.min(axis=0) - reach
-    hi = xy.max(axis=0) + reach
-    if geometry is not None:
-        lo = np.maximum(lo, 0.0)
-    origin = lo + pitch / 2.0
-    width = int(np.ceil((hi[0] - lo[0]) / pitch))
-    height = int(np.ceil((hi[1] - lo[1]) / pitch))
     tree = cKDTree(xy)
     k = min(7, len(xy))
     sigma = spacing / 2.0
