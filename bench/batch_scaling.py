@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from _common import markdown_table, run_metadata, write_json
 
@@ -40,19 +41,18 @@ def make_stores(root: Path, n: int) -> list[Path]:
     return stores
 
 
-def one_round(stores: list[Path], workdir: Path, n_workers: int, epochs: int, genes: int) -> dict:
+def timed_batch(
+    inputs: list[Path], out: Path, job: Any, n_workers: int, task: Any = None
+) -> tuple[Any, float, float]:
+    """Run ``run_batch`` on a fresh LocalCluster of single-threaded workers, warmed up.
+
+    Returns the report, the cluster's start-up and warm-up seconds and the batch's seconds;
+    every slide must be done.
+    """
     from distributed import Client, LocalCluster
 
-    from napari_histosge.batch import SlideJob, run_batch, warm_up
-    from napari_histosge.models import TrainConfig
+    from napari_histosge.batch import run_batch, warm_up
 
-    fresh = workdir / f"in_{n_workers}_{time.monotonic_ns()}"
-    fresh.mkdir()
-    inputs = []
-    for s in stores:  # fresh copies: no cached features from an earlier round
-        shutil.copytree(s, fresh / s.name)
-        inputs.append(fresh / s.name)
-    out = workdir / f"out_{n_workers}_{time.monotonic_ns()}"
     t0 = time.perf_counter()
     with (
         LocalCluster(
@@ -63,10 +63,26 @@ def one_round(stores: list[Path], workdir: Path, n_workers: int, epochs: int, ge
         client.run(warm_up)
         startup = time.perf_counter() - t0
         t1 = time.perf_counter()
-        job = SlideJob(config=TrainConfig(epochs=epochs), n_top_genes=genes)
-        report = run_batch(inputs, out, job=job, client=client)
+        extra = {} if task is None else {"task": task}
+        report = run_batch(inputs, out, job=job, client=client, **extra)
         wall = time.perf_counter() - t1
     assert (report["status"] == "done").all(), report
+    return report, startup, wall
+
+
+def one_round(stores: list[Path], workdir: Path, n_workers: int, epochs: int, genes: int) -> dict:
+    from napari_histosge.batch import SlideJob
+    from napari_histosge.models import TrainConfig
+
+    fresh = workdir / f"in_{n_workers}_{time.monotonic_ns()}"
+    fresh.mkdir()
+    inputs = []
+    for s in stores:  # fresh copies: no cached features from an earlier round
+        shutil.copytree(s, fresh / s.name)
+        inputs.append(fresh / s.name)
+    out = workdir / f"out_{n_workers}_{time.monotonic_ns()}"
+    job = SlideJob(config=TrainConfig(epochs=epochs), n_top_genes=genes)
+    report, startup, wall = timed_batch(inputs, out, job, n_workers)
     shutil.rmtree(fresh)
     shutil.rmtree(out)
     return {

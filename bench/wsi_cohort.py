@@ -42,29 +42,14 @@ def make_cohort(root: Path, n: int, size: int) -> list[Path]:
 
 
 def one_round(slides: list[Path], root: Path, model: Path, n_workers: int) -> dict[str, Any]:
-    from distributed import Client, LocalCluster
+    from batch_scaling import timed_batch
 
-    from napari_histosge.batch import run_batch, warm_up
     from napari_histosge.batch_predict import PredictJob, predict_slide_task
     from napari_histosge.pipeline import ExtractOptions
 
     out = root / f"out_{n_workers}_{time.monotonic_ns()}"
-    t0 = time.perf_counter()
-    with (
-        LocalCluster(
-            n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        client.run(warm_up)
-        startup = time.perf_counter() - t0
-        job = PredictJob(
-            extract=ExtractOptions(cache=False), checkpoint=str(model), torch_threads=1
-        )
-        t1 = time.perf_counter()
-        report = run_batch(slides, out, job=job, client=client, task=predict_slide_task)
-        wall = time.perf_counter() - t1
-    assert (report["status"] == "done").all(), report
+    job = PredictJob(extract=ExtractOptions(cache=False), checkpoint=str(model), torch_threads=1)
+    _report, startup, wall = timed_batch(slides, out, job, n_workers, task=predict_slide_task)
     markers = [json.loads((out / f"{p.stem}.done.json").read_text()) for p in slides]
     shutil.rmtree(out)
     return {
