@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from histosge_widget_utils import wait_for, wait_idle
+from histosge_widget_utils import wait_idle, worker_steps
 
 
 def labels_shape(cells) -> tuple[int, ...]:
@@ -29,10 +29,7 @@ def test_worker_segments_cells_and_averages_the_maps_over_them(tmp_path):
     c = Controller(runner=Runner(tmp_path / "session"))
     s = c.session
 
-    def run(started: bool) -> None:
-        assert started, s.status
-        wait_for(c.runner, lambda: s.running is None, 600.0)
-        assert s.last_error is None, s.last_error
+    run = worker_steps(c)
 
     try:
         run(c.open_sample())

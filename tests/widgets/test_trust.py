@@ -211,7 +211,7 @@ def test_domains_need_the_super_resolution_model(dock):
 
 def test_worker_gives_reliability_sd_maps_and_domains_of_the_superres_fit(tmp_path):
     """The worker's side, on the bundled sample: no viewer, the controller drives the runner."""
-    from histosge_widget_utils import wait_for
+    from histosge_widget_utils import worker_steps
 
     from napari_histosge._widgets._controller import Controller
     from napari_histosge._widgets._runner import Runner
@@ -219,10 +219,7 @@ def test_worker_gives_reliability_sd_maps_and_domains_of_the_superres_fit(tmp_pa
     c = Controller(runner=Runner(tmp_path / "session"))
     s = c.session
 
-    def run(started: bool) -> None:
-        assert started, s.status
-        wait_for(c.runner, lambda: s.running is None, 600.0)
-        assert s.last_error is None, s.last_error
+    run = worker_steps(c)
 
     try:
         run(c.open_sample())
