@@ -99,7 +99,7 @@ class Section:
         import spatialdata as sd
 
         from napari_histosge.features import extract_features
-        from napari_histosge.pipeline import Slide
+        from napari_histosge.workflows.pipeline import Slide
 
         self.name = name
         self.slide = Slide.open(sd.read_zarr(store))

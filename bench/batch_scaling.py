@@ -3,7 +3,7 @@
     .venv/bin/python bench/batch_scaling.py --stores 8 --epochs 50
 
 Each round starts a LocalCluster of N single-threaded worker processes, warms every worker up
-(``napari_histosge.batch.warm_up``: the imports a task needs, timed apart as start-up), then runs
+(``workflows.batch.warm_up``: the imports a task needs, timed apart as start-up), then runs
 ``run_batch`` over fresh copies of the inputs (no cached features; ``run_batch`` never writes
 into its inputs) and times it. Rounds alternate 1, 2, 1, 2 workers, so drift in the load of
 a shared machine hits both settings alike; the ratio is of the summed times. An untimed round
@@ -51,7 +51,7 @@ def timed_batch(
     """
     from distributed import Client, LocalCluster
 
-    from napari_histosge.batch import run_batch, warm_up
+    from napari_histosge.workflows.batch import run_batch, warm_up
 
     t0 = time.perf_counter()
     with (
@@ -71,8 +71,8 @@ def timed_batch(
 
 
 def one_round(stores: list[Path], workdir: Path, n_workers: int, epochs: int, genes: int) -> dict:
-    from napari_histosge.batch import SlideJob
     from napari_histosge.models import TrainConfig
+    from napari_histosge.workflows.batch import SlideJob
 
     fresh = workdir / f"in_{n_workers}_{time.monotonic_ns()}"
     fresh.mkdir()

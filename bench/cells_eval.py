@@ -48,7 +48,7 @@ def synthetic_run(size: int, hidden: float, seed: int, genes: int) -> dict:
     import scipy.sparse as sp
     from scipy.spatial import cKDTree
 
-    from napari_histosge._progress import run_generator
+    from napari_histosge.base.progress import run_generator
     from napari_histosge.cells.metrics import match_nuclei
     from napari_histosge.cells.segment import NucleiOptions, iter_segment_nuclei
     from napari_histosge.cells.table import cell_membership, cell_values, grid_keep
@@ -56,8 +56,8 @@ def synthetic_run(size: int, hidden: float, seed: int, genes: int) -> dict:
     from napari_histosge.evaluate.synthetic import SyntheticConfig, synthetic_slide
     from napari_histosge.metrics import pearson_per_gene
     from napari_histosge.models.superres import SuperResConfig
-    from napari_histosge.pipeline import Slide
-    from napari_histosge.superpixels import SuperResOptions, iter_superres
+    from napari_histosge.workflows.pipeline import Slide
+    from napari_histosge.workflows.superres import SuperResOptions, iter_superres
 
     syn = synthetic_slide(SyntheticConfig(size_px=size, n_genes=genes, hidden=hidden, seed=seed))
     image = syn.sdata.images["he"]
@@ -113,12 +113,12 @@ def her2st_section(section: str, picture: bool) -> dict:
     """Nuclei per mm² of the superres grid and median area on one her2st section."""
     import tempfile
 
-    from napari_histosge._progress import run_generator
+    from napari_histosge.base.progress import run_generator
     from napari_histosge.cells.segment import iter_segment_nuclei
     from napari_histosge.cells.table import grid_keep
     from napari_histosge.io import convert
-    from napari_histosge.pipeline import Slide
-    from napari_histosge.superpixels import units_superpixel_grid
+    from napari_histosge.workflows.pipeline import Slide
+    from napari_histosge.workflows.superres import units_superpixel_grid
 
     data = SHARED_DATA / "her2st" / "data"
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,7 +28,7 @@ from _common import markdown_table, run_metadata, write_json
 def main(argv: list[str] | None = None) -> int:
     from superres import section_arrays
 
-    from napari_histosge._progress import run_generator
+    from napari_histosge.base.progress import run_generator
     from napari_histosge.cells.features import cell_features
     from napari_histosge.cells.segment import iter_segment_nuclei
     from napari_histosge.evaluate.superres import BASELINES, COUNT_BLIND, superres_footprints

@@ -28,9 +28,9 @@ def segment(store: str, tile_px: int, workers: int = 1) -> dict:
     """Segment every tile of the slide's image; wall time, nuclei and peak RSS."""
     import spatialdata as sd
 
-    from napari_histosge._progress import run_generator
+    from napari_histosge.base.progress import run_generator
     from napari_histosge.cells.segment import NucleiOptions, iter_segment_nuclei
-    from napari_histosge.pipeline import Slide
+    from napari_histosge.workflows.pipeline import Slide
 
     slide = Slide.open(sd.read_zarr(store))
     image = slide.sdata.images[slide.keys.image_key]
@@ -90,10 +90,10 @@ def phases(store: str, work: str, n_top_genes: int) -> dict:
     """
     import spatialdata as sd
 
-    from napari_histosge._progress import run_generator
+    from napari_histosge.base.progress import run_generator
     from napari_histosge.cells.table import iter_add_cells
-    from napari_histosge.pipeline import Slide
-    from napari_histosge.superpixels import SuperResOptions, export_superres, iter_superres
+    from napari_histosge.workflows.pipeline import Slide
+    from napari_histosge.workflows.superres import SuperResOptions, export_superres, iter_superres
 
     slide = Slide.open(sd.read_zarr(store))
     out: dict = {"load_1min_before": os.getloadavg()[0], "n_top_genes": n_top_genes}

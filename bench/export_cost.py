@@ -33,9 +33,9 @@ from napari_histosge.store import write_sdata
 def _outputs(store: Path, genes: int):
     import spatialdata as sd
 
-    from napari_histosge._progress import run_generator
-    from napari_histosge.pipeline import Slide
-    from napari_histosge.superpixels import (
+    from napari_histosge.base.progress import run_generator
+    from napari_histosge.workflows.pipeline import Slide
+    from napari_histosge.workflows.superres import (
         SuperResOptions,
         iter_superres,
         superres_maps,
@@ -65,8 +65,8 @@ def main() -> None:
     args = ap.parse_args()
     import spatialdata as sd
 
-    from napari_histosge.export import build_output, write_predictions
     from napari_histosge.store import OUTPUT_KEYS, write_element_atomic
+    from napari_histosge.workflows.export import build_output, write_predictions
 
     args.work.mkdir(parents=True, exist_ok=True)
     meta = run_metadata(["dask", "zarr"])

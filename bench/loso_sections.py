@@ -49,7 +49,7 @@ def he_only(store: Path) -> Path:
 class Truth:
     def __init__(self, store: Path):
         from napari_histosge.features import extract_features
-        from napari_histosge.pipeline import Slide
+        from napari_histosge.workflows.pipeline import Slide
 
         self.slide = Slide.open(store)
         g = self.slide.geometry

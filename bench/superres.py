@@ -43,10 +43,10 @@ def section_arrays(sec: str, work: Path, step_um: float) -> dict:
     from accuracy import convert_sections
     from scipy.spatial import cKDTree
 
-    from napari_histosge._progress import run_generator
+    from napari_histosge.base.progress import run_generator
     from napari_histosge.features.dense import histology_dense_maps, superpixel_features
     from napari_histosge.geometry.footprints import circle_membership, superpixel_grid
-    from napari_histosge.pipeline import Slide
+    from napari_histosge.workflows.pipeline import Slide
 
     store = convert_sections(work, [sec])[sec]
     slide = Slide.open(sd.read_zarr(store))

@@ -47,12 +47,12 @@ def section_arrays(sec: str, work: Path) -> dict:
     import spatialdata as sd
     from accuracy import convert_sections
 
-    from napari_histosge._progress import run_generator
+    from napari_histosge.base.progress import run_generator
     from napari_histosge.expression import count_matrix
     from napari_histosge.features.superpixel_cache import cached_features
     from napari_histosge.geometry.footprints import unit_membership
-    from napari_histosge.pipeline import Slide
-    from napari_histosge.superpixels import SuperResOptions, slide_grid
+    from napari_histosge.workflows.pipeline import Slide
+    from napari_histosge.workflows.superres import SuperResOptions, slide_grid
 
     store = convert_sections(work, [sec])[sec]
     slide = Slide.open(sd.read_zarr(store))

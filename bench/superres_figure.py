@@ -26,9 +26,9 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Circle
 
-    from napari_histosge._progress import run_generator
+    from napari_histosge.base.progress import run_generator
     from napari_histosge.io import load_sample
-    from napari_histosge.pipeline import (
+    from napari_histosge.workflows.pipeline import (
         ExtractOptions,
         Slide,
         iter_extract,
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
         predict_slide,
         render_maps,
     )
-    from napari_histosge.superpixels import iter_superres, superres_maps
+    from napari_histosge.workflows.superres import iter_superres, superres_maps
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="docs/images/superres_side_by_side.png")

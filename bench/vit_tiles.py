@@ -49,7 +49,7 @@ def _window(slide, n_spots: int) -> np.ndarray:
 def _superres_area(slide, idx: np.ndarray, res_um: float = 8.0):
     """The superpixel grid and box ``iter_superres`` would lay over these spots."""
     from napari_histosge.geometry import lattice_pitch
-    from napari_histosge.superpixels import units_superpixel_grid
+    from napari_histosge.workflows.superres import units_superpixel_grid
 
     g = slide.geometry
     step = res_um / g.um_per_px
@@ -87,12 +87,12 @@ def _timed_steps(steps: dict[str, Callable[[], Any]]) -> tuple[list, dict[str, f
 
 
 def timing(slide, model: str, n_spots: int, batch_size: int) -> dict:
-    from napari_histosge._progress import run_generator
+    from napari_histosge.base.progress import run_generator
     from napari_histosge.features import extract_features, get_encoder
     from napari_histosge.features.patches import read_patches
     from napari_histosge.features.vit_tiles import _vit_tokens, iter_fill_tiles, token_tiles
     from napari_histosge.geometry import subspot_positions
-    from napari_histosge.superpixels import _vit_features
+    from napari_histosge.workflows.superres import _vit_features
 
     g = slide.geometry
     image = slide.sdata.images[slide.keys.image_key]
@@ -206,9 +206,9 @@ def timing(slide, model: str, n_spots: int, batch_size: int) -> dict:
 
 def accuracy(slide, model: str) -> dict:
     """Checkerboard recovery of the attention model on the whole section, per pooling."""
-    from napari_histosge._progress import run_generator
+    from napari_histosge.base.progress import run_generator
     from napari_histosge.evaluate.holdout import evaluate_holdout
-    from napari_histosge.pipeline import ExtractOptions
+    from napari_histosge.workflows.pipeline import ExtractOptions
 
     obs = slide.table.obs
     held = (obs["array_x"].to_numpy() + obs["array_y"].to_numpy()) % 2 == 1
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     import spatialdata as sd
     from accuracy import convert_sections
 
-    from napari_histosge.pipeline import Slide
+    from napari_histosge.workflows.pipeline import Slide
 
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

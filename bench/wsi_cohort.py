@@ -44,8 +44,8 @@ def make_cohort(root: Path, n: int, size: int) -> list[Path]:
 def one_round(slides: list[Path], root: Path, model: Path, n_workers: int) -> dict[str, Any]:
     from batch_scaling import timed_batch
 
-    from napari_histosge.batch_predict import PredictJob, predict_slide_task
-    from napari_histosge.pipeline import ExtractOptions
+    from napari_histosge.workflows.batch_predict import PredictJob, predict_slide_task
+    from napari_histosge.workflows.pipeline import ExtractOptions
 
     out = root / f"out_{n_workers}_{time.monotonic_ns()}"
     job = PredictJob(extract=ExtractOptions(cache=False), checkpoint=str(model), torch_threads=1)

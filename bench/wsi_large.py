@@ -71,15 +71,14 @@ def phases(src: str, checkpoint: str, out: str) -> dict[str, Any]:
 
     import dask
 
-    import napari_histosge.export
     import napari_histosge.features.histology
     import napari_histosge.io.wsi  # noqa: F401 - imports are not the step being timed
     from napari_histosge import run_generator
-    from napari_histosge.batch_predict import _PeakRss, prediction_options
-    from napari_histosge.checkpoints import load_checkpoint
-    from napari_histosge.pipeline import ExtractOptions, export_slide, predict_slide
-    from napari_histosge.sections import open_for_prediction
-    from napari_histosge.wsi_scale import iter_extract_blocked, rasterize_gaussian_lazy
+    from napari_histosge.models.checkpoints import load_checkpoint
+    from napari_histosge.workflows.batch_predict import _PeakRss, prediction_options
+    from napari_histosge.workflows.pipeline import ExtractOptions, export_slide, predict_slide
+    from napari_histosge.workflows.sections import open_for_prediction
+    from napari_histosge.workflows.whole_slide import iter_extract_blocked, rasterize_gaussian_lazy
 
     times: dict[str, float] = {}
     model = load_checkpoint(checkpoint)

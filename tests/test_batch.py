@@ -15,9 +15,9 @@ import spatialdata as sd
 from safety_helpers import tree_digest
 
 import napari_histosge
-from napari_histosge.batch import is_complete, marker_path, slide_name
 from napari_histosge.cli import main
 from napari_histosge.store import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY, write_sdata
+from napari_histosge.workflows.batch import is_complete, marker_path, slide_name
 
 
 def _free_port() -> int:
@@ -137,8 +137,8 @@ def test_batch_on_a_running_scheduler(tmp_path, scheduler, two_stores):
 
 def test_batch_task_reuses_the_cache_of_an_earlier_attempt(tmp_path, two_stores, monkeypatch):
     """A slide redone after an interrupted attempt takes its features from that output."""
-    from napari_histosge.batch import SlideJob, run_slide
     from napari_histosge.models import TrainConfig
+    from napari_histosge.workflows.batch import SlideJob, run_slide
 
     a, _ = two_stores
     before = tree_digest(a)
@@ -169,7 +169,7 @@ def test_batch_task_reuses_the_cache_of_an_earlier_attempt(tmp_path, two_stores,
 def test_local_cluster_size_shares_the_cores():
     import os
 
-    from napari_histosge.batch import local_cluster_size
+    from napari_histosge.workflows.batch import local_cluster_size
 
     workers, threads = local_cluster_size()
     assert 1 <= workers <= (os.cpu_count() or 1)
@@ -182,7 +182,7 @@ def test_warm_up_leaves_a_slide_task_nothing_to_import(tmp_path):
     """A worker's first slide does not pay imports (1-2 s of them were left before)."""
     probe = (
         "import sys\n"
-        "from napari_histosge.batch import SlideJob, run_slide, warm_up\n"
+        "from napari_histosge.workflows.batch import SlideJob, run_slide, warm_up\n"
         "from napari_histosge.io import load_sample\n"
         "from napari_histosge.models import TrainConfig\n"
         "from napari_histosge.store import write_sdata\n"

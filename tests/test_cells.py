@@ -155,10 +155,10 @@ def test_run_cells_on_a_legacy_st_section(tmp_path, her2st_c2_zarr):
 
 
 def test_cell_features_option_of_the_superres_step(synthetic):
-    from napari_histosge._progress import run_generator
+    from napari_histosge.base.progress import run_generator
     from napari_histosge.cells.features import cell_feature_names
-    from napari_histosge.pipeline import Slide
-    from napari_histosge.superpixels import SuperResOptions, iter_superres
+    from napari_histosge.workflows.pipeline import Slide
+    from napari_histosge.workflows.superres import SuperResOptions, iter_superres
 
     slide = Slide.open(synthetic.sdata)
     plain = run_generator(iter_superres(slide, genes=synthetic.genes[:3]))

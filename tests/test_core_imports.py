@@ -19,12 +19,12 @@ CORE = [
     "napari_histosge.models.attention",
     "napari_histosge.models.faithful",
     "napari_histosge.train",
-    "napari_histosge.checkpoints",
+    "napari_histosge.models.checkpoints",
     "napari_histosge.predict",
     "napari_histosge.maps",
     "napari_histosge.evaluate",
-    "napari_histosge.export",
-    "napari_histosge.pipeline",
+    "napari_histosge.workflows.export",
+    "napari_histosge.workflows.pipeline",
     "napari_histosge.cli",
 ]
 

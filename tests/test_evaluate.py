@@ -21,7 +21,7 @@ from napari_histosge.evaluate import (
     superresolution,
 )
 from napari_histosge.expression import prepare_targets
-from napari_histosge.pipeline import Slide
+from napari_histosge.workflows.pipeline import Slide
 
 
 def test_metrics_known_values():

@@ -7,10 +7,10 @@ from spatialdata.models import Image2DModel
 from spatialdata.transformations import Scale, get_transformation
 from store_helpers import spots_sdata
 
-from napari_histosge.export import write_predictions
 from napari_histosge.maps import rasterize
 from napari_histosge.predict import Predictions
 from napari_histosge.store import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY, write_sdata
+from napari_histosge.workflows.export import write_predictions
 
 
 def _sdata(scale: float = 1.0) -> sd.SpatialData:

@@ -31,8 +31,8 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The sample store, a converted copy (an earlier output) and a checkpoint."""
     from safety_helpers import small_model
 
-    from napari_histosge.checkpoints import save_checkpoint
     from napari_histosge.io import convert, load_sample
+    from napari_histosge.models.checkpoints import save_checkpoint
 
     root = tmp_path_factory.mktemp("faults")
     write_sdata(load_sample(), root / "s.zarr")
@@ -126,13 +126,14 @@ def test_convert_over_earlier_output_killed_at(point, sig, tmp_path, base):
 
 @pytest.mark.parametrize(("point", "sig"), [("folder-written", "KILL"), ("folder-swapped", "KILL")])
 def test_checkpoint_over_earlier_checkpoint_killed_at(point, sig, tmp_path, base):
-    from napari_histosge.checkpoints import load_checkpoint, save_checkpoint
+    from napari_histosge.models.checkpoints import load_checkpoint, save_checkpoint
 
     ck = tmp_path / "model"
     shutil.copytree(base["model"], ck)
     before = tree_digest(ck)
     code = (
-        "import sys; from napari_histosge.checkpoints import load_checkpoint, save_checkpoint; "
+        "import sys; from napari_histosge.models.checkpoints import load_checkpoint, "
+        "save_checkpoint; "
         "save_checkpoint(load_checkpoint(sys.argv[1]), sys.argv[1], overwrite=True)"
     )
     res = subprocess.run(

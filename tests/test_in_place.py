@@ -138,7 +138,7 @@ def test_export_elsewhere_links_the_image(tmp_path, sample_store):
 
 def test_export_elsewhere_writes_a_changed_image(tmp_path, sample_store):
     """An image changed in memory is written, not linked to the stale file."""
-    from napari_histosge.export import _linkable
+    from napari_histosge.workflows.export import _linkable
 
     sdata = sd.read_zarr(sample_store)
     assert _linkable(sdata, Path(sample_store).resolve(), "images", IMAGE)

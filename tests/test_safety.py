@@ -32,14 +32,14 @@ def base_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def base_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from napari_histosge.checkpoints import save_checkpoint
+    from napari_histosge.models.checkpoints import save_checkpoint
 
     return save_checkpoint(small_model(), tmp_path_factory.mktemp("ck") / "model")
 
 
 @pytest.fixture(scope="module")
 def other_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from napari_histosge.checkpoints import save_checkpoint
+    from napari_histosge.models.checkpoints import save_checkpoint
 
     model = small_model(n_genes=7, dim=9, seed=1)
     return save_checkpoint(model, tmp_path_factory.mktemp("ck2") / "model")
@@ -359,7 +359,7 @@ def test_write_failure_is_one_line(tmp_path, base_store, monkeypatch, capsys):
 
 
 def test_checkpoint_api_refuses_foreign_folder(tmp_path, base_checkpoint):
-    from napari_histosge.checkpoints import load_checkpoint, save_checkpoint
+    from napari_histosge.models.checkpoints import load_checkpoint, save_checkpoint
 
     model = load_checkpoint(base_checkpoint)
     victim = tmp_path / "victim"

@@ -7,10 +7,10 @@ import pytest
 import spatialdata as sd
 from scipy.spatial import cKDTree
 
-from napari_histosge.checkpoints import load_checkpoint
 from napari_histosge.cli import main
-from napari_histosge.sections import place_apart
+from napari_histosge.models.checkpoints import load_checkpoint
 from napari_histosge.store import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY, write_sdata
+from napari_histosge.workflows.sections import place_apart
 
 
 def test_sections_are_placed_apart():

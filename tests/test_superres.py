@@ -176,7 +176,7 @@ def test_protocol_on_a_synthetic_section():
 def test_dense_histology_and_vit_token_maps():
     import xarray as xr
 
-    from napari_histosge._progress import run_generator
+    from napari_histosge.base.progress import run_generator
     from napari_histosge.features import get_encoder
     from napari_histosge.features.dense import (
         histology_dense_maps,
@@ -214,9 +214,9 @@ def test_her2st_c2_beats_copying_the_pseudo_unit(her2st_c2_zarr):
     import spatialdata as sd
     from scipy.spatial import cKDTree
 
-    from napari_histosge._progress import run_generator
+    from napari_histosge.base.progress import run_generator
     from napari_histosge.features.dense import histology_dense_maps, superpixel_features
-    from napari_histosge.pipeline import Slide
+    from napari_histosge.workflows.pipeline import Slide
 
     slide = Slide.open(sd.read_zarr(her2st_c2_zarr))
     g = slide.geometry

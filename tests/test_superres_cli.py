@@ -123,9 +123,9 @@ def test_superres_refuses_a_checkpoint(tmp_path, sample_sdata, capsys):
 
 
 def test_superres_step_with_vit_tokens(sample_sdata):
-    from napari_histosge._progress import run_generator
-    from napari_histosge.pipeline import Slide
-    from napari_histosge.superpixels import SuperResOptions, iter_superres, superres_maps
+    from napari_histosge.base.progress import run_generator
+    from napari_histosge.workflows.pipeline import Slide
+    from napari_histosge.workflows.superres import SuperResOptions, iter_superres, superres_maps
 
     slide = Slide.open(sample_sdata)
     opts = SuperResOptions(
@@ -142,9 +142,9 @@ def test_superres_step_with_vit_tokens(sample_sdata):
 
 
 def test_superres_maps_lazy_equal_eager_and_export(tmp_path, sample_sdata):
-    from napari_histosge._progress import run_generator
-    from napari_histosge.pipeline import Slide, export_slide
-    from napari_histosge.superpixels import (
+    from napari_histosge.base.progress import run_generator
+    from napari_histosge.workflows.pipeline import Slide, export_slide
+    from napari_histosge.workflows.superres import (
         SuperResOptions,
         iter_superres,
         superres_maps,
@@ -204,9 +204,9 @@ def test_evaluate_refuses_superres_mode(tmp_path, sample_sdata, capsys):
 
 
 def test_superpixel_features_are_cached_in_the_store(tmp_path, sample_sdata):
-    from napari_histosge._progress import run_generator
-    from napari_histosge.pipeline import Slide
-    from napari_histosge.superpixels import SuperResOptions, iter_superres
+    from napari_histosge.base.progress import run_generator
+    from napari_histosge.workflows.pipeline import Slide
+    from napari_histosge.workflows.superres import SuperResOptions, iter_superres
 
     store = tmp_path / "s.zarr"
     write_sdata(sample_sdata, store)
@@ -225,11 +225,11 @@ def test_superpixel_features_are_cached_in_the_store(tmp_path, sample_sdata):
 def test_vit_superpixel_features_of_another_tiling_are_recomputed(tmp_path, sample_sdata):
     import json
 
-    from napari_histosge._progress import run_generator
+    from napari_histosge.base.progress import run_generator
     from napari_histosge.features.cache import write_cache_table
     from napari_histosge.features.vit_tiles import TILES_VERSION
-    from napari_histosge.pipeline import Slide
-    from napari_histosge.superpixels import SuperResOptions, iter_superres
+    from napari_histosge.workflows.pipeline import Slide
+    from napari_histosge.workflows.superres import SuperResOptions, iter_superres
 
     store = tmp_path / "s.zarr"
     write_sdata(sample_sdata, store)

@@ -23,7 +23,7 @@ def test_slide_is_seeded_and_counts_follow_the_truth(small):
     # The spots' measured expression tracks the truth under their footprints (a box of the
     # same area as the 55 µm disk): gene by gene over spots.
     from napari_histosge.metrics import pearson_per_gene
-    from napari_histosge.pipeline import Slide
+    from napari_histosge.workflows.pipeline import Slide
 
     slide = Slide.open(small.sdata)
     assert slide.geometry.um_per_px == pytest.approx(1.0)

@@ -3,13 +3,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_histosge.checkpoints import (
+from napari_histosge.models import Reference
+from napari_histosge.models.checkpoints import (
     check_features,
     check_genes,
     load_checkpoint,
     save_checkpoint,
 )
-from napari_histosge.models import Reference
 from napari_histosge.train import (
     TrainConfig,
     fit,

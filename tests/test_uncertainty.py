@@ -106,10 +106,10 @@ def test_sample_resolution_range_works_at_both_ends_and_refuses_outside(
     tmp_path, sample_sdata, capsys
 ):
     """Every resolution in the range gives maps; outside it one line names the range."""
-    from napari_histosge._progress import run_generator
+    from napari_histosge.base.progress import run_generator
     from napari_histosge.geometry.footprints import unit_footprints
-    from napari_histosge.pipeline import Slide
-    from napari_histosge.superpixels import (
+    from napari_histosge.workflows.pipeline import Slide
+    from napari_histosge.workflows.superres import (
         SuperResOptions,
         iter_superres,
         resolution_range,
@@ -171,8 +171,8 @@ def test_run_writes_uncertainty_twin_of_the_maps(c2_run):
     assert np.array_equal(np.isfinite(e), np.isfinite(u))
     assert (u[np.isfinite(u)] >= 0).all()
     # Larger between the measured spots than inside them, for most genes.
-    from napari_histosge.pipeline import Slide
-    from napari_histosge.superpixels import SuperResOptions, units_superpixel_grid
+    from napari_histosge.workflows.pipeline import Slide
+    from napari_histosge.workflows.superres import SuperResOptions, units_superpixel_grid
 
     slide = Slide.open(sd.read_zarr(src))
     g = slide.geometry

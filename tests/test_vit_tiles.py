@@ -119,7 +119,7 @@ def test_patch_pooling_stays_available_and_is_recorded(slide):
 
 
 def test_a_model_refuses_features_of_the_other_pooling():
-    from napari_histosge.checkpoints import check_features
+    from napari_histosge.models.checkpoints import check_features
 
     model = SimpleNamespace(feature_meta={"encoder_id": "uni@abc", "dim": 8, "pooling": "patch"})
     check_features(model, {"encoder_id": "uni@abc", "dim": 8, "pooling": "patch"})

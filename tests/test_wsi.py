@@ -10,7 +10,6 @@ import pytest
 import spatialdata as sd
 import tifffile
 
-from napari_histosge.batch import slide_name
 from napari_histosge.cli import main
 from napari_histosge.images import image_levels
 from napari_histosge.io.wsi import (
@@ -20,6 +19,7 @@ from napari_histosge.io.wsi import (
     stored_um_per_px,
 )
 from napari_histosge.store import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY, write_sdata
+from napari_histosge.workflows.batch import slide_name
 
 UM = 0.727  # the bundled sample's scale
 
@@ -251,12 +251,12 @@ def test_blocks_and_lazy_maps_match_the_whole_slide_at_once(slides, model):
     from dataclasses import replace
 
     from napari_histosge import run_generator
-    from napari_histosge.batch_predict import prediction_options
-    from napari_histosge.checkpoints import load_checkpoint
     from napari_histosge.maps import rasterize
-    from napari_histosge.pipeline import iter_extract, predict_slide
-    from napari_histosge.sections import open_for_prediction
-    from napari_histosge.wsi_scale import iter_extract_blocked, rasterize_gaussian_lazy
+    from napari_histosge.models.checkpoints import load_checkpoint
+    from napari_histosge.workflows.batch_predict import prediction_options
+    from napari_histosge.workflows.pipeline import iter_extract, predict_slide
+    from napari_histosge.workflows.sections import open_for_prediction
+    from napari_histosge.workflows.whole_slide import iter_extract_blocked, rasterize_gaussian_lazy
 
     trained = load_checkpoint(model)
     opts = replace(prediction_options(trained), cache=False)

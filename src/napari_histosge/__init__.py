@@ -7,6 +7,6 @@ try:
 except ImportError:  # pragma: no cover - source tree without a build
     __version__ = "0.0.0"
 
-from ._progress import Cancelled, Progress, run_generator
+from .base.progress import Cancelled, Progress, run_generator
 
 __all__ = ["Cancelled", "Progress", "__version__", "run_generator"]

@@ -13,8 +13,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     from .maps import GeneMaps
-    from .pipeline import Slide
     from .predict import Predictions
+    from .workflows.pipeline import Slide
 
 __all__ = [
     "MAP_UNITS",
@@ -40,7 +40,7 @@ def image_layer(slide: Slide) -> LayerData:
     Examples
     --------
     >>> from napari_histosge.io import load_sample
-    >>> from napari_histosge.pipeline import Slide
+    >>> from napari_histosge.workflows.pipeline import Slide
     >>> data, kwargs, kind = image_layer(Slide.open(load_sample()))
     >>> kind, kwargs["rgb"]
     ('image', True)
@@ -66,7 +66,7 @@ def spots_layer(
     Examples
     --------
     >>> from napari_histosge.io import load_sample
-    >>> from napari_histosge.pipeline import Slide
+    >>> from napari_histosge.workflows.pipeline import Slide
     >>> data, kwargs, _ = spots_layer(Slide.open(load_sample()))
     >>> data.shape[1], round(float(kwargs["size"]), 1)
     (2, 75.7)

@@ -35,7 +35,7 @@ def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[Any]] | Non
 def read_layers(path: str | list[str]) -> list[Any]:
     """Read a slide and return its H&E and spots layers."""
     from ._layers import slide_layers
-    from .pipeline import Slide
+    from .workflows.pipeline import Slide
 
     p = Path(path[0] if isinstance(path, list) else path)
     if not p.is_dir():

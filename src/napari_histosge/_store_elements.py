@@ -25,7 +25,7 @@ import uuid
 import warnings
 from pathlib import Path
 
-from ._interrupt import deferred_interrupt, fault_point
+from .base.interrupts import deferred_interrupt, fault_point
 
 __all__ = [
     "PENDING_NAME",

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from napari_histosge._validation import assert_one_of
+from napari_histosge.base.validation import assert_one_of
 from napari_histosge.store import SLIDE_META_KEY
 
 if TYPE_CHECKING:

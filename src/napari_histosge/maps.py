@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from napari_histosge._validation import assert_one_of, assert_positive
+from napari_histosge.base.validation import assert_one_of, assert_positive
 
 from .predict import Predictions
 
@@ -157,7 +157,7 @@ def rasterize(
     Parameters
     ----------
     predictions
-        Output of :func:`napari_histosge.pipeline.predict`.
+        Output of :func:`napari_histosge.workflows.pipeline.predict`.
     genes
         Genes to render; all predicted genes by default.
     pitch_px

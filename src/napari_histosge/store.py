@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from ._interrupt import deferred_interrupt, fault_point
 from ._store_elements import (
     STORE_LEFTOVER,
     _exchange,
@@ -29,6 +28,7 @@ from ._store_elements import (
     write_sdata,
     write_table_atomic,
 )
+from .base.interrupts import deferred_interrupt, fault_point
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ._device import resolve_device
-from ._progress import Progress, run_generator
+from .base.device import resolve_device
+from .base.progress import Progress, run_generator
 from .geometry.lattice import lattice_pitch
 from .models import TrainConfig, get_model_kind
 from .models.trained import TrainedModel

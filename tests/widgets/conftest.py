@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from histosge_widget_utils import wait_idle
 
-from napari_histosge._display import start_virtual_display
+from napari_histosge._widgets._display import start_virtual_display
 
 _XVFB = start_virtual_display()
 if os.environ.get("QT_QPA_PLATFORM") == "offscreen":

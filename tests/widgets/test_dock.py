@@ -132,8 +132,8 @@ def test_full_workflow_alignment_and_export(extracted, qtbot, tmp_path, monkeypa
     # The maps the core renders from the same predictions, in the test's process (no torch).
     import json
 
-    from napari_histosge.pipeline import Slide, render_maps
     from napari_histosge.predict import Predictions
+    from napari_histosge.workflows.pipeline import Slide, render_maps
 
     with np.load(preds.path) as z:
         fields = {k: z[k] for k in z.files}

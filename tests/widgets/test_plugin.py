@@ -11,7 +11,7 @@ import pytest
 
 from napari_histosge._layers import contrast_limits, gene_layer, image_layer, spots_layer
 from napari_histosge._reader import napari_get_reader
-from napari_histosge.pipeline import Slide
+from napari_histosge.workflows.pipeline import Slide
 
 
 def test_manifest_is_valid():

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from napari_histosge._display import start_virtual_display
+from napari_histosge._widgets._display import start_virtual_display
 
 __all__ = ["run_demo"]
 

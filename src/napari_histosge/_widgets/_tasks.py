@@ -70,8 +70,8 @@ def warm_up() -> dict[str, Any]:
     import napari_histosge.expression  # noqa: F401
     import napari_histosge.features  # noqa: F401
     import napari_histosge.models.attention  # noqa: F401
-    import napari_histosge.pipeline  # noqa: F401
     import napari_histosge.train  # noqa: F401
+    import napari_histosge.workflows.pipeline  # noqa: F401
 
     # Leave a core to the viewer: torch's threads and those of the BLAS and OpenMP libraries
     # loaded so far (the superres fit is numpy and scipy), for the worker's lifetime.
@@ -105,7 +105,7 @@ def train_form_defaults() -> tuple[dict[str, Any], list[str]]:
 
 
 def _slide(state: WorkerState, context: dict[str, Any]) -> Any:
-    from napari_histosge.pipeline import Slide
+    from napari_histosge.workflows.pipeline import Slide
 
     spec = context.get("slide")
     if spec is None:
@@ -126,7 +126,7 @@ def _slide(state: WorkerState, context: dict[str, Any]) -> Any:
 
 
 def _features(state: WorkerState, job: Job, context: dict[str, Any] | None = None) -> Any:
-    from napari_histosge.pipeline import ExtractOptions, iter_extract
+    from napari_histosge.workflows.pipeline import ExtractOptions, iter_extract
 
     context = job.context if context is None else context
     slide = _slide(state, context)
@@ -148,7 +148,7 @@ def _features(state: WorkerState, job: Job, context: dict[str, Any] | None = Non
 
 
 def _model(state: WorkerState, context: dict[str, Any]) -> Any:
-    from napari_histosge.checkpoints import load_checkpoint
+    from napari_histosge.models.checkpoints import load_checkpoint
 
     path = context.get("model")
     if path is None:
@@ -210,9 +210,9 @@ def extract(state: WorkerState, job: Job) -> dict[str, Any]:
 def train(state: WorkerState, job: Job) -> dict[str, Any]:
     """Train a model with a live loss curve; Cancel discards the run."""
     from napari_histosge import Cancelled
-    from napari_histosge.checkpoints import save_checkpoint
     from napari_histosge.models import TrainConfig
-    from napari_histosge.pipeline import iter_train
+    from napari_histosge.models.checkpoints import save_checkpoint
+    from napari_histosge.workflows.pipeline import iter_train
 
     slide = _slide(state, job.context)
     if job.payload["config"].get("mode") == "superres":
@@ -232,7 +232,7 @@ def train(state: WorkerState, job: Job) -> dict[str, Any]:
 
 def save_model(state: WorkerState, job: Job) -> dict[str, Any]:
     """Save the session's model as a checkpoint folder."""
-    from napari_histosge.checkpoints import save_checkpoint
+    from napari_histosge.models.checkpoints import save_checkpoint
 
     # The file dialog asked before an existing folder is chosen; the store's overwrite rule
     # still refuses anything that is not a checkpoint this tool wrote.
@@ -252,7 +252,7 @@ def predict(state: WorkerState, job: Job) -> dict[str, Any]:
 
     import numpy as np
 
-    from napari_histosge.pipeline import predict_slide
+    from napari_histosge.workflows.pipeline import predict_slide
 
     slide = _slide(state, job.context)
     job.say("predict", 0, 1, "Predicting…")
@@ -286,7 +286,7 @@ def _pitch_px(slide: Any, pitch_um: float | None) -> float | None:
 def render(state: WorkerState, job: Job) -> dict[str, Any]:
     """Rasterise the chosen genes at the chosen resolution into a ``.npy`` stack."""
     from napari_histosge._layers import map_limits
-    from napari_histosge.pipeline import render_maps
+    from napari_histosge.workflows.pipeline import render_maps
 
     slide = _slide(state, job.context)
     preds = _predictions(state, job.context)
@@ -346,7 +346,7 @@ def measured(state: WorkerState, job: Job) -> dict[str, Any]:
 
 def export(state: WorkerState, job: Job) -> dict[str, Any]:
     """Render every predicted gene and write predictions, maps and features into a store."""
-    from napari_histosge.pipeline import export_slide, render_maps
+    from napari_histosge.workflows.pipeline import export_slide, render_maps
 
     slide = _slide(state, job.context)
     if job.context.get("superres"):

@@ -1,10 +1,10 @@
 """Worker tasks for the super-resolution mode and for slides with an image and no table.
 
 Runs in the worker process, like :mod:`._tasks`: the module imports only the standard library at
-the top. The super-resolution model (:mod:`napari_histosge.superpixels`) is fitted to one slide's
+the top. The super-resolution model (:mod:`~.workflows.superres`) is fitted to one slide's
 units and is not saved; the session's context names its settings, so a fresh worker refits it
 (deterministically, from the superpixel features cached in the store). A slide without a table
-is opened with :func:`napari_histosge.sections.open_for_prediction`: its positions come from its
+is opened with :func:`~.workflows.sections.open_for_prediction`: its positions come from its
 spots, or from a lattice over the tissue sized by the loaded model, as ``histosge predict`` does.
 """
 
@@ -71,7 +71,7 @@ def image_only_info(
 
 def open_image_only(spec: dict[str, Any], model: Any) -> Any:
     """Open a slide without a table for prediction (its positions need ``model`` without spots)."""
-    from napari_histosge.sections import open_for_prediction
+    from napari_histosge.workflows.sections import open_for_prediction
 
     keys = {k: v or None for k, v in spec["keys"].items() if k != "table_key"}
     if model is None and not keys.get("spots_key"):
@@ -84,12 +84,12 @@ def open_image_only(spec: dict[str, Any], model: Any) -> Any:
 def model_features(slide: Any, model: Any, options: dict[str, Any], job: Job) -> Any:
     """Extract features with the model's own encoder and patch sizes (``histosge predict``).
 
-    A whole slide is embedded block by block (:mod:`napari_histosge.wsi_scale`), in bounded
+    A whole slide is embedded block by block (:mod:`~.workflows.whole_slide`), in bounded
     memory; a slide that fits in one block exactly as ``iter_extract`` does.
     """
-    from napari_histosge.batch_predict import prediction_options
-    from napari_histosge.pipeline import ExtractOptions
-    from napari_histosge.wsi_scale import iter_extract_blocked
+    from napari_histosge.workflows.batch_predict import prediction_options
+    from napari_histosge.workflows.pipeline import ExtractOptions
+    from napari_histosge.workflows.whole_slide import iter_extract_blocked
 
     base = ExtractOptions(
         weights=options.get("weights"),
@@ -119,7 +119,7 @@ def superres_spec(payload: dict[str, Any]) -> dict[str, Any]:
 
 def superres_result(state: Any, slide: Any, spec: dict[str, Any], job: Job) -> Any:
     """Return the fitted model for ``spec`` (kept in the worker; refitted when missing)."""
-    from napari_histosge.superpixels import SuperResOptions, iter_superres
+    from napari_histosge.workflows.superres import SuperResOptions, iter_superres
 
     key = repr(sorted(spec.items()))
     cache = getattr(state, "superres", None)
@@ -154,7 +154,7 @@ def fit_superres(state: Any, job: Job, slide: Any) -> dict[str, Any]:
 
 def superres_predict(state: Any, job: Job, slide: Any) -> Any:
     """Predict each unit: the fitted map's mean over the unit's footprint."""
-    from napari_histosge.superpixels import superres_predictions
+    from napari_histosge.workflows.superres import superres_predictions
 
     result = superres_result(state, slide, job.context["superres"], job)
     return superres_predictions(slide, result)
@@ -173,7 +173,7 @@ def superres_maps_for(
     state: Any, job: Job, slide: Any, genes: list[str] | None, resolution_um: float | None
 ) -> Any:
     """Render ``genes`` (all: ``None``) from a fit at ``resolution_um`` (``None``: as fitted)."""
-    from napari_histosge.superpixels import superres_maps
+    from napari_histosge.workflows.superres import superres_maps
 
     spec = _at(job.context["superres"], resolution_um)
     return superres_maps(superres_result(state, slide, spec, job), genes=genes)
@@ -183,7 +183,7 @@ def superres_export(state: Any, job: Job, slide: Any) -> str:
     """Write the per-unit predictions and every gene's superpixel maps into a store."""
     import inspect
 
-    from napari_histosge.superpixels import export_superres
+    from napari_histosge.workflows.superres import export_superres
 
     spec = _at(job.context["superres"], job.payload.get("pitch_um"))
     result = superres_result(state, slide, spec, job)

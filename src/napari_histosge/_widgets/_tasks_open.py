@@ -25,8 +25,8 @@ def open_slide(state: Any, job: Job) -> dict[str, Any]:
     import numpy as np
 
     from napari_histosge.io import convert, load_sample, read_slide, resolve_keys, validate_slide
-    from napari_histosge.pipeline import Slide
     from napari_histosge.store import write_sdata
+    from napari_histosge.workflows.pipeline import Slide
 
     source = str(job.payload["source"])
     keys = {k: v or None for k, v in dict(job.payload.get("keys") or {}).items()}

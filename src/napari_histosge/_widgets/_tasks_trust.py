@@ -1,7 +1,7 @@
 """Worker tasks that tell how far to trust a map: uncertainty, per-gene reliability, domains.
 
 Runs in the worker process, like :mod:`._tasks`: the module imports only the standard library at
-the top. The numbers come from the super-resolution model (:mod:`napari_histosge.superpixels`);
+the top. The numbers come from the super-resolution model (:mod:`~.workflows.superres`);
 a model or a core without them leaves the dock as it was (no standard deviations, no
 reliability), except for domains, which say so.
 """
@@ -18,7 +18,7 @@ __all__ = ["find_domains", "superres_reliability", "uncertainty_files"]
 
 
 def _core(name: str) -> Any:
-    from napari_histosge import superpixels
+    from napari_histosge.workflows import superres as superpixels
 
     found = getattr(superpixels, name, None)
     if found is None and name == "superres_domains":

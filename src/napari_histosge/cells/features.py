@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_histosge._progress import Progress
+from napari_histosge.base.progress import Progress
 
 __all__ = [
     "CELL_FEATURE_SCALES_UM",
@@ -126,7 +126,7 @@ def iter_add_cell_features(
 ) -> Generator[Progress, None, tuple[np.ndarray, dict[str, Any]]]:
     """Segment the nuclei around ``positions_px`` and append their features to ``feats``.
 
-    The option ``cell_features`` of :class:`~napari_histosge.superpixels.SuperResOptions`.
+    The option ``cell_features`` of :class:`~napari_histosge.workflows.superres.SuperResOptions`.
 
     Returns
     -------

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from napari_histosge._progress import Progress, run_generator
+from napari_histosge.base.progress import Progress, run_generator
 
 __all__ = ["NucleiOptions", "Nuclei", "iter_segment_nuclei", "segment_nuclei"]
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_histosge._progress import Progress, run_generator
+from napari_histosge.base.progress import Progress, run_generator
 from napari_histosge.store import CELLS_KEY, NUCLEI_KEY
 
 from .segment import Nuclei, NucleiOptions, iter_segment_nuclei
@@ -298,7 +298,7 @@ def iter_add_cells(
     slide
         The slide the model was fitted on.
     result
-        The fitted :class:`~napari_histosge.superpixels.SuperResResult`.
+        The fitted :class:`~napari_histosge.workflows.superres.SuperResResult`.
     maps
         Its rendered maps, when in memory (saves predicting the superpixels again).
     options

@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_histosge._progress import Progress
+from napari_histosge.base.progress import Progress
 from napari_histosge.metrics import pearson_per_gene
 
 from .superres import pool_section, rounded_r, superres_baselines
 
 if TYPE_CHECKING:
     from napari_histosge.models.superres import SuperResConfig
-    from napari_histosge.pipeline import Slide
-    from napari_histosge.superpixels import SuperResOptions
+    from napari_histosge.workflows.pipeline import Slide
+    from napari_histosge.workflows.superres import SuperResOptions
 
 __all__ = [
     "LEVELS",
@@ -196,7 +196,7 @@ def evaluate_superres_pool(
     from napari_histosge.expression import count_matrix, is_log_normalized
     from napari_histosge.features.superpixel_cache import cached_features
     from napari_histosge.geometry.footprints import unit_membership
-    from napari_histosge.superpixels import SuperResOptions, slide_grid
+    from napari_histosge.workflows.superres import SuperResOptions, slide_grid
 
     if int(factor) != factor or factor < 2:
         raise ValueError(f"Expected a pooling factor of 2 or more, found `{factor}`.")

@@ -11,9 +11,9 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-from napari_histosge._progress import Progress
-from napari_histosge.pipeline import ExtractOptions, Slide, iter_extract_at
+from napari_histosge.base.progress import Progress
 from napari_histosge.train import TrainConfig, iter_fit
+from napari_histosge.workflows.pipeline import ExtractOptions, Slide, iter_extract_at
 
 from .protocols import score_all
 

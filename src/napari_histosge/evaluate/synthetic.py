@@ -11,7 +11,7 @@ Optionally a share of the expression follows one more field that the image does 
 their footprints.
 
 :func:`score_synthetic` runs the super-resolution step exactly as ``histosge run --mode
-superres`` does (:func:`napari_histosge.superpixels.iter_superres`) and the no-image
+superres`` does (:func:`napari_histosge.workflows.superres.iter_superres`) and the no-image
 baselines of :func:`napari_histosge.evaluate.superres.superres_baselines` on the same
 superpixels, and scores every map against the truth at the map's resolution: Pearson r per
 gene over the superpixels, and SSIM per gene on the 2-D map (scikit-image, Gaussian 11-pixel
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_histosge._progress import run_generator
+from napari_histosge.base.progress import run_generator
 from napari_histosge.metrics import pearson_per_gene
 
 from .superres import superres_baselines
@@ -315,8 +315,8 @@ def score_synthetic(
     from scipy.spatial import cKDTree
 
     from napari_histosge.models.superres import SuperResConfig
-    from napari_histosge.pipeline import Slide
-    from napari_histosge.superpixels import SuperResOptions, iter_superres
+    from napari_histosge.workflows.pipeline import Slide
+    from napari_histosge.workflows.superres import SuperResOptions, iter_superres
 
     slide = Slide.open(syn.sdata)
     out: dict[str, Any] = {"mean_r": {}, "mean_ssim": {}, "per_gene_r": {}, "per_gene_ssim": {}}

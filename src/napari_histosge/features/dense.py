@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_histosge._progress import Progress, run_generator
+from napari_histosge.base.progress import Progress, run_generator
 
 from ._boxes import box_means
 from .histology import DenseMaps, HistologyEncoder

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
-from napari_histosge._progress import Progress, run_generator
-from napari_histosge._validation import assert_at_least, assert_one_of
+from napari_histosge.base.progress import Progress, run_generator
+from napari_histosge.base.validation import assert_at_least, assert_one_of
 
 from .base import Encoder, patches_extent
 from .cache import cache_element_name, cache_key, lookup, positions_digest, store

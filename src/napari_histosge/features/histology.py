@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_histosge._validation import assert_positive
+from napari_histosge.base.validation import assert_positive
 from napari_histosge.images import image_levels, level_scales
 
 from ._boxes import box_means, summed_area

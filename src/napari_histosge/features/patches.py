@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from napari_histosge._validation import assert_at_least, assert_one_of
+from napari_histosge.base.validation import assert_at_least, assert_one_of
 from napari_histosge.images import choose_level, image_levels, level_xy_scales
 
 if TYPE_CHECKING:

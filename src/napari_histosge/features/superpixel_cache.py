@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from napari_histosge._progress import Progress
+from napari_histosge.base.progress import Progress
 
-#: A :class:`~napari_histosge.pipeline.Slide` and
-#: :class:`~napari_histosge.superpixels.SuperResOptions` (workflow types, above this layer).
+#: A :class:`~napari_histosge.workflows.pipeline.Slide` and
+#: :class:`~napari_histosge.workflows.superres.SuperResOptions` (workflow types, above this layer).
 Slide = SuperResOptions = Any
 
 __all__ = ["cached_features"]

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_histosge._device import resolve_device
+from napari_histosge.base.device import resolve_device
 
 from .base import HUB_WEIGHTS, RANDOM_WEIGHTS, file_sha256
 

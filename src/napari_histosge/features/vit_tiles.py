@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_histosge._progress import Progress
+from napari_histosge.base.progress import Progress
 
 from ._boxes import box_means
 from .histology import DenseMaps

@@ -6,7 +6,7 @@ from typing import Literal
 
 import numpy as np
 
-from napari_histosge._validation import assert_one_of
+from napari_histosge.base.validation import assert_one_of
 
 __all__ = [
     "detect_lattice",

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_histosge._validation import assert_one_of, assert_positive
+from napari_histosge.base.validation import assert_one_of, assert_positive
 from napari_histosge.store import SLIDE_META_KEY
 
 from .lattice import (

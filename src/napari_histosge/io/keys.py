@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from napari_histosge._validation import assert_one_of
+from napari_histosge.base.validation import assert_one_of
 from napari_histosge.images import image_levels
 
 from ._elements import SlideKeys

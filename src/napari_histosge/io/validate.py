@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_histosge._validation import assert_one_of
+from napari_histosge.base.validation import assert_one_of
 from napari_histosge.expression import count_matrix
 from napari_histosge.geometry.spots import spot_geometry
 from napari_histosge.images import image_levels

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from napari_histosge._validation import assert_one_of
+from napari_histosge.base.validation import assert_one_of
 
 from .config import MODES, Reference, TrainConfig
 

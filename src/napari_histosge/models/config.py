@@ -7,7 +7,7 @@ from typing import Literal
 
 import numpy as np
 
-from napari_histosge._validation import (
+from napari_histosge.base.validation import (
     assert_at_least,
     assert_in_range,
     assert_one_of,

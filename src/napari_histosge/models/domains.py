@@ -165,7 +165,7 @@ class Domains:
 
 
 def superres_domains(result: Any, k: int = DEFAULT_DOMAINS, seed: int = 0) -> Domains:
-    """Cluster a superres result's maps (:class:`~napari_histosge.superpixels.SuperResResult`).
+    """Cluster a superres result's maps (:class:`~.workflows.superres.SuperResResult`).
 
     See :func:`cluster_domains`; the labels are laid on the map's grid.
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_histosge._progress import Progress, run_generator
+from napari_histosge.base.progress import Progress, run_generator
 
 from ._superres_config import SuperResConfig
 from ._superres_depth import DepthMap, expected_log1p, fit_depth

@@ -17,15 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._progress import Progress
+from napari_histosge.base.progress import Progress
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-    from .features import FeatureSet
-    from .geometry import SpotGeometry
-    from .models import TrainConfig
-    from .models.trained import TrainedModel
+    from napari_histosge.features import FeatureSet
+    from napari_histosge.geometry import SpotGeometry
+    from napari_histosge.models import TrainConfig
+    from napari_histosge.models.trained import TrainedModel
+
     from .pipeline import ExtractOptions, Slide
 
 __all__ = [
@@ -71,7 +72,7 @@ def choose_genes(slides: Sequence[Slide], genes: Sequence[str], n_top_genes: int
     --------
     >>> choose_genes([slide_a, slide_b], common_genes([slide_a, slide_b]), 250)  # doctest: +SKIP
     """
-    from .expression import counts_or_lognorm, select_genes
+    from napari_histosge.expression import counts_or_lognorm, select_genes
 
     n = min(int(n_top_genes), len(genes))
     votes: dict[str, int] = {}
@@ -144,11 +145,12 @@ def iter_train_sections(
     >>> from napari_histosge import run_generator
     >>> model = run_generator(iter_train_sections([a, b, c]))  # doctest: +SKIP
     """
-    from .checkpoints import check_features
-    from .geometry.lattice import lattice_pitch
-    from .models import TrainConfig
+    from napari_histosge.geometry.lattice import lattice_pitch
+    from napari_histosge.models import TrainConfig
+    from napari_histosge.models.checkpoints import check_features
+    from napari_histosge.train import iter_fit
+
     from .pipeline import ExtractOptions, iter_extract_at
-    from .train import iter_fit
 
     if not slides:
         raise ValueError("Expected at least one section to train on, found none.")
@@ -228,11 +230,9 @@ def _pick(container: Any, key: str | None, what: str, ok: Callable[[str], bool])
 def _circles_geometry(
     sdata: SpatialData, image_key: str, spots_key: str, um_per_px: float | None
 ) -> SpotGeometry:
-    from .geometry import SpotGeometry
-    from .geometry.lattice import (
-        detect_lattice,
-    )
-    from .geometry.spots import guess_um_per_px, spots_to_image_affine
+    from napari_histosge.geometry import SpotGeometry
+    from napari_histosge.geometry.lattice import detect_lattice
+    from napari_histosge.geometry.spots import guess_um_per_px, spots_to_image_affine
 
     shapes = sdata.shapes[spots_key]
     to_px = spots_to_image_affine(sdata, image_key=image_key, spots_key=spots_key)
@@ -256,8 +256,8 @@ def _circles_geometry(
 def _tissue_geometry(
     sdata: SpatialData, image_key: str, um_per_px: float, diameter_um: float, pitch_um: float
 ) -> SpotGeometry:
-    from .geometry import SpotGeometry, tissue_mask
-    from .images import image_levels
+    from napari_histosge.geometry import SpotGeometry, tissue_mask
+    from napari_histosge.images import image_levels
 
     mask, scale = tissue_mask(sdata.images[image_key])
     first = image_levels(sdata.images[image_key])[0]
@@ -320,8 +320,9 @@ def open_for_prediction(
     """
     import spatialdata as sd
 
-    from .io import SlideKeys, read_slide
-    from .io.keys import is_circles, table_regions
+    from napari_histosge.io import SlideKeys, read_slide
+    from napari_histosge.io.keys import is_circles, table_regions
+
     from .pipeline import Slide
 
     if isinstance(src, sd.SpatialData):
@@ -340,7 +341,7 @@ def open_for_prediction(
     if not sdata.images:
         raise ValueError("Expected an H&E image element in the store, found no image.")
     if image_key is None:
-        from .images import image_levels
+        from napari_histosge.images import image_levels
 
         candidates = [k for k in sdata.images if not str(k).startswith("histosge_")]
         if not candidates:
@@ -357,7 +358,7 @@ def open_for_prediction(
     if spots is not None:
         geom = _circles_geometry(sdata, image_key, spots, um_per_px)
     else:
-        from .io.wsi import is_wsi_path, missing_um_message, stored_um_per_px
+        from napari_histosge.io.wsi import is_wsi_path, missing_um_message, stored_um_per_px
 
         if um_per_px is None:  # recorded from a whole-slide file's metadata
             um_per_px = stored_um_per_px(sdata, image_key)

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._interrupt import fault_point
-from ._json import json_default
-from ._store_elements import consolidate_store
-from .store import (
+from napari_histosge._store_elements import consolidate_store
+from napari_histosge.base.interrupts import fault_point
+from napari_histosge.base.json_io import json_default
+from napari_histosge.store import (
     ELEMENT_KINDS,
     EXPRESSION_KEY,
     POSITIONS_KEY,
@@ -32,9 +32,9 @@ _METADATA_FILES = frozenset({"zarr.json", ".zattrs", ".zgroup", ".zarray", ".zme
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-    from .maps import GeneMaps
-    from .models.domains import Domains
-    from .predict import Predictions
+    from napari_histosge.maps import GeneMaps
+    from napari_histosge.models.domains import Domains
+    from napari_histosge.predict import Predictions
 
 __all__ = [
     "build_output",
@@ -204,7 +204,7 @@ def domain_elements(sdata: SpatialData, image_key: str, domains: Domains) -> dic
     import pandas as pd
     from spatialdata.models import Labels2DModel, TableModel
 
-    from .store import DOMAIN_GENES_KEY, DOMAINS_KEY
+    from napari_histosge.store import DOMAIN_GENES_KEY, DOMAINS_KEY
 
     h, w = domains.labels.shape
     extra = {"scale_factors": list(domains.scale_factors)} if domains.scale_factors else {}

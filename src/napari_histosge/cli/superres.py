@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .pipeline import Slide
+    from napari_histosge.workflows.pipeline import Slide
 
 __all__ = ["cell_args", "evaluate_pooled", "run_superres"]
 
@@ -23,7 +23,7 @@ def run_superres(
     resolution_um: float | None,
 ) -> int:
     """Fit the superres model on ``slide`` and export its maps (``histosge run``)."""
-    from .superpixels import SuperResOptions, export_superres, iter_superres
+    from napari_histosge.workflows.superres import SuperResOptions, export_superres, iter_superres
 
     if args.domains is not None and not 2 <= args.domains <= 50:
         raise ValueError(f"Expected --domains between 2 and 50, found `{args.domains}`.")
@@ -48,8 +48,8 @@ def run_superres(
         f"in {time.perf_counter() - t0:.1f} s"
     )
     if getattr(args, "cells", False):
-        from .cells.segment import NucleiOptions
-        from .cells.table import iter_add_cells
+        from napari_histosge.cells.segment import NucleiOptions
+        from napari_histosge.cells.table import iter_add_cells
 
         t1 = time.perf_counter()
         weights = getattr(args, "nuclei_weights", None)
@@ -88,11 +88,11 @@ def evaluate_pooled(
     """``histosge evaluate STORE --superres-pool F --metrics-out M.json``."""
     import json
 
-    from ._json import json_default
-    from ._store_elements import write_text_atomic
-    from .evaluate.calibration import evaluate_superres_pool
-    from .store import check_target
-    from .superpixels import SuperResOptions
+    from napari_histosge._store_elements import write_text_atomic
+    from napari_histosge.base.json_io import json_default
+    from napari_histosge.evaluate.calibration import evaluate_superres_pool
+    from napari_histosge.store import check_target
+    from napari_histosge.workflows.superres import SuperResOptions
 
     if args.superres_pool < 2:
         raise ValueError(f"Expected --superres-pool 2 or more, found `{args.superres_pool}`.")

@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from napari_histosge.base.json_io import json_default
+from napari_histosge.store import check_target, write_folder_atomic
+
+from . import TrainConfig
 from ._checkpoint_schema import check_checkpoint_doc
-from ._json import json_default
-from .models import TrainConfig
-from .models.trained import TrainedModel
-from .store import check_target, write_folder_atomic
+from .trained import TrainedModel
 
 __all__ = [
     "CHECKPOINT_FORMAT",

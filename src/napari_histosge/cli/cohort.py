@@ -31,8 +31,8 @@ class CliHelpers:
 
 def cmd_train(args: argparse.Namespace, *, helpers: CliHelpers) -> int:
     """``histosge train STORE... --checkpoint-out DIR``: one model on several sections."""
-    from .checkpoints import save_checkpoint
-    from .sections import iter_train_sections
+    from napari_histosge.models.checkpoints import save_checkpoint
+    from napari_histosge.workflows.sections import iter_train_sections
 
     helpers.check_inputs(args)
     genes = helpers.read_genes(args)
@@ -62,8 +62,8 @@ def cmd_batch(args: argparse.Namespace, *, helpers: CliHelpers) -> int:
 
     With ``--checkpoint``, one ``predict`` of that model per slide instead.
     """
-    from .batch import SlideJob, run_batch
-    from .io.wsi import is_wsi_path
+    from napari_histosge.io.wsi import is_wsi_path
+    from napari_histosge.workflows.batch import SlideJob, run_batch
 
     helpers.check_inputs(args)
     if args.checkpoint:
@@ -95,8 +95,8 @@ def cmd_batch(args: argparse.Namespace, *, helpers: CliHelpers) -> int:
 
 def _predict_batch(args: argparse.Namespace, helpers: CliHelpers) -> Any:
     """Apply ``--checkpoint`` to every slide (no training): one prediction task per slide."""
-    from .batch import run_batch
-    from .batch_predict import PredictJob, predict_slide_task
+    from napari_histosge.workflows.batch import run_batch
+    from napari_histosge.workflows.batch_predict import PredictJob, predict_slide_task
 
     if args.um_per_px is not None and not args.um_per_px > 0:
         raise ValueError(f"Expected a positive --um-per-px, found `{args.um_per_px}`.")

@@ -7,7 +7,7 @@ of every gene at once. Here the positions are embedded block by block (squares o
 :data:`BLOCK_UM` µm, each with its own maps over the block plus a margin), and the Gaussian maps
 are a dask array computed a few genes at a time, like the nearest-position maps of
 :mod:`napari_histosge.lazy_maps`. A slide that fits in one block is embedded exactly as
-:func:`~napari_histosge.pipeline.iter_extract` does (with its feature cache).
+:func:`~napari_histosge.workflows.pipeline.iter_extract` does (with its feature cache).
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._progress import Progress
-from .maps import GeneMaps
-from .predict import Predictions
+from napari_histosge.base.progress import Progress
+from napari_histosge.maps import GeneMaps
+from napari_histosge.predict import Predictions
 
 if TYPE_CHECKING:
-    from .features import Encoder
-    from .geometry import SpotGeometry
+    from napari_histosge.features import Encoder
+    from napari_histosge.geometry import SpotGeometry
+
     from .pipeline import ExtractOptions, Slide, SlideFeatures
 
 __all__ = ["BLOCK_UM", "iter_extract_blocked", "rasterize_gaussian_lazy"]
@@ -65,13 +66,14 @@ def iter_extract_blocked(
 
     Returns
     -------
-    The features, as :func:`~napari_histosge.pipeline.iter_extract` returns them.
+    The features, as :func:`~napari_histosge.workflows.pipeline.iter_extract` returns them.
 
     Examples
     --------
     >>> feats = run_generator(iter_extract_blocked(slide, options=opts))  # doctest: +SKIP
     """
-    from .features.extract import FeatureSet
+    from napari_histosge.features.extract import FeatureSet
+
     from .pipeline import SlideFeatures, iter_extract, iter_extract_at, new_positions
 
     if not block_um > 0:
@@ -143,7 +145,7 @@ def rasterize_gaussian_lazy(
     import dask.array as da
     from scipy.spatial import cKDTree
 
-    from .maps import map_layout
+    from napari_histosge.maps import map_layout
 
     xy = np.asarray(predictions.positions_px, dtype=float)
     names = list(predictions.genes) if genes is None else list(genes)

@@ -1,7 +1,7 @@
 """The workflow as steps: open a slide, extract features, train, predict, render, export.
 
 The command line and the napari dock both drive these functions; each long step is a generator
-that yields :class:`~napari_histosge._progress.Progress` and returns its result.
+that yields :class:`~napari_histosge.base.progress.Progress` and returns its result.
 """
 
 from __future__ import annotations
@@ -14,21 +14,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._progress import Progress
-from .maps import GeneMaps
-from .predict import Predictions
+from napari_histosge.base.progress import Progress
+from napari_histosge.maps import GeneMaps
+from napari_histosge.predict import Predictions
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from spatialdata import SpatialData
 
     from napari_histosge.expression import Targets
-
-    from .features import Encoder, FeatureSet
-    from .geometry import SpotGeometry
-    from .io import SlideKeys
-    from .models import TrainConfig
-    from .models.trained import TrainedModel
+    from napari_histosge.features import Encoder, FeatureSet
+    from napari_histosge.geometry import SpotGeometry
+    from napari_histosge.io import SlideKeys
+    from napari_histosge.models import TrainConfig
+    from napari_histosge.models.trained import TrainedModel
 
 __all__ = [
     "ExtractOptions",
@@ -74,8 +73,8 @@ class Slide:
         """Read (if needed) and validate a slide, resolving its image, spots and table."""
         from spatialdata import SpatialData
 
-        from .geometry import spot_geometry
-        from .io import read_slide, resolve_keys, validate_slide
+        from napari_histosge.geometry import spot_geometry
+        from napari_histosge.io import read_slide, resolve_keys, validate_slide
 
         if isinstance(src, SpatialData):
             sdata = src
@@ -110,7 +109,7 @@ class Slide:
         flavor: str = "seurat_v3",
     ) -> Targets:
         """Expression targets (log1p of counts normalised to 1e4) of the spots."""
-        from .expression import prepare_targets
+        from napari_histosge.expression import prepare_targets
 
         return prepare_targets(
             self.table,
@@ -176,7 +175,7 @@ class ExtractOptions:
 
     def build_encoder(self) -> Encoder:
         """Build the encoder these options name, with their weights, device and precision."""
-        from .features import get_encoder
+        from napari_histosge.features import get_encoder
 
         return get_encoder(self.encoder, weights=self.weights, device=self.device, bf16=self.bf16)
 
@@ -218,7 +217,7 @@ def parse_positions(spec: str) -> tuple[str, float | None]:
 
 def new_positions(slide: Slide, spec: str) -> tuple[str, np.ndarray]:
     """Super-resolution positions (image pixels) for ``spec``."""
-    from .geometry import grid_positions, subspot_positions
+    from napari_histosge.geometry import grid_positions, subspot_positions
 
     kind, pitch = parse_positions(spec)
     if kind == "4x":
@@ -257,7 +256,7 @@ def iter_extract_at(
     >>> fs = run_generator(iter_extract_at(slide, xy, options=ExtractOptions(),
     ...                                    cache_name="spots"))  # doctest: +SKIP
     """
-    from .features import iter_extract_features
+    from napari_histosge.features import iter_extract_features
 
     sizes = tuple(options.patch_sizes) if options.patch_sizes is not None else None
     return (
@@ -325,8 +324,8 @@ def iter_train(
     --------
     >>> model = run_generator(iter_train(slide, features=feats))  # doctest: +SKIP
     """
-    from .models import TrainConfig
-    from .train import iter_fit
+    from napari_histosge.models import TrainConfig
+    from napari_histosge.train import iter_fit
 
     cfg = config or TrainConfig()
     targets = slide.targets(genes=genes, n_top_genes=n_top_genes)
@@ -368,7 +367,7 @@ def predict_slide(
     --------
     >>> preds = predict_slide(slide, features=feats, model=model)  # doctest: +SKIP
     """
-    from .checkpoints import check_features
+    from napari_histosge.models.checkpoints import check_features
 
     check_features(model, features.spots.meta)
     um = slide.geometry.um_per_px
@@ -454,7 +453,7 @@ def render_maps(
     --------
     >>> maps = render_maps(slide, predictions=preds, genes=["Gfap"])  # doctest: +SKIP
     """
-    from .lazy_maps import rasterize_lazy
+    from napari_histosge.lazy_maps import rasterize_lazy
 
     method = "gaussian" if smooth else "nearest"
     return rasterize_lazy(

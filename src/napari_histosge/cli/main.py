@@ -10,18 +10,19 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._cli_io import (
+from napari_histosge.base.progress import Progress
+
+from ._common import (
     CliError,
     check_out,
     in_place_arg,
     read_lines,
     resolve_out,
 )
-from ._progress import Progress
 
 if TYPE_CHECKING:
-    from .models import TrainConfig
-    from .pipeline import ExtractOptions, Slide
+    from napari_histosge.models import TrainConfig
+    from napari_histosge.workflows.pipeline import ExtractOptions, Slide
 
 __all__ = ["main"]
 
@@ -101,7 +102,7 @@ def _cache_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    from .models import MODES, TrainConfig
+    from napari_histosge.models import MODES, TrainConfig
 
     defaults = TrainConfig()
     p.add_argument("--genes", help="file with one gene per line (default: highly variable genes)")
@@ -125,7 +126,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def _train_config(args: argparse.Namespace, device: str | None) -> TrainConfig:
     from dataclasses import replace
 
-    from .models import TrainConfig
+    from napari_histosge.models import TrainConfig
 
     cfg = TrainConfig()
     mode = cfg.mode if args.mode in (None, "superres") else args.mode
@@ -136,7 +137,7 @@ def _train_config(args: argparse.Namespace, device: str | None) -> TrainConfig:
 
 
 def _extract_options(args: argparse.Namespace, positions: str = "4x") -> ExtractOptions:
-    from .pipeline import ExtractOptions
+    from napari_histosge.workflows.pipeline import ExtractOptions
 
     return ExtractOptions(
         encoder=args.encoder,
@@ -151,8 +152,8 @@ def _extract_options(args: argparse.Namespace, positions: str = "4x") -> Extract
 
 
 def _open(args: argparse.Namespace, src: str) -> Slide:
-    from .io.wsi import is_wsi_path
-    from .pipeline import Slide
+    from napari_histosge.io.wsi import is_wsi_path
+    from napari_histosge.workflows.pipeline import Slide
 
     if is_wsi_path(src):
         raise CliError(
@@ -167,7 +168,7 @@ def _open(args: argparse.Namespace, src: str) -> Slide:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """``histosge convert SRC OUT.zarr``."""
-    from .io import convert
+    from napari_histosge.io import convert
 
     out = convert(args.src, args.out, overwrite=args.overwrite, um_per_px=args.um_per_px)
     print(f"wrote {out}")  # noqa: T201
@@ -176,12 +177,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def _check_inputs(args: argparse.Namespace) -> None:
     """Check the options that need no data: device and gene counts."""
-    from ._device import check_device
-    from .expression import MIN_GENES
+    from napari_histosge.base.device import check_device
+    from napari_histosge.expression import MIN_GENES
 
     check_device(getattr(args, "device", None))
     if getattr(args, "positions", None) is not None:
-        from .pipeline import parse_positions
+        from napari_histosge.workflows.pipeline import parse_positions
 
         parse_positions(args.positions)
     n_top = getattr(args, "n_top_genes", None)
@@ -193,7 +194,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
 
 def _read_genes(args: argparse.Namespace) -> list[str] | None:
-    from .expression import MIN_GENES
+    from napari_histosge.expression import MIN_GENES
 
     genes = read_lines(args.genes, "gene")
     if genes is not None and len(genes) < MIN_GENES:
@@ -218,9 +219,15 @@ def _pitch_px(args: argparse.Namespace, slide: Slide) -> float | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``histosge run STORE --out OUT.zarr``: features, training, prediction and export."""
-    from .checkpoints import save_checkpoint
-    from .pipeline import export_slide, iter_extract, iter_train, predict_slide, render_maps
-    from .store import check_target
+    from napari_histosge.models.checkpoints import save_checkpoint
+    from napari_histosge.store import check_target
+    from napari_histosge.workflows.pipeline import (
+        export_slide,
+        iter_extract,
+        iter_train,
+        predict_slide,
+        render_maps,
+    )
 
     t0 = time.perf_counter()
     src_path = Path(args.store)
@@ -248,7 +255,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     genes = _read_genes(args)
     slide = _open(args, args.store)
     if mode == "superres":
-        from ._cli_superres import run_superres
+        from .superres import run_superres
 
         return run_superres(args, slide, genes, _drive, _resolution(args))
     opts = _extract_options(args, args.positions)
@@ -285,10 +292,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``histosge predict SLIDE --checkpoint CKPT --out OUT.zarr``: apply a trained model."""
-    from .batch_predict import predict_he_slide, prediction_options
-    from .checkpoints import load_checkpoint
-    from .pipeline import ExtractOptions, export_slide
-    from .wsi_scale import iter_extract_blocked
+    from napari_histosge.models.checkpoints import load_checkpoint
+    from napari_histosge.workflows.batch_predict import predict_he_slide, prediction_options
+    from napari_histosge.workflows.pipeline import ExtractOptions, export_slide
+    from napari_histosge.workflows.whole_slide import iter_extract_blocked
 
     check_out(resolve_out(args), args.overwrite, Path(args.store))
     _check_inputs(args)
@@ -317,7 +324,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``histosge demo``: the whole workflow on the bundled sample, in napari when possible."""
-    from ._widgets._demo import run_demo
+    from napari_histosge._widgets._demo import run_demo
 
     return run_demo(out_dir=Path(args.out), headless=args.headless, genes=args.genes_shown)
 
@@ -328,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="histosge",
         description="Super-resolved gene expression from H&E and spot transcriptomics (HisToSGE).",
     )
-    from ._cli_superres import cell_args
+    from .superres import cell_args
 
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -397,8 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     _slide_args(p)
     p.set_defaults(func=cmd_predict)
 
-    from ._cli_evaluate import cmd_evaluate
-    from .cli_cohort import CliHelpers, add_cohort_commands
+    from .cohort import CliHelpers, add_cohort_commands
+    from .evaluate import cmd_evaluate
 
     helpers = CliHelpers(_drive, _read_genes, _open, _extract_options, _train_config, _check_inputs)
     add_cohort_commands(sub, helpers, (_slide_args, _feature_args, _train_args))

@@ -4,7 +4,7 @@ Each task opens one slide, runs the same steps as ``histosge run`` (features, tr
 prediction, maps, export) on a worker, writes ``<out_dir>/<slide name>.zarr`` and then a small
 completion marker ``<out_dir>/<slide name>.done.json``. The inputs are only read: the feature
 cache goes into the output store, and the input's image chunks are hard-linked into it (see
-:func:`~napari_histosge.export.write_predictions`). Each task limits torch and the BLAS
+:func:`~napari_histosge.workflows.export.write_predictions`). Each task limits torch and the BLAS
 libraries to its share of the cores (:func:`local_cluster_size`). The marker is written last and
 atomically, so a slide counts as complete only when both exist; a rerun skips complete slides and
 redoes the others (replacing a partial output). A failing slide is recorded in the report and
@@ -24,12 +24,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._progress import run_generator
+from napari_histosge.base.progress import run_generator
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .models import TrainConfig
+    from napari_histosge.models import TrainConfig
+
     from .pipeline import ExtractOptions, Slide, SlideFeatures
 
 __all__ = [
@@ -149,7 +150,7 @@ def warm_up() -> float:
 
     for name in _TASK_MODULES:
         try:
-            importlib.import_module(name, __package__)
+            importlib.import_module(name)
         except ModuleNotFoundError:
             if name not in _OPTIONAL_MODULES:
                 raise
@@ -170,17 +171,17 @@ _TASK_MODULES = (
     "ome_zarr.writer",
     "spatialdata._io.io_zarr",
     "pint",  # xarray looks for it when it first builds an index
-    ".checkpoints",
-    ".export",
-    ".features.extract",
-    ".features.histology",
-    ".io",
-    ".lazy_maps",
-    ".metrics",
-    ".models.attention",
-    ".models.smoothing",
-    ".pipeline",
-    ".train",
+    "napari_histosge.models.checkpoints",
+    "napari_histosge.workflows.export",
+    "napari_histosge.features.extract",
+    "napari_histosge.features.histology",
+    "napari_histosge.io",
+    "napari_histosge.lazy_maps",
+    "napari_histosge.metrics",
+    "napari_histosge.models.attention",
+    "napari_histosge.models.smoothing",
+    "napari_histosge.workflows.pipeline",
+    "napari_histosge.train",
 )
 
 
@@ -194,7 +195,7 @@ def _load_gene_ranking_kernels() -> None:
     import numpy as np
     import scipy.sparse as sp
 
-    from .expression import select_genes
+    from napari_histosge.expression import select_genes
 
     counts = np.random.default_rng(0).poisson(1.0, (40, 30)).astype(np.float64)
     select_genes(ad.AnnData(sp.csr_matrix(counts)), n_top_genes=10)
@@ -422,7 +423,7 @@ def run_batch(
         Times a task is retried after a failure.
     task
         ``task(src, out, job)`` run per slide: :func:`run_slide` by default, or
-        :func:`~napari_histosge.batch_predict.predict_slide_task` to apply a saved model.
+        :func:`~napari_histosge.workflows.batch_predict.predict_slide_task` to apply a saved model.
 
     Returns
     -------

@@ -1,10 +1,9 @@
 """The super-resolution step on a slide: superpixel grid, dense features, fit, maps.
 
-``iter_superres`` lays a grid of superpixels (``resolution_um``; by default 8 µm or a quarter
-of the smallest unit's diameter, whichever is finer) over the measured units, computes the
-dense image features once over that area, fits :mod:`napari_histosge.models.superres` to the
-units' footprints and returns the model with its grid; ``superres_maps`` renders any genes as
-:class:`~napari_histosge.maps.GeneMaps` placed on the H&E (one map pixel per superpixel).
+``iter_superres`` lays a grid of superpixels (8 µm or a quarter of the smallest unit's
+diameter) over the measured units, computes the dense image features once over that area, fits
+:mod:`~napari_histosge.models.superres` to the units' footprints and returns the model with its
+grid; ``superres_maps`` renders genes as :class:`~napari_histosge.maps.GeneMaps` on the H&E.
 """
 
 from __future__ import annotations
@@ -16,17 +15,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ._progress import Progress
-from .features.dense import DEFAULT_SCALES_UM
-from .features.superpixel_cache import cached_features
-from .maps import GeneMaps, pyramid_factors
-from .models.superres import SuperResConfig
+from napari_histosge.base.progress import Progress
+from napari_histosge.features.dense import DEFAULT_SCALES_UM
+from napari_histosge.features.superpixel_cache import cached_features
+from napari_histosge.maps import GeneMaps, pyramid_factors
+from napari_histosge.models.superres import SuperResConfig
 
 if TYPE_CHECKING:
-    from .geometry.footprints import SuperpixelGrid
-    from .models.superres import SuperResModel
-    from .pipeline import Slide
-    from .predict import Predictions
+    from napari_histosge.geometry.footprints import SuperpixelGrid
+    from napari_histosge.models.superres import SuperResModel
+    from napari_histosge.predict import Predictions
+    from napari_histosge.workflows.pipeline import Slide
 
 __all__ = [
     "DEFAULT_RESOLUTION_UM",
@@ -87,7 +86,7 @@ class SuperResOptions:
     config: SuperResConfig = field(default_factory=SuperResConfig)
 
     def __post_init__(self) -> None:
-        from ._validation import assert_at_least
+        from napari_histosge.base.validation import assert_at_least
 
         assert_at_least("batch_size", int(self.batch_size), 1)
         if self.resolution_um is not None and not (
@@ -119,7 +118,7 @@ class SuperResResult:
 
 
 def _unit_pitch(centres: np.ndarray) -> float:
-    from .geometry import lattice_pitch
+    from napari_histosge.geometry import lattice_pitch
 
     return lattice_pitch(centres) if len(centres) >= 2 else 1.0
 
@@ -136,7 +135,7 @@ def units_superpixel_grid(
     from scipy import ndimage
     from scipy.spatial import cKDTree
 
-    from .geometry.footprints import SuperpixelGrid, superpixel_grid
+    from napari_histosge.geometry.footprints import SuperpixelGrid, superpixel_grid
 
     pitch = _unit_pitch(centres) if pitch is None else pitch
     reach = max(0.75 * pitch, diameter_px / 2.0)
@@ -214,7 +213,7 @@ def unit_depths(table: Any) -> np.ndarray | None:
     >>> unit_depths(ad.AnnData(np.array([[0.5, 2.0], [0.0, 5.0]]))) is None
     True
     """
-    from .expression import count_matrix, is_log_normalized
+    from napari_histosge.expression import count_matrix, is_log_normalized
 
     if is_log_normalized(table):
         return None
@@ -246,7 +245,7 @@ def slide_grid(slide: Slide, resolution_um: float | None = None) -> SlideGrid:
     >>> sg = slide_grid(slide, 8.0)  # doctest: +SKIP
     >>> sg.grid.n, sg.resolution_um  # doctest: +SKIP
     """
-    from .geometry.footprints import default_resolution, unit_footprints
+    from napari_histosge.geometry.footprints import default_resolution, unit_footprints
 
     keys = slide.keys
     geom = slide.geometry
@@ -292,8 +291,8 @@ def iter_superres(
     --------
     >>> res = run_generator(iter_superres(slide, genes=["Gfap"]))  # doctest: +SKIP
     """
-    from .geometry.footprints import unit_membership
-    from .models.superres import iter_fit_superres
+    from napari_histosge.geometry.footprints import unit_membership
+    from napari_histosge.models.superres import iter_fit_superres
 
     opts = options or SuperResOptions()
     sg = slide_grid(slide, opts.resolution_um)
@@ -303,7 +302,7 @@ def iter_superres(
     yield Progress("superres", 0, 3, f"{grid.n} superpixels of {res_um:g} µm")
     feats, fmeta = yield from cached_features(slide, opts, pos, sg.step, sg.box, res_um)
     if opts.cell_features:
-        from .cells.features import iter_add_cell_features
+        from napari_histosge.cells.features import iter_add_cell_features
 
         feats, fmeta = yield from iter_add_cell_features(slide, feats, fmeta, pos)
     member = unit_membership(kind, footprints, pos)
@@ -411,7 +410,7 @@ def superres_predictions(slide: Slide, result: SuperResResult, *, chunk: int = 6
     rounding of the maps); the other genes then take the fitted values, so that a whole slide's
     maps are not computed once more for the table. Otherwise every gene is predicted.
     """
-    from .predict import Predictions
+    from napari_histosge.predict import Predictions
 
     model = result.model
     genes = list(model.genes)
@@ -462,15 +461,16 @@ def export_superres(
     maps' standard deviations) is written too and the table's ``var`` holds each gene's
     reliability; ``domains=k`` adds ``histosge_domains`` and ``histosge_domain_genes``.
     ``extra`` holds further parsed ``histosge_*`` elements (see
-    :func:`napari_histosge.export.build_output`).
+    :func:`napari_histosge.workflows.export.build_output`).
 
     Examples
     --------
     >>> path, maps = export_superres(slide, res, out="out.zarr", domains=6)  # doctest: +SKIP
     """
+    from napari_histosge.models.domains import superres_domains
+    from napari_histosge.store import UNCERTAINTY_KEY
+
     from .export import domain_elements, parse_maps, write_predictions
-    from .models.domains import superres_domains
-    from .store import UNCERTAINTY_KEY
 
     preds = superres_predictions(slide, result)
     maps = superres_maps(result)

@@ -5,7 +5,7 @@ share :func:`predict_he_slide`: open the slide (a store, or a whole-slide file r
 through its pyramid), find the tissue at low resolution, lay the model's training lattice over
 it, embed those positions with the model's encoder and patch sizes, predict from image and
 coordinates alone and render the maps. In a batch, :func:`predict_slide_task` runs it as one
-task per slide with the resumable markers and report of :func:`~napari_histosge.batch.run_batch`.
+task per slide with the resumable markers and report of :func:`.batch.run_batch`.
 """
 
 from __future__ import annotations
@@ -17,16 +17,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._progress import run_generator
+from napari_histosge.base.progress import run_generator
+
 from .batch import SlideJob, _worker_address, _worker_threads, marker_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .maps import GeneMaps
-    from .models.trained import TrainedModel
+    from napari_histosge.maps import GeneMaps
+    from napari_histosge.models.trained import TrainedModel
+    from napari_histosge.predict import Predictions
+
     from .pipeline import ExtractOptions, Slide, SlideFeatures
-    from .predict import Predictions
 
 __all__ = ["PredictJob", "predict_he_slide", "predict_slide_task", "prediction_options"]
 
@@ -44,7 +46,7 @@ class PredictJob(SlideJob):
     resolution_um
         Map pixel side in µm; a quarter of the position spacing when ``None``.
 
-    Other fields as :class:`~napari_histosge.batch.SlideJob` (``extract`` gives the weights,
+    Other fields as :class:`.batch.SlideJob` (``extract`` gives the weights,
     device, batch size, positions and cache; the encoder and patch sizes are the model's).
     """
 
@@ -100,7 +102,7 @@ def predict_he_slide(
         Map pixel side in µm.
     extract
         ``extract(slide, options)`` giving the features;
-        :func:`~napari_histosge.wsi_scale.iter_extract_blocked` run to the end when ``None``
+        :func:`.whole_slide.iter_extract_blocked` run to the end when ``None``
         (block by block on a large slide; the store's cache on a small one).
 
     Returns
@@ -113,7 +115,7 @@ def predict_he_slide(
     """
     from .pipeline import predict_slide
     from .sections import open_for_prediction
-    from .wsi_scale import iter_extract_blocked, rasterize_gaussian_lazy
+    from .whole_slide import iter_extract_blocked, rasterize_gaussian_lazy
 
     slide = open_for_prediction(src, um_per_px=um_per_px, model=model, **(keys or {}))
     if extract is None:
@@ -128,7 +130,7 @@ def predict_he_slide(
 
 def _extract_without_writing(slide: Slide, options: ExtractOptions) -> SlideFeatures:
     """Extract block by block, any cache kept in memory (written out with the outputs)."""
-    from .wsi_scale import iter_extract_blocked
+    from .whole_slide import iter_extract_blocked
 
     path = slide.sdata.path
     slide.sdata.path = None
@@ -178,8 +180,9 @@ def predict_slide_task(src: str, out: str, job: PredictJob) -> dict[str, Any]:
     import torch
     from threadpoolctl import threadpool_limits
 
+    from napari_histosge.models.checkpoints import load_checkpoint
+
     from .batch import _write_marker, slide_name
-    from .checkpoints import load_checkpoint
     from .pipeline import export_slide
 
     if not job.checkpoint:

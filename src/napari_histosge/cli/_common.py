@@ -48,7 +48,7 @@ def check_out(out: str, overwrite: bool, source: Path | None) -> Path:
     Into the input store itself, earlier ``histosge_*`` outputs there are refused without
     ``--overwrite`` before any work is done.
     """
-    from .store import ELEMENT_KINDS, check_target
+    from napari_histosge.store import ELEMENT_KINDS, check_target
 
     path = check_target(out, overwrite=overwrite, kind="store", inputs=[source], allow_input=True)
     if source is not None and path == Path(source).expanduser().resolve() and not overwrite:

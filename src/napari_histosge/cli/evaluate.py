@@ -6,22 +6,23 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from ._cli_io import CliError, read_lines
-from ._store_elements import write_text_atomic
+from napari_histosge._store_elements import write_text_atomic
+
+from ._common import CliError, read_lines
 
 if TYPE_CHECKING:
-    from .cli_cohort import CliHelpers
+    from .cohort import CliHelpers
 
 __all__ = ["cmd_evaluate"]
 
 
 def cmd_evaluate(args: argparse.Namespace, *, helpers: CliHelpers) -> int:
     """``histosge evaluate STORE --holdout-spots FILE``: held-out accuracy with baselines."""
-    from .evaluate import evaluate_holdout
-    from .store import check_target
+    from napari_histosge.evaluate import evaluate_holdout
+    from napari_histosge.store import check_target
 
     if args.superres_pool is not None:
-        from ._cli_superres import evaluate_pooled
+        from .superres import evaluate_pooled
 
         return evaluate_pooled(args, helpers.drive, helpers.open, helpers.read_genes)
     if args.mode == "superres":
