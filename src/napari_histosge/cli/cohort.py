@@ -1,47 +1,40 @@
-"""The ``histosge train`` (several sections) and ``histosge batch`` (a cohort) commands.
-
-:mod:`napari_histosge.cli` registers them with :func:`add_cohort_commands`, handing over its
-argument and option helpers, so that this module does not import the command line module.
-"""
+"""Commands on many sections or slides: ``train`` (one model) and ``batch`` (a cohort)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CliHelpers", "add_cohort_commands", "cmd_batch", "cmd_train"]
+from ._common import (
+    check_inputs,
+    drive,
+    extract_options,
+    feature_args,
+    open_slide,
+    read_genes,
+    slide_args,
+    train_args,
+    train_config,
+)
+
+__all__ = ["add_commands", "cmd_batch", "cmd_train"]
 
 
-@dataclass(frozen=True)
-class CliHelpers:
-    """The command line's shared helpers: progress driver, gene file, slide and options."""
-
-    drive: Callable[..., Any]
-    read_genes: Callable[[argparse.Namespace], list[str] | None]
-    open: Callable[[argparse.Namespace, str], Any]
-    extract_options: Callable[..., Any]
-    train_config: Callable[[argparse.Namespace, str | None], Any]
-    check_inputs: Callable[[argparse.Namespace], None]
-
-
-def cmd_train(args: argparse.Namespace, *, helpers: CliHelpers) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     """``histosge train STORE... --checkpoint-out DIR``: one model on several sections."""
     from napari_histosge.models.checkpoints import save_checkpoint
     from napari_histosge.workflows.sections import iter_train_sections
 
-    helpers.check_inputs(args)
-    genes = helpers.read_genes(args)
-    config = helpers.train_config(args, args.device)
-    slides = [helpers.open(args, s) for s in args.stores]
-    model = helpers.drive(
+    check_inputs(args)
+    genes = read_genes(args)
+    config = train_config(args, args.device)
+    slides = [open_slide(args, s) for s in args.stores]
+    model = drive(
         iter_train_sections(
             slides,
-            options=helpers.extract_options(args),
+            options=extract_options(args),
             config=config,
             genes=genes,
             n_top_genes=args.n_top_genes,
@@ -57,7 +50,7 @@ def cmd_train(args: argparse.Namespace, *, helpers: CliHelpers) -> int:
     return 0
 
 
-def cmd_batch(args: argparse.Namespace, *, helpers: CliHelpers) -> int:
+def cmd_batch(args: argparse.Namespace) -> int:
     """``histosge batch SLIDE... --out-dir DIR``: one ``run`` per slide on dask.distributed.
 
     With ``--checkpoint``, one ``predict`` of that model per slide instead.
@@ -65,9 +58,9 @@ def cmd_batch(args: argparse.Namespace, *, helpers: CliHelpers) -> int:
     from napari_histosge.io.wsi import is_wsi_path
     from napari_histosge.workflows.batch import SlideJob, run_batch
 
-    helpers.check_inputs(args)
+    check_inputs(args)
     if args.checkpoint:
-        return _report(args, _predict_batch(args, helpers))
+        return _report(args, _predict_batch(args))
     files = [s for s in args.stores if is_wsi_path(s)]
     if files:
         raise ValueError(
@@ -75,10 +68,10 @@ def cmd_batch(args: argparse.Namespace, *, helpers: CliHelpers) -> int:
             f"files (H&E only) such as `{files[0]}`; apply a trained model to them with "
             "--checkpoint MODEL."
         )
-    genes = helpers.read_genes(args)
+    genes = read_genes(args)
     job = SlideJob(
-        extract=helpers.extract_options(args, args.positions),
-        config=helpers.train_config(args, args.device),
+        extract=extract_options(args, args.positions),
+        config=train_config(args, args.device),
         genes=tuple(genes) if genes else None,
         n_top_genes=args.n_top_genes,
         keys={
@@ -93,7 +86,7 @@ def cmd_batch(args: argparse.Namespace, *, helpers: CliHelpers) -> int:
     return _report(args, report)
 
 
-def _predict_batch(args: argparse.Namespace, helpers: CliHelpers) -> Any:
+def _predict_batch(args: argparse.Namespace) -> Any:
     """Apply ``--checkpoint`` to every slide (no training): one prediction task per slide."""
     from napari_histosge.workflows.batch import run_batch
     from napari_histosge.workflows.batch_predict import PredictJob, predict_slide_task
@@ -105,7 +98,7 @@ def _predict_batch(args: argparse.Namespace, helpers: CliHelpers) -> Any:
             f"Expected a model at --checkpoint `{args.checkpoint}`, found none."
         )
     job = PredictJob(
-        extract=helpers.extract_options(args, args.positions),
+        extract=extract_options(args, args.positions),
         keys={k: getattr(args, k) for k in ("image_key", "spots_key", "table_key")},
         checkpoint=str(Path(args.checkpoint).resolve()),
         um_per_px=args.um_per_px,
@@ -130,26 +123,15 @@ def _report(args: argparse.Namespace, report: Any) -> int:
     return 1 if counts.get("failed", 0) else 0
 
 
-def add_cohort_commands(
-    sub: Any,
-    helpers: CliHelpers,
-    arg_groups: Sequence[Callable[[argparse.ArgumentParser], None]],
-) -> None:
-    """Add ``train`` and ``batch`` to the ``histosge`` subparsers.
-
-    ``arg_groups`` add the slide-key, feature and training options shared with ``run``.
-
-    Examples
-    --------
-    >>> add_cohort_commands(sub, helpers, (slide_args, feature_args, train_args))  # doctest: +SKIP
-    """
+def add_commands(sub: Any) -> None:
+    """Add ``train`` and ``batch`` to the ``histosge`` subparsers."""
     p = sub.add_parser("train", help="train one model on several sections (no prediction)")
     p.add_argument("stores", nargs="+", help="input sections, each with spots and a table")
     p.add_argument("--checkpoint-out", required=True, help="output model folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    for add in arg_groups:
+    for add in (slide_args, feature_args, train_args):
         add(p)
-    p.set_defaults(func=partial(cmd_train, helpers=helpers))
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("batch", help="run many slides, one task per slide on dask.distributed")
     p.add_argument(
@@ -172,6 +154,6 @@ def add_cohort_commands(
     )
     p.add_argument("--um-per-px", type=float, help="µm per pixel for slides that record none")
     p.add_argument("--resolution-um", type=float, help="map pixel side in µm (with --checkpoint)")
-    for add in arg_groups:
+    for add in (slide_args, feature_args, train_args):
         add(p)
-    p.set_defaults(func=partial(cmd_batch, helpers=helpers))
+    p.set_defaults(func=cmd_batch)

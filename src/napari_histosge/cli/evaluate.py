@@ -4,27 +4,38 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING
+import sys
+from typing import TYPE_CHECKING, Any
 
 from napari_histosge._store_elements import write_text_atomic
 
-from ._common import CliError, read_lines
+from ._common import (
+    CliError,
+    check_inputs,
+    drive,
+    extract_options,
+    feature_args,
+    open_slide,
+    read_genes,
+    read_lines,
+    slide_args,
+    train_args,
+    train_config,
+)
 
 if TYPE_CHECKING:
-    from .cohort import CliHelpers
+    pass
 
-__all__ = ["cmd_evaluate"]
+__all__ = ["add_commands", "cmd_evaluate"]
 
 
-def cmd_evaluate(args: argparse.Namespace, *, helpers: CliHelpers) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     """``histosge evaluate STORE --holdout-spots FILE``: held-out accuracy with baselines."""
     from napari_histosge.evaluate import evaluate_holdout
     from napari_histosge.store import check_target
 
     if args.superres_pool is not None:
-        from .superres import evaluate_pooled
-
-        return evaluate_pooled(args, helpers.drive, helpers.open, helpers.read_genes)
+        return _evaluate_pooled(args)
     if args.mode == "superres":
         raise CliError(
             "Expected --mode improved or faithful with --holdout-spots, found superres; the "
@@ -45,18 +56,18 @@ def cmd_evaluate(args: argparse.Namespace, *, helpers: CliHelpers) -> int:
     ]
     if targets[0] == targets[1]:
         raise CliError("Expected --predictions-out and --metrics-out to differ, found one path.")
-    helpers.check_inputs(args)
+    check_inputs(args)
     holdout = read_lines(args.holdout_spots, "held-out spot id")
-    genes = helpers.read_genes(args)
-    slide = helpers.open(args, args.store)
-    result = helpers.drive(
+    genes = read_genes(args)
+    slide = open_slide(args, args.store)
+    result = drive(
         evaluate_holdout(
             slide,
             holdout=holdout,
             genes=genes,
             n_top_genes=args.n_top_genes,
-            extract=helpers.extract_options(args),
-            config=helpers.train_config(args, args.device),
+            extract=extract_options(args),
+            config=train_config(args, args.device),
         ),
         quiet=args.quiet,
     )
@@ -69,3 +80,73 @@ def cmd_evaluate(args: argparse.Namespace, *, helpers: CliHelpers) -> int:
     )
     print(f"held-out mean Pearson r: {summary}")  # noqa: T201
     return 0
+
+
+def _evaluate_pooled(args: argparse.Namespace) -> int:
+    """``histosge evaluate STORE --superres-pool F --metrics-out M.json``."""
+    from napari_histosge._store_elements import write_text_atomic
+    from napari_histosge.base.json_io import json_default
+    from napari_histosge.evaluate.calibration import evaluate_superres_pool
+    from napari_histosge.store import check_target
+    from napari_histosge.workflows.superres import SuperResOptions
+
+    if args.superres_pool < 2:
+        raise ValueError(f"Expected --superres-pool 2 or more, found `{args.superres_pool}`.")
+    if args.holdout_spots or args.predictions_out:
+        raise ValueError(
+            "Expected no --holdout-spots or --predictions-out with --superres-pool (every real "
+            "unit is scored), found them."
+        )
+    if not args.metrics_out:
+        raise ValueError("Expected --metrics-out M.json with --superres-pool, found none.")
+    target = check_target(
+        args.metrics_out, overwrite=args.overwrite, kind="file", inputs=[args.store],
+        option="--metrics-out",
+    )  # fmt: skip
+    genes = read_genes(args)
+    slide = open_slide(args, args.store)
+    opts = SuperResOptions.from_seed(
+        args.seed, resolution_um=getattr(args, "resolution_um", None), encoder=args.encoder,
+        weights=args.weights, device=args.device, cache=not args.no_cache,
+    )  # fmt: skip
+    gen = evaluate_superres_pool(
+        slide, factor=args.superres_pool, genes=genes, n_genes=min(args.n_top_genes, 250)
+        if genes is None else len(genes), options=opts,
+    )  # fmt: skip
+    metrics = drive(gen, quiet=args.quiet)
+    metrics["command"] = " ".join(sys.argv)
+    metrics["source"] = str(args.store)
+    write_text_atomic(target, json.dumps(metrics, indent=2, default=json_default))
+    args.written.append(str(target))
+    print(  # noqa: T201
+        f"pooled {args.superres_pool}x{args.superres_pool}, {metrics['n_units']} units, "
+        f"{metrics['n_genes']} genes: mean r map {metrics['r_map']:.3f}, own unit "
+        f"{metrics['r_own_unit']:.3f}, kNN {metrics['r_knn']:.3f}, smoothing + low rank "
+        f"{metrics['r_smooth_lowrank']:.3f}; inside the 50/80/95 % intervals "
+        f"{metrics['coverage_50']:.2f}/{metrics['coverage_80']:.2f}/{metrics['coverage_95']:.2f}"
+    )
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Add ``evaluate`` to the ``histosge`` subparsers."""
+    p = sub.add_parser("evaluate", help="held-out accuracy of the model and of baselines")
+    p.add_argument("store", help="input slide")
+    p.add_argument("--holdout-spots", help="file with held-out spot ids, one per line")
+    p.add_argument(
+        "--superres-pool",
+        type=int,
+        metavar="F",
+        help="pool FxF units into pseudo-units, fit the superres map on them and score every "
+        "real unit: accuracy against baselines and predictive-interval coverage",
+    )
+    p.add_argument("--predictions-out", help="CSV: held-out spots x genes")
+    p.add_argument("--metrics-out", required=True, help="JSON: per-gene r, MSE, MAE and means")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace existing --predictions-out/--metrics-out"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    slide_args(p)
+    feature_args(p)
+    train_args(p)
+    p.set_defaults(func=cmd_evaluate)
