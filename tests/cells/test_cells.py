@@ -236,3 +236,162 @@ def test_tiles_in_worker_processes_give_the_same_nuclei(synthetic):
     two = segment_nuclei(image, 1.0, options=NucleiOptions(tile_px=256, workers=2))
     assert two.n == one.n
     assert np.array_equal(_labels(one), _labels(two))
+
+
+def _stored_slide(path: Path):
+    import spatialdata as sd
+
+    from napari_histosge.workflows.pipeline import Slide
+
+    return Slide.open(sd.read_zarr(path))
+
+
+def _no_segmentation(monkeypatch) -> None:
+    from napari_histosge.cells import table
+
+    def refuse(*_a, **_k):
+        raise AssertionError("segmented again instead of reading the store's cache")
+
+    monkeypatch.setattr(table, "iter_segment_nuclei", refuse)
+
+
+def test_nuclei_are_cached_in_the_store(tmp_path, synthetic, monkeypatch):
+    import dask.array as da
+
+    from napari_histosge.base.progress import run_generator
+    from napari_histosge.cells.cache import NUCLEI_CACHE_KEY, NUCLEI_CACHE_TABLE
+    from napari_histosge.cells.table import iter_grid_nuclei
+    from napari_histosge.store import write_sdata
+    from napari_histosge.workflows.superres import slide_grid
+
+    store = tmp_path / "syn.zarr"
+    write_sdata(synthetic.sdata, store)
+    slide = _stored_slide(store)
+    grid = slide_grid(slide).grid
+    first = run_generator(iter_grid_nuclei(slide, grid))
+    assert first.meta["from_cache"] is False
+    assert (store / "labels" / NUCLEI_CACHE_KEY).is_dir()
+    assert (store / "tables" / NUCLEI_CACHE_TABLE).is_dir()
+    labels, table = np.asarray(first.labels.compute()), first.table.copy()
+    first.close()
+
+    again = _stored_slide(store)  # a later run: the store read afresh
+    with monkeypatch.context() as m:
+        _no_segmentation(m)
+        hit = run_generator(iter_grid_nuclei(again, grid))
+    assert hit.meta["from_cache"] is True
+    assert (hit.factor, hit.offset_px, hit.um_per_px) == (
+        first.factor,
+        first.offset_px,
+        first.um_per_px,
+    )
+    assert np.array_equal(np.asarray(hit.labels.compute()), labels)
+    assert np.allclose(hit.table.to_numpy(), table.to_numpy())
+    assert list(hit.table.index) == list(table.index)
+
+    # another parameter, another grid or another image: segmented again
+    other = run_generator(iter_grid_nuclei(again, grid, NucleiOptions(sigma_um=1.0)))
+    assert other.meta["from_cache"] is False
+    coarser = slide_grid(again, 2 * slide_grid(again).resolution_um).grid
+    assert run_generator(iter_grid_nuclei(again, coarser)).meta["from_cache"] is False
+    assert run_generator(iter_grid_nuclei(again, coarser)).meta["from_cache"] is True
+    image = again.sdata.images[again.keys.image_key]
+    brighter = image.copy(data=da.minimum(image.data.astype(np.int16) + 1, 255).astype(np.uint8))
+    again.sdata.images[again.keys.image_key] = brighter
+    assert run_generator(iter_grid_nuclei(again, coarser)).meta["from_cache"] is False
+    # no cache asked: neither read nor written
+    again.sdata.images[again.keys.image_key] = image
+    nuc = run_generator(iter_grid_nuclei(again, grid, cache=False))
+    assert nuc.meta["from_cache"] is False
+    assert nuc._cleanup is not None
+    nuc.close()
+
+
+def test_workers_do_not_change_the_nuclei_key(synthetic):
+    from napari_histosge.cells.table import grid_nuclei_key
+    from napari_histosge.workflows.pipeline import Slide
+    from napari_histosge.workflows.superres import slide_grid
+
+    slide = Slide.open(synthetic.sdata)
+    grid = slide_grid(slide).grid
+    key, prov = grid_nuclei_key(slide, grid, NucleiOptions())
+    assert grid_nuclei_key(slide, grid, NucleiOptions(workers=2))[0] == key
+    assert grid_nuclei_key(slide, grid, NucleiOptions(max_diameter_um=12.0))[0] != key
+    assert prov["options"]["method"] == "classical"
+    assert "workers" not in prov["options"]
+
+
+def test_a_half_written_nuclei_cache_is_a_miss(tmp_path, synthetic):
+    from napari_histosge.base.progress import run_generator
+    from napari_histosge.cells.cache import NUCLEI_CACHE_TABLE
+    from napari_histosge.cells.table import iter_grid_nuclei
+    from napari_histosge.store import write_element_atomic, write_sdata
+    from napari_histosge.workflows.superres import slide_grid
+
+    store = tmp_path / "syn.zarr"
+    write_sdata(synthetic.sdata, store)
+    slide = _stored_slide(store)
+    grid = slide_grid(slide).grid
+    run_generator(iter_grid_nuclei(slide, grid)).close()
+    # a write interrupted after the labels: their table is gone
+    write_element_atomic(store, "tables", NUCLEI_CACHE_TABLE, None)
+    again = _stored_slide(store)
+    nuc = run_generator(iter_grid_nuclei(again, grid))
+    assert nuc.meta["from_cache"] is False
+    assert _stored_slide(store).sdata.tables[NUCLEI_CACHE_TABLE].n_obs == nuc.n
+
+
+def test_a_store_that_cannot_be_written_segments_with_a_warning(tmp_path, synthetic, monkeypatch):
+    from napari_histosge import store as store_module
+    from napari_histosge.base.progress import run_generator
+    from napari_histosge.cells.table import iter_grid_nuclei
+    from napari_histosge.store import write_sdata
+    from napari_histosge.workflows.superres import slide_grid
+
+    store = tmp_path / "syn.zarr"
+    write_sdata(synthetic.sdata, store)
+    slide = _stored_slide(store)
+    grid = slide_grid(slide).grid
+
+    def refuse(*_a, **_k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(store_module, "write_element_atomic", refuse)
+    with pytest.warns(UserWarning, match="nuclei not cached .*Permission denied"):
+        nuc = run_generator(iter_grid_nuclei(slide, grid))
+    assert nuc.n > 20
+    assert nuc.meta["from_cache"] is False
+    assert np.asarray(nuc.labels.compute()).max() == nuc.n
+    nuc.close()
+    assert not (store / "labels").exists()
+
+
+@pytest.mark.slow
+def test_a_second_run_cells_reads_the_nuclei_from_the_store(
+    tmp_path, synthetic, monkeypatch, capsys
+):
+    import spatialdata as sd
+
+    from napari_histosge.cli import main
+    from napari_histosge.store import write_sdata
+
+    store = tmp_path / "syn.zarr"
+    write_sdata(synthetic.sdata, store)
+    argv = ["run", str(store), "--cells", "--seed", "0", "--n-top-genes", "4"]
+    assert main([*argv, "--out", str(tmp_path / "a.zarr")]) == 0
+    assert "nuclei segmented" in capsys.readouterr().out
+    with monkeypatch.context() as m:
+        _no_segmentation(m)
+        assert main([*argv, "--out", str(tmp_path / "b.zarr")]) == 0
+    assert "nuclei from the store's cache" in capsys.readouterr().out
+    _check_contract(tmp_path / "b.zarr")
+    a, b = (sd.read_zarr(tmp_path / f"{n}.zarr") for n in "ab")
+    for name in ("histosge_nuclei",):
+        la, lb = (np.asarray(s.labels[name]["scale0"]["image"].data) for s in (a, b))
+        assert np.array_equal(la, lb)
+    assert np.allclose(
+        np.asarray(a.tables["histosge_cells"].X), np.asarray(b.tables["histosge_cells"].X)
+    )
+    # --no-cache segments again
+    assert main([*argv, "--out", str(tmp_path / "c.zarr"), "--no-cache"]) == 0
+    assert "nuclei segmented" in capsys.readouterr().out

@@ -19,6 +19,7 @@ import numpy as np
 from napari_histosge.base.progress import Progress, run_generator
 from napari_histosge.store import CELLS_KEY, NUCLEI_KEY
 
+from .cache import labels_element, lookup_nuclei, nuclei_key, store_nuclei
 from .segment import Nuclei, NucleiOptions, iter_segment_nuclei
 
 if TYPE_CHECKING:
@@ -29,7 +30,9 @@ __all__ = [
     "NUCLEI_KEY",
     "add_cells_to_store",
     "cell_membership",
+    "grid_nuclei_key",
     "iter_add_cells",
+    "iter_grid_nuclei",
     "morph_classes",
 ]
 
@@ -205,22 +208,6 @@ def cell_values(member: Any, result: Any, maps: Any, genes: list[str]) -> np.nda
     return out
 
 
-def _labels_element(nuc: Nuclei, image_tf: dict[str, Any]) -> Any:
-    from spatialdata.models import Labels2DModel
-    from spatialdata.transformations import Scale, Sequence, Translation
-
-    f = float(nuc.factor)
-    shift = Translation(list(nuc.offset_px), axes=("x", "y"))
-    tf = {cs: Sequence([Scale([f, f], axes=("x", "y")), shift, t]) for cs, t in image_tf.items()}
-    factors = []  # always multiscale: at least one level, more down to about 512 px
-    side = max(nuc.labels.shape)
-    while side >= 2 and len(factors) < 5 and (not factors or side >= 512):
-        factors.append(2)
-        side //= 2
-    extra = {"scale_factors": factors} if factors else {}
-    return Labels2DModel.parse(nuc.labels, dims=("y", "x"), transformations=tf, **extra)
-
-
 def _cells_table(
     slide: Any, nuc: Nuclei, values: np.ndarray, genes: list[str], area: np.ndarray, seed: int
 ) -> Any:
@@ -237,7 +224,7 @@ def _cells_table(
     unit, nearest = _units(slide, xy) if nuc.n else (np.zeros(0, str), np.zeros(0, str))
     obs = pd.DataFrame(
         {
-            "region": pd.Categorical([NUCLEI_KEY] * nuc.n),
+            "region": pd.Categorical([NUCLEI_KEY] * nuc.n, categories=[NUCLEI_KEY]),
             "nucleus_id": ids,
             "x_um": xy[:, 0] * um0,
             "y_um": xy[:, 1] * um0,
@@ -280,6 +267,68 @@ def grid_keep(grid: SuperpixelGrid) -> Any:
     return keep
 
 
+def grid_extent(grid: SuperpixelGrid) -> tuple[float, float, float, float]:
+    """``(x0, y0, x1, y1)`` of the area a superpixel grid covers (scale-0 pixels)."""
+    half = grid.step / 2
+    pos = grid.positions
+    return (*(pos.min(0) - half), *(pos.max(0) + half))
+
+
+def grid_nuclei_key(
+    slide: Any, grid: SuperpixelGrid, options: NucleiOptions
+) -> tuple[str, dict[str, Any]]:
+    """Cache key of the nuclei of ``slide`` on ``grid`` (:func:`.cache.nuclei_key`)."""
+    from napari_histosge.features.cache import positions_digest
+
+    keys = slide.keys
+    kept = f"superpixels {positions_digest(grid.positions)} step {float(grid.step):.6g}"
+    image = slide.sdata.images[keys.image_key]
+    um = float(slide.geometry.um_per_px)
+    return nuclei_key(image, keys.image_key, um, options, grid_extent(grid), kept)
+
+
+def iter_grid_nuclei(
+    slide: Any, grid: SuperpixelGrid, options: NucleiOptions | None = None, *, cache: bool = True
+) -> Generator[Progress, None, Nuclei]:
+    """Return the nuclei whose centroid lies on the grid: from the store's cache, or segmented.
+
+    Segmented nuclei are cached in the store ``slide`` was read from (:mod:`.cache`) when
+    ``cache``; ``meta["from_cache"]`` says which. Close the nuclei once used.
+
+    Examples
+    --------
+    >>> nuc = run_generator(iter_grid_nuclei(slide, res.grid))  # doctest: +SKIP
+    """
+    from spatialdata.transformations import get_transformation
+
+    opts = options or NucleiOptions()
+    key, provenance = grid_nuclei_key(slide, grid, opts)
+    if cache:
+        hit = lookup_nuclei(slide.sdata, key)
+        if hit is not None:
+            yield Progress("nuclei", 1, 1, f"{hit.n} nuclei read from the store's cache")
+            return hit
+    image = slide.sdata.images[slide.keys.image_key]
+    um = float(slide.geometry.um_per_px)
+    nuc = yield from iter_segment_nuclei(
+        image, um, extent=grid_extent(grid), keep=grid_keep(grid), options=opts
+    )
+    nuc.meta["from_cache"] = False
+    if not cache:
+        return nuc
+    try:
+        image_tf = dict(get_transformation(image, get_all=True))
+        stored = store_nuclei(slide.sdata, nuc, key, provenance, image_tf)
+    except BaseException:
+        nuc.close()
+        raise
+    if stored is None:
+        return nuc
+    nuc.close()
+    stored.meta["from_cache"] = False
+    return stored
+
+
 def iter_add_cells(
     out: str | Path,
     slide: Any,
@@ -288,6 +337,8 @@ def iter_add_cells(
     maps: Any = None,
     options: NucleiOptions | None = None,
     seed: int = 0,
+    cache: bool = True,
+    nuclei: Nuclei | None = None,
 ) -> Generator[Progress, None, dict[str, Any]]:
     """Segment nuclei on the superres grid, and write ``histosge_nuclei`` and ``histosge_cells``.
 
@@ -305,6 +356,12 @@ def iter_add_cells(
         Segmentation and footprint settings.
     seed
         Seed of the morphological classes.
+    cache
+        Read the nuclei from the input store's cache, and cache them there when segmented
+        (:func:`iter_grid_nuclei`).
+    nuclei
+        Nuclei already segmented on ``result.grid`` (the caller closes them); segmented or
+        read from the cache when ``None``.
 
     Returns
     -------
@@ -319,12 +376,12 @@ def iter_add_cells(
     opts = options or NucleiOptions()
     t0 = time.perf_counter()
     grid = result.grid
-    half = grid.step / 2
-    pos = grid.positions
-    extent = (*(pos.min(0) - half), *(pos.max(0) + half))
     image = slide.sdata.images[slide.keys.image_key]
-    nuc = yield from iter_segment_nuclei(
-        image, slide.geometry.um_per_px, extent=extent, keep=grid_keep(grid), options=opts
+    given = nuclei is not None
+    nuc = (
+        nuclei
+        if nuclei is not None
+        else (yield from iter_grid_nuclei(slide, grid, opts, cache=cache))
     )
     try:
         t1 = time.perf_counter()
@@ -334,12 +391,14 @@ def iter_add_cells(
         table = _cells_table(slide, nuc, values, genes, area, seed)
         image_tf = dict(get_transformation(image, get_all=True))
         t2 = time.perf_counter()
-        write_element_atomic(Path(out), "labels", NUCLEI_KEY, _labels_element(nuc, image_tf))
+        write_element_atomic(Path(out), "labels", NUCLEI_KEY, labels_element(nuc, image_tf))
         write_element_atomic(Path(out), "tables", CELLS_KEY, table)
     finally:
-        nuc.close()
+        if not given:
+            nuc.close()
     return {
         "n_cells": nuc.n,
+        "from_cache": bool(nuc.meta.get("from_cache")),
         "segment_s": round(t1 - t0, 2),
         "cells_s": round(t2 - t1, 2),
         "write_s": round(time.perf_counter() - t2, 2),
