@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from napari_histosge.base.progress import run_generator
 
+from ._slide_task import is_complete, marker_path, slide_name, slide_task
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -57,7 +59,6 @@ REPORT_COLUMNS = (
     "worker",
     "cpu_seconds",
 )
-MARKER_SUFFIX = ".done.json"
 
 
 @dataclass(frozen=True)
@@ -86,50 +87,6 @@ class SlideJob:
     n_top_genes: int = 1000
     keys: dict[str, str | None] = field(default_factory=dict)
     torch_threads: int | None = None
-
-
-def slide_name(src: str | Path) -> str:
-    """Name of a slide's outputs: the store's folder or slide file's name, without its ending.
-
-    Examples
-    --------
-    >>> slide_name("/data/A1.zarr/"), slide_name("/archive/B7.svs")
-    ('A1', 'B7')
-    """
-    name = Path(str(src).rstrip("/")).name
-    stem, suffix = os.path.splitext(name)
-    return stem if suffix.lower() in (".zarr", ".svs", ".tif", ".tiff", ".ndpi", ".scn") else name
-
-
-def marker_path(out: str | Path) -> Path:
-    """Return the completion marker written beside an output store.
-
-    Examples
-    --------
-    >>> marker_path("/out/A1.zarr").name
-    'A1.done.json'
-    """
-    out = Path(out)
-    return out.parent / f"{slide_name(out)}{MARKER_SUFFIX}"
-
-
-def is_complete(out: str | Path) -> bool:
-    """Whether ``out`` was fully written by a batch task (store and marker both present).
-
-    Examples
-    --------
-    >>> is_complete("/nonexistent/A1.zarr")
-    False
-    """
-    out = Path(out)
-    return out.is_dir() and marker_path(out).is_file()
-
-
-def _write_marker(out: Path, record: dict[str, Any]) -> None:
-    path = marker_path(out)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
 
 
 def warm_up() -> float:
@@ -201,24 +158,6 @@ def _load_gene_ranking_kernels() -> None:
     select_genes(ad.AnnData(sp.csr_matrix(counts)), n_top_genes=10)
 
 
-def _worker_threads() -> int:
-    try:
-        from distributed import get_worker
-
-        return max(1, int(get_worker().state.nthreads))
-    except (ImportError, ValueError, AttributeError):
-        return 1
-
-
-def _worker_address() -> str:
-    try:
-        from distributed import get_worker
-
-        return str(get_worker().address)
-    except (ImportError, ValueError):
-        return f"local:{os.getpid()}"
-
-
 def run_slide(src: str, out: str, job: SlideJob) -> dict[str, Any]:
     """Run one slide end to end and write ``out`` plus its completion marker (one task).
 
@@ -243,53 +182,25 @@ def run_slide(src: str, out: str, job: SlideJob) -> dict[str, Any]:
     --------
     >>> run_slide("A.zarr", "out/A.zarr", SlideJob())  # doctest: +SKIP
     """
-    import dask
-    import torch
-    from threadpoolctl import threadpool_limits
-
     from .pipeline import Slide, export_slide, iter_train, predict_slide, render_maps
 
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    out_path = Path(out)
-    marker_path(out_path).unlink(missing_ok=True)
-    threads = job.torch_threads or _worker_threads()
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with dask.config.set(scheduler="synchronous"), threadpool_limits(threads):
-            slide = Slide.open(src, **job.keys)
-            feats = _extract_read_only(slide, out_path, job)
-            model = run_generator(
-                iter_train(
-                    slide,
-                    features=feats,
-                    config=job.config,
-                    genes=list(job.genes) if job.genes else None,
-                    n_top_genes=job.n_top_genes,
-                )
+    with slide_task(src, out, job.torch_threads) as clock:
+        slide = Slide.open(src, **job.keys)
+        feats = _extract_read_only(slide, clock.out, job)
+        model = run_generator(
+            iter_train(
+                slide,
+                features=feats,
+                config=job.config,
+                genes=list(job.genes) if job.genes else None,
+                n_top_genes=job.n_top_genes,
             )
-            preds = predict_slide(slide, features=feats, model=model)
-            maps = render_maps(slide, predictions=preds)
-            meta = {"command": "histosge batch", "source": str(src)}
-            export_slide(
-                slide, predictions=preds, maps=maps, out=out_path, meta=meta, overwrite=True
-            )
-    finally:
-        torch.set_num_threads(before)
-    record = {
-        "slide": slide_name(src),
-        "status": "done",
-        "spots": len(slide.geometry.spot_ids),
-        "genes": len(preds.genes),
-        "seconds": round(time.perf_counter() - t0, 2),
-        "error": "",
-        "output": str(out_path),
-        "worker": _worker_address(),
-        "cpu_seconds": round(time.process_time() - cpu0, 2),
-        "pid": os.getpid(),
-    }
-    _write_marker(out_path, record)
-    return record
+        )
+        preds = predict_slide(slide, features=feats, model=model)
+        maps = render_maps(slide, predictions=preds)
+        meta = {"command": "histosge batch", "source": str(src)}
+        export_slide(slide, predictions=preds, maps=maps, out=clock.out, meta=meta, overwrite=True)
+    return clock.finish(len(slide.geometry.spot_ids), len(preds.genes))
 
 
 def _extract_read_only(slide: Slide, out: Path, job: SlideJob) -> SlideFeatures:

@@ -10,16 +10,15 @@ task per slide with the resumable markers and report of :func:`.batch.run_batch`
 
 from __future__ import annotations
 
-import os
 import threading
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari_histosge.base.progress import run_generator
 
-from .batch import SlideJob, _worker_address, _worker_threads, marker_path
+from ._slide_task import slide_task
+from .batch import SlideJob
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -176,59 +175,29 @@ def predict_slide_task(src: str, out: str, job: PredictJob) -> dict[str, Any]:
     >>> job = PredictJob(checkpoint="model")
     >>> predict_slide_task("B7.svs", "out/B7.zarr", job)  # doctest: +SKIP
     """
-    import dask
-    import torch
-    from threadpoolctl import threadpool_limits
-
     from napari_histosge.models.checkpoints import load_checkpoint
 
-    from .batch import _write_marker, slide_name
     from .pipeline import export_slide
 
     if not job.checkpoint:
         raise ValueError("Expected a model checkpoint (--checkpoint) for prediction, found none.")
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    out_path = Path(out)
-    marker_path(out_path).unlink(missing_ok=True)
-    threads = job.torch_threads or _worker_threads()
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with (
-            _PeakRss() as rss,
-            dask.config.set(scheduler="synchronous"),
-            threadpool_limits(threads),
-        ):
-            model = load_checkpoint(job.checkpoint)
-            opts = prediction_options(model, job.extract)
-            slide, preds, maps = predict_he_slide(
-                src,
-                model,
-                options=opts,
-                um_per_px=job.um_per_px,
-                keys=job.keys,
-                resolution_um=job.resolution_um,
-                extract=_extract_without_writing,
-            )
-            meta = {"command": "histosge batch --checkpoint", "source": str(src)}
-            export_slide(
-                slide, predictions=preds, maps=maps, out=out_path, meta=meta, overwrite=True
-            )
-    finally:
-        torch.set_num_threads(before)
-    record = {
-        "slide": slide_name(src),
-        "status": "done",
-        "spots": len(slide.geometry.spot_ids),
-        "genes": len(preds.genes),
-        "seconds": round(time.perf_counter() - t0, 2),
-        "error": "",
-        "output": str(out_path),
-        "worker": _worker_address(),
-        "cpu_seconds": round(time.process_time() - cpu0, 2),
-        "pid": os.getpid(),
-        "positions": len(preds.positions_px),
-        "peak_rss_mb": round(rss.peak / 1024**2, 1),
-    }
-    _write_marker(out_path, record)
-    return record
+    with slide_task(src, out, job.torch_threads) as clock, _PeakRss() as rss:
+        model = load_checkpoint(job.checkpoint)
+        opts = prediction_options(model, job.extract)
+        slide, preds, maps = predict_he_slide(
+            src,
+            model,
+            options=opts,
+            um_per_px=job.um_per_px,
+            keys=job.keys,
+            resolution_um=job.resolution_um,
+            extract=_extract_without_writing,
+        )
+        meta = {"command": "histosge batch --checkpoint", "source": str(src)}
+        export_slide(slide, predictions=preds, maps=maps, out=clock.out, meta=meta, overwrite=True)
+    return clock.finish(
+        len(slide.geometry.spot_ids),
+        len(preds.genes),
+        positions=len(preds.positions_px),
+        peak_rss_mb=round(rss.peak / 1024**2, 1),
+    )
