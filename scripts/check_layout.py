@@ -7,7 +7,8 @@
 Every ``import`` statement counts, at module level or inside a function (``TYPE_CHECKING``
 blocks too). A module importing one of its own parent packages is not an edge (Python runs the
 parent first anyway); a package ``__init__`` re-exporting its children is. Exits 1 when a
-module is too long, an import cycle exists or a core module imports Qt, napari or magicgui.
+module is too long, an import cycle exists, a core module imports Qt, napari or magicgui, or the
+package's top level holds more than 15 modules.
 """
 
 from __future__ import annotations
@@ -123,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("package", nargs="?", default=str(ROOT / "src" / "napari_histosge"))
     p.add_argument("--max-lines", type=int, default=500, help="per module (default 500)")
     p.add_argument("--widgets-max-lines", type=int, default=400, help="per file in _widgets/")
+    p.add_argument(
+        "--max-top-level", type=int, default=15, help="modules at the package's top (default 15)"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="list every module and its size")
     args = p.parse_args(argv)
     package = Path(args.package).resolve()
@@ -141,6 +145,15 @@ def main(argv: list[str] | None = None) -> int:
         if gui and not in_widgets:
             problems.append(f"core module imports the GUI: {name} imports {', '.join(gui)}")
     problems += [f"import cycle: {' -> '.join(c)}" for c in cycles(graph)]
+    top = sorted(package.glob("*.py"))
+    if len(top) > args.max_top_level:
+        problems.append(
+            f"too many top-level modules: {len(top)} (limit {args.max_top_level}); group them "
+            "into subpackages"
+        )
+    if args.verbose:
+        subpackages = sorted(p.name for p in package.iterdir() if (p / "__init__.py").is_file())
+        print(f"top level: {len(top)} modules; subpackages: {', '.join(subpackages)}")
     for line in problems:
         print(line)
     print(f"{len(mods)} modules, {sum(len(g) for g in graph.values())} imports, {len(problems)} problems")
