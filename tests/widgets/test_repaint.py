@@ -79,20 +79,3 @@ def test_dock_shows_status_and_progress_at_most_every_show_ms(dock, qtbot, monke
     assert widget.progress_bar.value() == int(100 * 39 / 40)
     # ~200 ms of changes: shown at the first change and then at most once per SHOW_MS.
     assert 1 <= len(shown) <= 2 + 40 * 5 // _dock.SHOW_MS + 1
-
-
-def test_collection_paused_while_layers_change_and_resumed_after(dock, qtbot):
-    import gc
-
-    _, widget = dock
-    view = widget.layer_view
-    ran = []
-    view._later(lambda: ran.append(gc.isenabled()), lambda: ran.append(gc.isenabled()))
-    qtbot.waitUntil(lambda: len(ran) == 2, timeout=2_000)
-    assert ran == [False, False]
-    qtbot.waitUntil(lambda: gc.isenabled() and view.pending == 0, timeout=2_000)
-    # Closing while paused turns collection back on.
-    view._pause_collection()
-    assert not gc.isenabled()
-    view.close()
-    assert gc.isenabled()

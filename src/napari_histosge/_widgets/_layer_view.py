@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gc
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -17,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QObject, QTimer
 
-from ._collection import collect_young, collection_deferred
 from ._layer_insert import deferrable_parts as _deferrable_parts
 from ._layer_insert import parts_deferred
 from ._repaint import RepaintHold
@@ -31,9 +29,6 @@ __all__ = ["LayerView", "parts_deferred", "prefetch_readers"]
 
 #: Milliseconds between two queued layer changes.
 STEP_MS = 30
-#: Milliseconds after the last change before garbage collection resumes (the window and then
-#: its layer list have repainted by then).
-GC_RESUME_MS = 5 * STEP_MS
 
 
 def _import_readers() -> None:
@@ -79,13 +74,6 @@ class LayerView(QObject):
         # Room for a repaint between two layer changes.
         self._timer.setInterval(STEP_MS)
         self._timer.timeout.connect(self._next)
-        # Cyclic garbage collection is paused while layers change and resumes (with one
-        # collection, on a turn of its own) once the window has repainted after the last change.
-        self._gc_paused = False
-        self._gc_timer = QTimer(self)
-        self._gc_timer.setSingleShot(True)
-        self._gc_timer.setInterval(GC_RESUME_MS)
-        self._gc_timer.timeout.connect(self._resume_collection)
         session.changed.connect(self._on_changed)
         # Uncertainty maps, unit outlines and domains, queued after the maps they go with.
         self.trust = TrustLayers(self)
@@ -120,46 +108,24 @@ class LayerView(QObject):
                 self.repaint.release("layers", 0)
                 self._timer.start(STEP_MS)
                 return
-            self._pause_collection()
             self._queue.popleft()()
             drew = True
         elif self._queue:
-            self._pause_collection()
             self.repaint.hold("layers")
             self._queue.popleft()()
         if not self._queue:
             self.repaint.release("layers", STEP_MS)
-            self._gc_timer.start()
         elif drew:
             # Room for that first draw before the next change holds the window again.
             self._timer.start(3 * STEP_MS)
         else:
             self._timer.start(STEP_MS)
 
-    def _pause_collection(self) -> None:
-        # A collection of the objects napari made since the dock opened takes 15-30 ms; one
-        # falling into the repaint that first draws a new map made that turn reach 100 ms.
-        self._gc_timer.stop()
-        if not self._gc_paused and gc.isenabled():
-            gc.disable()
-            self._gc_paused = True
-
-    def _resume_collection(self) -> None:
-        if self._queue or not self._gc_paused:
-            return
-        self._gc_paused = False
-        gc.enable()
-        collect_young()
-
     def close(self) -> None:
-        """Stop changing layers; cyclic garbage collection runs again if it was paused."""
+        """Stop changing layers."""
         self._queue.clear()
-        with contextlib.suppress(RuntimeError):  # Qt deleted the timers already
+        with contextlib.suppress(RuntimeError):  # Qt deleted the timer already
             self._timer.stop()
-            self._gc_timer.stop()
-        if self._gc_paused:
-            self._gc_paused = False
-            gc.enable()
 
     def _on_changed(self, name: str) -> None:
         if name == "slide" and self.session.slide is not None:
@@ -305,21 +271,19 @@ class LayerView(QObject):
         if not wanted():
             return
         # napari builds the layer's visuals and controls in the insertion's turn; here each is
-        # built on a turn of its own, right after (the window does not repaint in between),
-        # then the garbage the insertion left is collected on a turn of its own.
+        # built on a turn of its own, right after (the window does not repaint in between).
         layers = self.viewer.layers
         parts = _deferrable_parts(self.viewer)
         later: list[Callable[[], None]] = [
             functools.partial(self._build_part, build, layer) for _, build in parts
         ]
-        self._queue.extendleft(reversed([*later, collect_young]))
-        with collection_deferred(), parts_deferred(layers, parts):
+        self._queue.extendleft(reversed(later))
+        with parts_deferred(layers, parts):
             layers.append(layer)
 
     def _build_part(self, build: Callable[[Any], None], layer: Any) -> None:
         if layer in self.viewer.layers:
-            with collection_deferred():
-                build(layer)
+            build(layer)
 
     def _reveal(self, layer: Any) -> None:
         if layer in self.viewer.layers:
