@@ -17,7 +17,7 @@ from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QScrollArea, 
 
 from ._controller import Controller
 from ._layer_view import LayerView, prefetch_readers
-from ._napari_private import slow_parts, stop_idle_activity_spinner
+from ._napari_private import slow_parts
 from ._repaint import RepaintHold
 from ._runner import Runner
 from ._session import Session
@@ -44,8 +44,6 @@ BUILD_MAX_WAITS = 10
 START_DELAY_MS = 250
 #: The dock's width in average character widths.
 DOCK_WIDTH_CHARS = 60
-#: On X11 the dock gets a native window of its own this long after the worker starts.
-NATIVE_DELAY_MS = 150
 
 
 def _one_shot(parent: QWidget, interval_ms: int, *slots: Callable[[], Any]) -> QTimer:
@@ -92,14 +90,6 @@ class HisToSGEWidget(QWidget):
         self._start_timer = _one_shot(
             self, START_DELAY_MS, self.controller.runner.start, prefetch_readers
         )
-        # napari's activity spinner is stopped as soon as the dock is in napari's window (left
-        # running, it repaints the window about 27 times a second while the sections are
-        # built), and again once they are built.
-        self._spinner_timer = _one_shot(self, BUILD_INTERVAL_MS, self._stop_idle_activity_spinner)
-        self._spinner_timer.start()
-        self._start_timer.timeout.connect(self._stop_idle_activity_spinner)
-        self._native_timer = _one_shot(self, NATIVE_DELAY_MS, self._make_native)
-        self._start_timer.timeout.connect(self._native_timer.start)
         # Layers are added on turns of the event loop without a repaint of the window, which
         # repaints once afterwards (see `_repaint`).
         self.repaint = RepaintHold(lambda: self, lambda: slow_parts(napari_viewer))
@@ -312,38 +302,7 @@ class HisToSGEWidget(QWidget):
             self.progress_bar.setUpdatesEnabled(True)
         self._shown = dict(self._to_show)
 
-    def _make_native(self) -> None:
-        # napari's window holds an OpenGL canvas, so each of its repaints is composed through
-        # OpenGL with the canvas (on a software-rendered display, gaps of the event loop of up
-        # to 180 ms were measured at a new status while a busy worker shared the CPUs). On X11
-        # the dock becomes a native child window: its repaints are sent for its own area only.
-        # By default Qt makes its ancestors and all their siblings native too (18 widgets of
-        # napari's window, 60-80 ms of the viewer's CPU on the next turn); with the application
-        # attribute set for this one call, only the dock and its dock widget become native (a
-        # native dock without native ancestors is placed wrongly on the display). Done on a
-        # turn of its own once the dock is built; other platforms keep the default.
-        from qtpy.QtCore import Qt
-        from qtpy.QtGui import QGuiApplication
-        from qtpy.QtWidgets import QApplication
-
-        if QGuiApplication.platformName() != "xcb" or self.window() is self:
-            return
-        app = QApplication.instance()
-        siblings = Qt.ApplicationAttribute.AA_DontCreateNativeWidgetSiblings
-        before = app.testAttribute(siblings)
-        app.setAttribute(siblings, True)
-        try:
-            self.winId()
-        finally:
-            app.setAttribute(siblings, before)
-
-    def _stop_idle_activity_spinner(self) -> None:
-        if self.window() is not self:
-            stop_idle_activity_spinner(self.window())
-
     def _on_busy(self, name: str | None) -> None:
-        if name is None:
-            self._stop_idle_activity_spinner()
         self.cancel_button.setEnabled(name is not None)
         self.cancel_button.setToolTip("Stop the running step" if name else "Nothing is running.")
 
@@ -392,7 +351,6 @@ class HisToSGEWidget(QWidget):
         """Stop the worker before closing."""
         self.poll_timer.stop()
         self._start_timer.stop()
-        self._spinner_timer.stop()
         self.layer_view.close()
         self.repaint.release_all()
         self.controller.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-__all__ = ["private_attr", "slow_parts", "stop_idle_activity_spinner"]
+__all__ = ["private_attr", "slow_parts"]
 
 
 def private_attr(obj: Any, *names: str) -> Any:
@@ -48,22 +48,3 @@ def slow_parts(viewer: Any) -> list[Any]:
 
     layer_list = getattr(private_attr(viewer.window, "_qt_viewer"), "layers", None)
     return [layer_list] if isinstance(layer_list, QWidget) else []
-
-
-def stop_idle_activity_spinner(window: Any) -> None:
-    """Stop napari's status-bar activity spinner in ``window`` when no progress is running.
-
-    It can keep running after File > Open has finished (its progress is gone, the animation is
-    not stopped): it repaints the window about 27 times a second, a third of a CPU core on a
-    software-rendered display.
-    """
-    from napari.utils import progress
-    from qtpy.QtWidgets import QWidget
-
-    if len(progress._all_instances):
-        return
-    for widget in window.findChildren(QWidget):
-        if type(widget).__name__ == "QtActivityDialog":
-            hide = getattr(widget, "maybe_hide_progress_indicator", None)
-            if hide is not None:
-                hide()
