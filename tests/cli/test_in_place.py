@@ -20,9 +20,18 @@ import pytest
 import spatialdata as sd
 from safety_helpers import FAST, env, error_lines, run_cli, tree_digest, written_sample
 
+from napari_histosge.cli import main
 from napari_histosge.store import OUTPUT_KEYS, PREDICTIONS_KEY
 
 IMAGE = "V1_Adult_Mouse_Brain_image"
+
+
+def _main(args: list, capsys: pytest.CaptureFixture[str] | None = None) -> tuple[int, str]:
+    """``histosge ARGS`` in this process (the kills below need a process of their own)."""
+    if capsys is not None:
+        capsys.readouterr()
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err if capsys is not None else ""
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +44,8 @@ def with_outputs(sample_store: Path, tmp_path_factory: pytest.TempPathFactory) -
     """The sample store with outputs already written in place (the ones a kill must keep)."""
     path = tmp_path_factory.mktemp("inplace_prev") / "s.zarr"
     shutil.copytree(sample_store, path)
-    res = run_cli(["run", path, "--in-place", "--no-cache", "--mode", "improved", *FAST])
-    assert res.returncode == 0, res.stderr[-800:]
+    code, _ = _main(["run", path, "--in-place", "--no-cache", "--mode", "improved", *FAST])
+    assert code == 0
     return path
 
 
@@ -53,12 +62,12 @@ def _hidden(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.name.startswith("."))
 
 
-def test_in_place_writes_only_the_new_elements(tmp_path, sample_store):
+def test_in_place_writes_only_the_new_elements(tmp_path, sample_store, capsys):
     src = tmp_path / "s.zarr"
     shutil.copytree(sample_store, src)
     before = tree_digest(src)
-    res = run_cli(["run", src, "--in-place", "--no-cache", *FAST])
-    assert res.returncode == 0, res.stderr[-800:]
+    code, err = _main(["run", src, "--in-place", "--no-cache", *FAST], capsys)
+    assert code == 0, err[-800:]
     after = tree_digest(src)
     assert [k for k in before if after.get(k) != before[k]] == ["zarr.json"]
     added = {Path(k).parts[:2] for k in after if k not in before}
@@ -76,26 +85,26 @@ def test_in_place_writes_only_the_new_elements(tmp_path, sample_store):
     assert f"tables/{PREDICTIONS_KEY}" in listed
 
 
-def test_in_place_refuses_earlier_outputs_without_overwrite(tmp_path, with_outputs):
+def test_in_place_refuses_earlier_outputs_without_overwrite(tmp_path, with_outputs, capsys):
     src = tmp_path / "s.zarr"
     shutil.copytree(with_outputs, src)
     before = tree_digest(src)
-    res = run_cli(["run", src, "--in-place", "--no-cache", *FAST])
-    assert res.returncode == 2
-    lines = [ln for ln in error_lines(res.stderr) if "warning" not in ln]
+    code, err = _main(["run", src, "--in-place", "--no-cache", *FAST], capsys)
+    assert code == 2
+    lines = [ln for ln in error_lines(err) if "warning" not in ln]
     assert len(lines) == 1
     assert "--overwrite" in lines[0]
     assert tree_digest(src) == before
     # With --overwrite, only the histosge_* elements change.
     user = _user_files(src)
-    res = run_cli(["run", src, "--in-place", "--overwrite", "--no-cache", *FAST])
-    assert res.returncode == 0, res.stderr[-800:]
+    code, err = _main(["run", src, "--in-place", "--overwrite", "--no-cache", *FAST], capsys)
+    assert code == 0, err[-800:]
     assert _user_files(src) == user
     table = sd.read_zarr(src).tables[PREDICTIONS_KEY]
     assert set(table.obs["kind"]) == {"spot"}  # the superres run predicts the units
 
 
-def test_in_place_option_errors(tmp_path, sample_store):
+def test_in_place_option_errors(tmp_path, sample_store, capsys):
     src = tmp_path / "s.zarr"
     shutil.copytree(sample_store, src)
     before = tree_digest(tmp_path)
@@ -104,9 +113,9 @@ def test_in_place_option_errors(tmp_path, sample_store):
         ["run", src, *FAST],
         ["run", tmp_path / "missing", "--in-place", *FAST],
     ):
-        res = run_cli(args)
-        assert res.returncode == 2
-        lines = [ln for ln in error_lines(res.stderr) if "warning" not in ln]
+        code, err = _main(args, capsys)
+        assert code == 2
+        lines = [ln for ln in error_lines(err) if "warning" not in ln]
         assert len(lines) == 1, lines
         assert lines[0].startswith("histosge: error: Expected"), lines
     assert tree_digest(tmp_path) == before
@@ -119,12 +128,12 @@ def test_in_place_refuses_user_element_names(tmp_path, sample_store):
         write_element_atomic(sample_store, "tables", "table", None)
 
 
-def test_export_elsewhere_links_the_image(tmp_path, sample_store):
+def test_export_elsewhere_links_the_image(tmp_path, sample_store, capsys):
     src, out = tmp_path / "s.zarr", tmp_path / "o.zarr"
     shutil.copytree(sample_store, src)
     before = tree_digest(src)
-    res = run_cli(["run", src, "--out", out, "--no-cache", *FAST])
-    assert res.returncode == 0, res.stderr[-800:]
+    code, err = _main(["run", src, "--out", out, "--no-cache", *FAST], capsys)
+    assert code == 0, err[-800:]
     assert tree_digest(src) == before
     chunks = [p for p in (out / "images" / IMAGE).rglob("*") if p.is_file()]
     data = [p for p in chunks if p.name != "zarr.json"]
@@ -159,7 +168,7 @@ KILL_POINTS = [
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)
-def test_in_place_export_killed_at(point, tmp_path, with_outputs):
+def test_in_place_export_killed_at(point, tmp_path, with_outputs, capsys):
     src = tmp_path / "s.zarr"
     shutil.copytree(with_outputs, src)
     user = _user_files(src)
@@ -181,8 +190,8 @@ def test_in_place_export_killed_at(point, tmp_path, with_outputs):
             assert key == "histosge_expression" or point.startswith("export-wrote")
     assert back.tables[PREDICTIONS_KEY].n_obs > 0
     # The next write cleans up (metadata restored, staged copies removed) and succeeds.
-    res = run_cli(["run", src, "--in-place", "--overwrite", "--no-cache", *FAST])
-    assert res.returncode == 0, res.stderr[-800:]
+    code, err = _main(["run", src, "--in-place", "--overwrite", "--no-cache", *FAST], capsys)
+    assert code == 0, err[-800:]
     assert not _hidden(src)
     assert "consolidated_metadata" in json.loads((src / "zarr.json").read_text())
     assert _user_files(src) == user
@@ -217,18 +226,20 @@ def test_in_place_killed_when_staging_appears(tmp_path, with_outputs):
     assert all(k in back for k in OUTPUT_KEYS)
 
 
-def test_predict_in_place(tmp_path, sample_store):
+def test_predict_in_place(tmp_path, sample_store, capsys):
     """``histosge predict --in-place`` adds the outputs of a saved model to the input store."""
     src, model = tmp_path / "s.zarr", tmp_path / "model"
     shutil.copytree(sample_store, src)
-    res = run_cli(
+    code, err = _main(
         ["run", sample_store, "--out", tmp_path / "o.zarr", "--mode", "improved"]
-        + ["--checkpoint-out", model, "--no-cache", *FAST]
+        + ["--checkpoint-out", model, "--no-cache", *FAST],
+        capsys,
     )
-    assert res.returncode == 0, res.stderr[-800:]
+    assert code == 0, err[-800:]
     user = _user_files(src)
-    res = run_cli(["predict", src, "--checkpoint", model, "--in-place", "--no-cache", "--quiet"])
-    assert res.returncode == 0, res.stderr[-800:]
+    predict = ["predict", src, "--checkpoint", model, "--in-place", "--no-cache", "--quiet"]
+    code, err = _main(predict, capsys)
+    assert code == 0, err[-800:]
     assert _user_files(src) == user
     back = sd.read_zarr(src)
     assert all(k in back for k in OUTPUT_KEYS)
