@@ -17,8 +17,6 @@ from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QScrollArea, 
 
 from ._controller import Controller
 from ._layer_view import LayerView, prefetch_readers
-from ._napari_private import slow_parts
-from ._repaint import RepaintHold
 from ._runner import Runner
 from ._session import Session
 from ._status_line import StatusLine
@@ -90,10 +88,7 @@ class HisToSGEWidget(QWidget):
         self._start_timer = _one_shot(
             self, START_DELAY_MS, self.controller.runner.start, prefetch_readers
         )
-        # Layers are added on turns of the event loop without a repaint of the window, which
-        # repaints once afterwards (see `_repaint`).
-        self.repaint = RepaintHold(lambda: self, lambda: slow_parts(napari_viewer))
-        self.layer_view = LayerView(napari_viewer, self.session, self.repaint)
+        self.layer_view = LayerView(napari_viewer, self.session)
 
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 100)
@@ -152,10 +147,8 @@ class HisToSGEWidget(QWidget):
         self.poll_timer.timeout.connect(self.controller.poll)
         self.poll_timer.start()
         # A plain callable (not a bound method of this widget) still runs while Qt destroys it.
-        controller, repaint, layer_view = self.controller, self.repaint, self.layer_view
-        self.destroyed.connect(
-            lambda *_: (controller.close(), layer_view.close(), repaint.release_all())
-        )
+        controller, layer_view = self.controller, self.layer_view
+        self.destroyed.connect(lambda *_: (controller.close(), layer_view.close()))
 
     def _add_section(self, section: QWidget) -> None:
         self._body_layout.insertWidget(self._body_layout.count() - 1, section)
@@ -352,6 +345,5 @@ class HisToSGEWidget(QWidget):
         self.poll_timer.stop()
         self._start_timer.stop()
         self.layer_view.close()
-        self.repaint.release_all()
         self.controller.close()
         super().closeEvent(event)

@@ -18,7 +18,6 @@ from qtpy.QtCore import QObject, QTimer
 
 from ._layer_insert import deferrable_parts as _deferrable_parts
 from ._layer_insert import parts_deferred
-from ._repaint import RepaintHold
 from ._session import MapsInfo, MeasuredInfo, Session, SlideInfo
 from ._trust_layers import TrustLayers
 
@@ -52,26 +51,22 @@ class LayerView(QObject):
         The viewer the layers go to.
     session
         The session whose results are shown.
-    repaint
-        Holds back the window's repaint while layers change (it repaints once afterwards).
     """
 
     def __init__(
         self,
         viewer: napari.viewer.Viewer,
         session: Session,
-        repaint: RepaintHold | None = None,
     ) -> None:
         super().__init__()
         self.viewer = viewer
-        self.repaint = repaint or RepaintHold(lambda: None)
         self.session = session
         self.gene_layers: dict[str, Any] = {}
         self.measured_layer: Any = None
         self._queue: deque[Callable[[], None]] = deque()
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
-        # Room for a repaint between two layer changes.
+        # Room for napari to repaint between two layer changes.
         self._timer.setInterval(STEP_MS)
         self._timer.timeout.connect(self._next)
         session.changed.connect(self._on_changed)
@@ -80,8 +75,8 @@ class LayerView(QObject):
 
     @property
     def pending(self) -> int:
-        """Layer changes still queued (and the repaint after them)."""
-        return len(self._queue) + self.repaint.active
+        """Layer changes still queued."""
+        return len(self._queue)
 
     def queue(self, *steps: Callable[[], None]) -> None:
         """Run ``steps`` after the changes already queued, each on a turn of its own."""
@@ -94,31 +89,11 @@ class LayerView(QObject):
             self._timer.start(STEP_MS)
 
     def _next(self) -> None:
-        # Each change runs on a turn of its own, without repainting the window: a layer's
-        # insertion alone costs napari 50-80 ms (its controls and visuals), and the window's
-        # repaint (composed through OpenGL, then sent to the display) as much again. The window
-        # repaints once, on a turn of its own, when the queue is done.
-        drew = False
-        if self._queue and getattr(self._queue[0], "draws", False):
-            # A layer is about to be shown: its first draw builds its shaders (napari's own
-            # 60-110 ms on a software-rendered display). The window first repaints what the
-            # earlier turns changed, on turns of their own; then the layer is shown with the
-            # window's updates on, so that its first draw repaints the canvas, not the window.
-            if self.repaint.active:
-                self.repaint.release("layers", 0)
-                self._timer.start(STEP_MS)
-                return
+        # Each change runs on a turn of its own: napari's insertion of a layer and its first
+        # draw are its largest turns, and two of them in one turn would add up.
+        if self._queue:
             self._queue.popleft()()
-            drew = True
-        elif self._queue:
-            self.repaint.hold("layers")
-            self._queue.popleft()()
-        if not self._queue:
-            self.repaint.release("layers", STEP_MS)
-        elif drew:
-            # Room for that first draw before the next change holds the window again.
-            self._timer.start(3 * STEP_MS)
-        else:
+        if self._queue:
             self._timer.start(STEP_MS)
 
     def close(self) -> None:
@@ -262,16 +237,14 @@ class LayerView(QObject):
         bar overlays each cost a turn of 130-150 ms and a first draw of 350-600 ms on a
         software-rendered display (measured on a 2-core machine under load, 2026-12-06).
         """
-        reveal = functools.partial(self._reveal, layer)
-        reveal.draws = True  # type: ignore[attr-defined]
-        self._queue.appendleft(reveal)
+        self._queue.appendleft(functools.partial(self._reveal, layer))
         self._queue.appendleft(lambda: self._insert(layer, wanted))
 
     def _insert(self, layer: Any, wanted: Callable[[], bool]) -> None:
         if not wanted():
             return
         # napari builds the layer's visuals and controls in the insertion's turn; here each is
-        # built on a turn of its own, right after (the window does not repaint in between).
+        # built on a turn of its own, right after.
         layers = self.viewer.layers
         parts = _deferrable_parts(self.viewer)
         later: list[Callable[[], None]] = [

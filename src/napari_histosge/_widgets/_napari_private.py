@@ -13,7 +13,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-__all__ = ["private_attr", "slow_parts"]
+__all__ = ["private_attr"]
 
 
 def private_attr(obj: Any, *names: str) -> Any:
@@ -37,14 +37,3 @@ def private_attr(obj: Any, *names: str) -> Any:
             except Exception:  # noqa: BLE001 - a napari that blocks the access
                 return None
     return obj
-
-
-def slow_parts(viewer: Any) -> list[Any]:
-    """Widgets of napari's window that repaint a turn after the rest of it.
-
-    napari's layer list paints an SVG icon for each row and button (10-20 ms for a few layers).
-    """
-    from qtpy.QtWidgets import QWidget
-
-    layer_list = getattr(private_attr(viewer.window, "_qt_viewer"), "layers", None)
-    return [layer_list] if isinstance(layer_list, QWidget) else []
