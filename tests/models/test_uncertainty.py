@@ -84,6 +84,39 @@ def test_footprint_variance_is_below_the_mean_of_its_superpixels():
     assert (fv <= point + 1e-9).all()
 
 
+@pytest.mark.parametrize(
+    ("length", "shape"), [(60.0, "gaussian"), (60.0, "exponential"), (None, "exponential")]
+)
+def test_covariance_in_um_or_rough_keeps_the_contract(length, shape):
+    from dataclasses import replace
+
+    from napari_histosge.models._superres_uncertainty import fit_uncertainty
+
+    model, member, _grid = _toy_model()
+    pitch_sd = model.predict_sd()
+    model.config = replace(model.config, uncertainty_length_um=length, uncertainty_shape=shape)
+    model.uncertainty = fit_uncertainty(model, amplitude="moments")
+    unc = model.uncertainty
+    assert unc.shape == shape
+    assert unc.length == pytest.approx(length or model.config.bandwidth * model.pitch)
+    sd = model.predict_sd()
+    inside = np.asarray(member.sum(0)).ravel() > 0
+    assert np.isfinite(sd).all()
+    assert (sd >= 0).all()
+    assert (sd[inside].mean(0) < sd[~inside].mean(0)).all()
+    assert not np.allclose(sd, pitch_sd)
+    fv = footprint_variance(model, unc, member)
+    assert (fv >= 0).all()
+    assert (fv <= np.asarray(member @ sd**2) + 1e-9).all()
+
+
+def test_covariance_settings_are_checked():
+    with pytest.raises(ValueError, match="uncertainty_length_um"):
+        SuperResConfig(uncertainty_length_um=0.0)
+    with pytest.raises(ValueError, match="uncertainty_shape"):
+        SuperResConfig(uncertainty_shape="matern52")
+
+
 def test_reliability_columns_and_no_uncertainty_option():
     model, _m, _g = _toy_model()
     rel = model.reliability()

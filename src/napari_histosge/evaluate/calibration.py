@@ -105,6 +105,7 @@ def pooled_calibration(
     genes: Sequence[int] | None = None,
     config: SuperResConfig | None = None,
     keep_arrays: bool = False,
+    keep_model: bool = False,
 ) -> dict[str, Any]:
     """Score accuracy and calibration of the map on one section (arrays).
 
@@ -131,6 +132,9 @@ def pooled_calibration(
     keep_arrays
         Also return the truth, predictions and the two parts of the predictive variance
         (``"arrays"``: ``truth``, ``pred``, ``field_var``, ``noise_var``).
+    keep_model
+        Also return the fitted model (``"model"``: refit its uncertainty with other settings
+        on the same fit, as ``bench/superres_calibration.py`` does).
 
     Returns
     -------
@@ -169,6 +173,8 @@ def pooled_calibration(
     out["per_gene"] = per_gene
     if keep_arrays:
         out["arrays"] = {"truth": truth, "pred": pred, "field_var": field, "noise_var": noise}
+    if keep_model:
+        out["model"] = model
     return out
 
 

@@ -76,6 +76,11 @@ class SuperResConfig:
     uncertainty_amplitude
         ``"cv"`` (leave-one-unit-out) or ``"moments"``: how each gene's field amplitude is
         estimated.
+    uncertainty_length_um
+        Length of the field's covariance for the uncertainty in µm, not tied to the units'
+        pitch (``None``: ``uncertainty_bandwidth`` pitches).
+    uncertainty_shape
+        ``"gaussian"`` or ``"exponential"`` (Matérn 1/2, rough): the shape of that covariance.
     seed
         Recorded for provenance; the fit is deterministic.
     """
@@ -102,6 +107,8 @@ class SuperResConfig:
     uncertainty_scale: float = 0.7
     uncertainty_bandwidth: float | None = 0.75
     uncertainty_amplitude: Literal["cv", "moments"] = "moments"
+    uncertainty_length_um: float | None = None
+    uncertainty_shape: Literal["gaussian", "exponential"] = "gaussian"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -132,6 +139,14 @@ class SuperResConfig:
         if not (np.isfinite(self.uncertainty_scale) and self.uncertainty_scale > 0):
             raise ValueError(
                 f"Expected a positive `uncertainty_scale`, found `{self.uncertainty_scale}`."
+            )
+        length = self.uncertainty_length_um
+        if length is not None and not (np.isfinite(length) and length > 0):
+            raise ValueError(f"Expected a positive `uncertainty_length_um`, found `{length}`.")
+        if self.uncertainty_shape not in ("gaussian", "exponential"):
+            raise ValueError(
+                "Expected `uncertainty_shape` 'gaussian' or 'exponential', found "
+                f"`{self.uncertainty_shape}`."
             )
         if not (np.isfinite(self.target_sum) and self.target_sum > 0):
             raise ValueError(f"Expected a positive `target_sum`, found `{self.target_sum}`.")

@@ -64,7 +64,8 @@ class Uncertainty:
     image_share: np.ndarray  # (genes,) share of the map's variance carried by the image term
     scale: float = 1.0  # calibration factor of the standard deviations
     kernel: Any = None  # (nodes, units) CSR: the field's covariance to every footprint
-    bandwidth: float = 1.0  # of that kernel, in unit pitches
+    length: float = 1.0  # of that covariance, in the positions' unit (µm)
+    shape: str = "gaussian"  # of that covariance (:data:`._superres_covariance.SHAPES`)
 
     def _mix(self, cols: np.ndarray, table: np.ndarray) -> np.ndarray:
         """Interpolate ``table`` ``(ratios, n)`` at each gene's noise ratio: ``(n, cols)``."""
@@ -230,13 +231,14 @@ def _inverse_tiles(
 
 
 def _geometry(
-    model: SuperResModel, bandwidth: float
+    model: SuperResModel, h: float, shape: str = "gaussian"
 ) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Return unit and node positions, the tile side and the kernel's reach with a margin."""
+    from ._superres_covariance import support
+
     a_nodes = (model.membership @ model.interp).tocsr()
     unit_xy = np.asarray(a_nodes @ model.nodes_xy)
-    h = bandwidth * model.pitch
-    reach = model.config.truncate * h + 1.5 * model.pitch
+    reach = support(shape, model.config.truncate) * h + 1.5 * model.pitch
     return unit_xy, model.nodes_xy, float(model.pitch), float(reach)
 
 
@@ -249,25 +251,18 @@ def unit_noise(model: SuperResModel) -> np.ndarray | None:
     return var_log1p(np.expm1(model.values) / ts, depth, ts)
 
 
-def _uncertainty_kernel(model: SuperResModel, bandwidth: float) -> tuple[Any, Any]:
-    """Return the field's kernel at ``bandwidth`` pitches, ``(nodes, units)``, and its gram."""
-    from ._superres_ops import footprint_kernel
+def _uncertainty_kernel(model: SuperResModel, h: float, shape: str) -> tuple[Any, Any]:
+    """Return the field's covariance to every unit, ``(nodes, units)``, and the units' gram."""
+    from ._superres_covariance import footprint_covariance, support
 
     a_nodes = (model.membership @ model.interp).tocsc()
-    if bandwidth == model.config.bandwidth or model.nodes_xy is None:
+    own = shape == "gaussian" and np.isclose(h, model.config.bandwidth * model.pitch)
+    if own or model.nodes_xy is None:
         kernel = model.kernel
     else:
-        cfg = model.config
         foot = np.flatnonzero(np.diff(a_nodes.indptr) > 0)
-        h = bandwidth * model.pitch
-        kernel = footprint_kernel(
-            model.nodes_xy,
-            foot,
-            a_nodes[:, foot].tocsr(),
-            h,
-            cfg.truncate,
-            cfg.coarse * cfg.bandwidth * model.pitch,
-        )
+        cut = support(shape, model.config.truncate) * h
+        kernel = footprint_covariance(model.nodes_xy, foot, a_nodes[:, foot].tocsr(), h, cut, shape)
     return kernel, (a_nodes.tocsr() @ kernel).tocsr()
 
 
@@ -291,6 +286,8 @@ def fit_uncertainty(
     scale: float = 1.0,
     bandwidth: float | None = None,
     amplitude: str = "cv",
+    length: float | None = None,
+    shape: str | None = None,
     sample: int = 20000,
 ) -> Uncertainty:
     """Fit the uncertainty of a fitted model (see the module's docstring).
@@ -305,6 +302,11 @@ def fit_uncertainty(
         Calibration factor applied to every standard deviation.
     bandwidth
         Kernel bandwidth of the field's covariance, in unit pitches (the model's by default).
+    length
+        Length of the field's covariance in the positions' unit (µm), instead of
+        ``bandwidth`` pitches (``None``: the model config's ``uncertainty_length_um``).
+    shape
+        ``"gaussian"`` or ``"exponential"`` (``None``: the config's ``uncertainty_shape``).
     amplitude
         ``"cv"``: each gene's amplitude by leave-one-unit-out cross-validation (the units'
         LOO errors match their predicted LOO variance on average; robust to a kernel that is
@@ -318,11 +320,15 @@ def fit_uncertainty(
     """
     if amplitude not in ("cv", "moments"):
         raise ValueError(f"Expected `amplitude` 'cv' or 'moments', found `{amplitude}`.")
-    bw = float(model.config.bandwidth if bandwidth is None else bandwidth)
+    cfg = model.config
+    bw = float(cfg.bandwidth if bandwidth is None else bandwidth)
+    length = getattr(cfg, "uncertainty_length_um", None) if length is None else length
+    h = float(bw * model.pitch if length is None else length)
+    shape = str(shape or getattr(cfg, "uncertainty_shape", "gaussian"))
     a = model.membership
     y = model.values
     n_u, n_g = y.shape
-    kernel, gram = _uncertainty_kernel(model, bw)
+    kernel, gram = _uncertainty_kernel(model, h, shape)
     gbar = float(np.mean(gram.diagonal()))
     resid = y - model.mean
     if model.components is not None and model.weights is not None:
@@ -330,7 +336,7 @@ def fit_uncertainty(
         resid = resid - model.config.image_weight * (unit_x @ model.weights)
     noise = unit_noise(model)
     tau2 = np.zeros(n_g) if noise is None else noise.mean(0)
-    unit_xy, nodes_xy, tile, reach = _geometry(model, bw)
+    unit_xy, nodes_xy, tile, reach = _geometry(model, h, shape)
     steps = np.arange(len(ratios), dtype=np.float64)
     grid = np.log(np.asarray(ratios, dtype=np.float64))
     total = (resid**2).mean(0)
@@ -354,7 +360,7 @@ def fit_uncertainty(
     # Leave-one-unit-out residuals of the model's own field: coef / diag(inverse system).
     own_gram = ((a @ model.interp) @ model.kernel).tocsr()
     nugget = (model.config.nugget + 1e-9) * float(np.mean(own_gram.diagonal()))
-    _u, _n, _t, own_reach = _geometry(model, model.config.bandwidth)
+    _u, _n, _t, own_reach = _geometry(model, cfg.bandwidth * model.pitch)
     inv_diag = _local_inverse_diag(own_gram, nugget, unit_xy, tile, own_reach)
     loo = model.coef / inv_diag[:, None]
     centred = y - y.mean(0)
@@ -370,7 +376,8 @@ def fit_uncertainty(
         image_share=share,
         scale=float(scale),
         kernel=kernel,
-        bandwidth=bw,
+        length=h,
+        shape=shape,
     )
 
 
@@ -419,7 +426,7 @@ def footprint_variance(model: SuperResModel, unc: Uncertainty, membership: Any) 
     """
     import scipy.sparse as sp
 
-    from ._superres_ops import footprint_kernel
+    from ._superres_covariance import footprint_covariance, support
 
     if model.nodes_xy is None:
         raise ValueError("Expected a model fitted with its kernel nodes, found none.")
@@ -427,16 +434,13 @@ def footprint_variance(model: SuperResModel, unc: Uncertainty, membership: Any) 
     q_nodes = (q @ model.interp).tocsc()
     foot = np.flatnonzero(np.diff(q_nodes.indptr) > 0)
     q_f = q_nodes[:, foot].tocsr()
-    cfg = model.config
-    h = unc.bandwidth * model.pitch
-    kq = footprint_kernel(
-        model.nodes_xy, foot, q_f, h, cfg.truncate, cfg.coarse * cfg.bandwidth * model.pitch
-    )
+    cut = support(unc.shape, model.config.truncate) * unc.length
+    kq = footprint_covariance(model.nodes_xy, foot, q_f, unc.length, cut, unc.shape)
     prior = np.asarray(q_f.multiply(sp.csr_matrix(kq[foot].T)).sum(1)).ravel()
     cross = (q_nodes @ unc.kernel).tocsr()
     a_nodes = (model.membership @ model.interp).tocsr()
     gram = (a_nodes @ unc.kernel).tocsr()
-    unit_xy, nodes_xy, tile, reach = _geometry(model, unc.bandwidth)
+    unit_xy, nodes_xy, tile, reach = _geometry(model, unc.length, unc.shape)
     q_xy = np.asarray(q_nodes.tocsr() @ nodes_xy) / np.maximum(np.asarray(q_nodes.sum(1)), 1e-300)
     explained = _local_explained(cross, gram, q_xy, unit_xy, NOISE_RATIOS, tile, reach)
     rows = np.clip(prior[None, :] - explained, 0.0, None)
