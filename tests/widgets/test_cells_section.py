@@ -22,6 +22,30 @@ def _world_to_map(maps, yx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rc[:, 0], rc[:, 1]
 
 
+def _check_exported_cells(out, cells, values: np.ndarray) -> None:
+    """The store holds `histosge_nuclei` and `histosge_cells` with the dock's cells and values."""
+    import spatialdata as sd
+    from spatialdata.models import get_table_keys
+    from spatialdata.transformations import get_transformation
+
+    store = sd.read_zarr(out)
+    labels = store.labels["histosge_nuclei"]
+    table = store.tables["histosge_cells"]
+    region, _, instance_key = get_table_keys(table)
+    assert region == "histosge_nuclei"
+    image = next(k for k in store.images if not k.startswith("histosge_"))
+    image_cs = set(get_transformation(store.images[image], get_all=True))
+    assert set(get_transformation(labels, get_all=True)) >= image_cs
+    ids = np.unique(np.asarray(labels["scale0"]["image"].data.compute()))
+    assert np.array_equal(np.sort(table.obs[instance_key].to_numpy()), ids[ids > 0])
+    assert table.n_obs == cells.n_cells
+    assert list(table.var_names) == list(cells.genes)
+    np.testing.assert_allclose(np.asarray(table.X), values, rtol=1e-5, atol=1e-6)
+    maps = store.images["histosge_expression"]
+    maps = maps["scale0"]["image"] if "scale0" in getattr(maps, "children", {}) else maps
+    assert {str(c) for c in maps.c.values} <= set(table.var_names)
+
+
 def test_worker_segments_cells_and_averages_the_maps_over_them(tmp_path):
     from napari_histosge._widgets._controller import Controller
     from napari_histosge._widgets._runner import Runner
@@ -39,7 +63,15 @@ def test_worker_segments_cells_and_averages_the_maps_over_them(tmp_path):
         genes = s.predictions.genes[:2]
         run(c.render(genes, 20.0))
         maps = s.maps
+        # Export before any segmentation: no cells in the store.
+        run(c.export(tmp_path / "before.zarr", overwrite=False, pitch_um=20.0))
+        assert not (tmp_path / "before.zarr" / "labels" / "histosge_nuclei").exists()
+        assert " cells;" not in s.status
+        statuses: list[str] = []
+        s.status_changed.connect(statuses.append)
         run(c.cells(genes[0], 20.0))
+        assert [m for m in statuses if "tile " in m], statuses  # segmented here
+        statuses.clear()
         cells = s.cells
         labels, values = np.load(cells.labels), np.load(cells.values)
         assert cells.gene == genes[0]
@@ -83,6 +115,14 @@ def test_worker_segments_cells_and_averages_the_maps_over_them(tmp_path):
         again = np.load(s.cells.colour[0])[0]
         g1 = cells.genes.index(genes[1])
         np.testing.assert_array_equal(again[labels > 0], values[labels[labels > 0] - 1, g1])
+        # Export writes the cells segmented, as `histosge run --cells` does, without
+        # segmenting again.
+        statuses.clear()
+        run(c.export(tmp_path / "out.zarr", overwrite=False, pitch_um=20.0))
+        s.status_changed.disconnect(statuses.append)
+        assert f"with {cells.n_cells} cells" in s.status
+        assert not [m for m in statuses if "tile " in m], statuses
+        _check_exported_cells(tmp_path / "out.zarr", cells, values)
         # A new fit forgets the cells.
         run(c.train({"mode": "superres", "seed": 1}, 60, options={}, resolution_um=20.0))
         assert s.cells is None
@@ -90,7 +130,7 @@ def test_worker_segments_cells_and_averages_the_maps_over_them(tmp_path):
         c.close()
 
 
-def test_segment_cells_button_shows_the_cells_and_their_values(dock, qtbot):
+def test_segment_cells_button_shows_the_cells_and_their_values(dock, qtbot, tmp_path):
     from qtpy.QtCore import QElapsedTimer, QTimer
 
     viewer, widget = dock
@@ -177,3 +217,21 @@ def test_segment_cells_button_shows_the_cells_and_their_values(dock, qtbot):
     assert layer.metadata["gene"] == other[0]
     assert layer.name == f"cells: {other[0]} (HisToSGE)"
     assert widget.layer_view.trust.cells_layer is layer
+
+    # Export writes the cells too, in the worker: the event loop stays free meanwhile.
+    out = tmp_path / "export.zarr"
+    widget.export_section.path = str(out)
+    gaps.clear()
+    last[0] = clock.elapsed()
+    timer.start()
+    widget.export_section.export_button.native.click()
+    assert session.running is not None, session.status
+    qtbot.waitUntil(lambda: session.running is None, timeout=600_000)
+    timer.stop()
+    assert session.last_error is None, session.last_error
+    print(f"longest turns during the export: {sorted(gaps)[-5:]} ms")
+    # The export takes seconds; no turn comes near (it adds no layer, so the bound is loose).
+    assert max(gaps) < 250
+    assert f"with {cells.n_cells} cells" in session.status
+    qtbot.waitUntil(lambda: f"with {cells.n_cells} cells" in widget.status.text(), timeout=2_000)
+    _check_exported_cells(out, cells, values)

@@ -183,10 +183,11 @@ class Controller:
         return self._submit("cells_colour", {**payload, "gene": gene}, "cells")
 
     def export(self, path: str | Path, *, overwrite: bool, pitch_um: float | None = None) -> bool:
-        """Write predictions, maps and features into a store."""
+        """Write predictions, maps and features (and the cells, once segmented) into a store."""
         payload = {"path": str(path), "overwrite": bool(overwrite), "pitch_um": pitch_um or None}
         found = self.session.domains  # the domains shown go into the store too
         payload["domains"] = None if found is None else {"k": found.k, "seed": found.seed}
+        payload["cells"] = self.session.cells is not None  # and the cells segmented
         return self._submit("export", payload)
 
     def cancel(self) -> None:
@@ -363,8 +364,9 @@ class Controller:
 
     def _done_export(self, result: dict[str, Any]) -> None:
         self.session.last_export = result["path"]
+        cells = f" with {result['n_cells']} cells" if "n_cells" in result else ""
         self.session.set_status(
-            f"Exported to {result['path']}; it opens with spatialdata.read_zarr and "
+            f"Exported to {result['path']}{cells}; it opens with spatialdata.read_zarr and "
             "napari-spatialdata."
         )
         self.session.changed.emit("last_export")

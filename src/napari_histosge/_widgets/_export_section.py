@@ -26,7 +26,8 @@ class ExportSection(Section):
         self.overwrite_check = CheckBox(text="Replace earlier outputs without asking")
         self.export_button = PushButton(text="Export")
         self.add_form(self.path_edit, self.overwrite_check, self.export_button)
-        self.gate("export", self.export_button, "Write predictions, maps and features to the store")
+        tip = "Write predictions, maps and features (and the cells, once segmented) to the store"
+        self.gate("export", self.export_button, tip)
         self.export_button.changed.connect(self.export)
         self.refresh()
 
@@ -51,7 +52,7 @@ class ExportSection(Section):
         return answer == QMessageBox.StandardButton.Yes
 
     def export(self, *_: Any) -> bool:
-        """Write predictions, maps and cached features into the store, in the worker."""
+        """Write predictions, maps, cached features and segmented cells to the store (worker)."""
         out = self.path
         if not out:
             self.session.fail("Choose an output .zarr store.")

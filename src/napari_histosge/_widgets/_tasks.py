@@ -22,7 +22,7 @@ from typing import Any
 
 from ._files import save_pyramid
 from ._job import Job, plain
-from ._tasks_cells import colour_cells, segment_cells
+from ._tasks_cells import colour_cells, export_cells, segment_cells
 from ._tasks_more import (
     fit_superres,
     model_features,
@@ -351,7 +351,11 @@ def export(state: WorkerState, job: Job) -> dict[str, Any]:
     slide = _slide(state, job.context)
     if job.context.get("superres"):
         job.say("export", 0, 2, "Rendering all genes…")
-        return {"path": superres_export(state, job, slide)}
+        path = superres_export(state, job, slide)
+        if not job.payload.get("cells"):
+            return {"path": path}
+        info = export_cells(state, job, slide, path)  # the cells segmented in the dock go in too
+        return {"path": path, "n_cells": int(info["n_cells"])}
     preds = _predictions(state, job.context)
     job.say("export", 0, 2, "Rendering all genes…")
     pitch_px = _pitch_px(slide, job.payload.get("pitch_um"))

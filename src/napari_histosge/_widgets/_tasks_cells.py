@@ -18,7 +18,7 @@ from ._files import save_pyramid
 from ._job import Job
 from ._tasks_more import superres_at, superres_result
 
-__all__ = ["colour_cells", "segment_cells"]
+__all__ = ["colour_cells", "export_cells", "segment_cells"]
 
 #: Pixel size (µm) of the cell ids shown (a nucleus of 4-15 µm is 2-7 pixels across), at most
 #: ``MAX_SIDE`` pixels a side. The colours come with coarser levels (:func:`save_pyramid`):
@@ -29,39 +29,53 @@ SHOWN_UM = 2.0
 MAX_SIDE = 8192
 
 
+def _grid_nuclei(state: Any, job: Job, slide: Any, grid: Any) -> Any:
+    """Return the nuclei on ``grid``: kept from the last segmentation, cached, or segmented.
+
+    Nuclei read from the store's cache are read there again (the cache may have been replaced
+    since); segmented ones that the store could not cache (a slide held in memory) are kept
+    in the worker, one set at a time, until the next segmentation or the worker's end.
+    """
+    from napari_histosge.cells.segment import NucleiOptions
+    from napari_histosge.cells.table import grid_nuclei_key, iter_grid_nuclei
+
+    opts = NucleiOptions()
+    key, _ = grid_nuclei_key(slide, grid, opts)
+    kept = getattr(state, "cells_nuclei", None)
+    if kept is not None and kept[0] is slide and kept[1] == key:
+        return kept[2]
+    nuc = job.run(iter_grid_nuclei(slide, grid, opts))
+    if kept is not None:
+        kept[2].close()
+    state.cells_nuclei = (slide, key, nuc)
+    return nuc
+
+
 def segment_cells(state: Any, job: Job, slide: Any) -> dict[str, Any]:
     """Segment the nuclei over the fit's area; save the cell ids, values and one gene's colours.
 
     Payload: ``pitch_um`` (the maps' resolution; ``None``: the fit's) and ``gene`` (the gene
-    coloured first; ``None``: the fit's first gene).
+    coloured first; ``None``: the fit's first gene). Nuclei segmented before on the same grid
+    and image, by this worker or into the store's cache, are not segmented again.
     """
     import numpy as np
 
-    from napari_histosge.cells.segment import NucleiOptions, iter_segment_nuclei
-    from napari_histosge.cells.table import cell_values, grid_keep, iter_cell_membership
+    from napari_histosge.cells.segment import NucleiOptions
+    from napari_histosge.cells.table import cell_values, iter_cell_membership
 
     if not job.context.get("superres"):
         raise ValueError("Cells take their values from the super-resolution model: fit it first.")
     result = superres_result(state, slide, superres_at(job, job.payload.get("pitch_um")), job)
-    opts = NucleiOptions()
     grid = result.grid
-    half = grid.step / 2
-    extent = (*(grid.positions.min(0) - half), *(grid.positions.max(0) + half))
-    image = slide.sdata.images[slide.keys.image_key]
-    um = float(slide.geometry.um_per_px)
-    keep = grid_keep(grid)
-    nuc = job.run(iter_segment_nuclei(image, um, extent=extent, keep=keep, options=opts))
-    try:
-        member, _ = job.run(iter_cell_membership(nuc, grid, opts.expand_um))
-        job.say("cells", 0, 1, f"Averaging the maps over {nuc.n} cells…")
-        genes = [str(g) for g in result.genes]
-        values = cell_values(member, result, None, genes)
-        side = max(nuc.labels.shape)
-        stride = max(1, round(SHOWN_UM / nuc.um_per_px), math.ceil(side / MAX_SIDE))
-        labels = np.asarray(nuc.labels[::stride, ::stride].compute(), dtype=np.int32)
-        factor, (ox, oy) = float(nuc.factor), nuc.offset_px
-    finally:
-        nuc.close()
+    nuc = _grid_nuclei(state, job, slide, grid)
+    member, _ = job.run(iter_cell_membership(nuc, grid, NucleiOptions().expand_um))
+    job.say("cells", 0, 1, f"Averaging the maps over {nuc.n} cells…")
+    genes = [str(g) for g in result.genes]
+    values = cell_values(member, result, None, genes)
+    side = max(nuc.labels.shape)
+    stride = max(1, round(SHOWN_UM / nuc.um_per_px), math.ceil(side / MAX_SIDE))
+    labels = np.asarray(nuc.labels[::stride, ::stride].compute(), dtype=np.int32)
+    factor, (ox, oy) = float(nuc.factor), nuc.offset_px
     labels_path, values_path = (
         state.new_path("cells", ".npy"),
         state.new_path("cell-values", ".npy"),
@@ -80,6 +94,22 @@ def segment_cells(state: Any, job: Job, slide: Any) -> dict[str, Any]:
     gene = job.payload.get("gene") or genes[0]
     out["colour"] = _colour_file(state, labels, values, genes, str(gene))
     return out
+
+
+def export_cells(state: Any, job: Job, slide: Any, out: str) -> dict[str, Any]:
+    """Write ``histosge_nuclei`` and ``histosge_cells`` into the exported store ``out``.
+
+    The same elements as ``histosge run --cells``, from the fit at the export's resolution;
+    the nuclei the Cells section segmented are used again (segmented once more only when the
+    export's grid differs from theirs and the store has none cached for it).
+    """
+    from napari_histosge.cells.table import iter_add_cells
+
+    spec = superres_at(job, job.payload.get("pitch_um"))
+    result = superres_result(state, slide, spec, job)
+    nuc = _grid_nuclei(state, job, slide, result.grid)
+    job.say("export", 1, 2, f"Writing {nuc.n} cells…")
+    return job.run(iter_add_cells(out, slide, result, nuclei=nuc, seed=int(spec["seed"])))
 
 
 def _colour_file(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -433,8 +434,10 @@ def _assemble(sdata: SpatialData, source: Path | None, new: dict[str, Any], tmp:
             groups[kind][name] = element
     for name, element in new.items():
         groups[_element_type(name)][name] = element
-    out_sdata = SpatialData(**groups, attrs=dict(sdata.attrs))
-    write_sdata(out_sdata, tmp, overwrite=False, update_sdata_path=False)
+    with warnings.catch_warnings():  # a table may annotate a raster linked below
+        warnings.filterwarnings("ignore", message=".*which is not present in the SpatialData")
+        out_sdata = SpatialData(**groups, attrs=dict(sdata.attrs))
+        write_sdata(out_sdata, tmp, overwrite=False, update_sdata_path=False)
     if not linked:
         return
     assert source is not None
