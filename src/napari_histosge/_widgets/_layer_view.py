@@ -16,15 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QObject, QTimer
 
-from ._layer_insert import deferrable_parts as _deferrable_parts
-from ._layer_insert import parts_deferred
+from ._napari_private import deferrable_parts, parts_deferred
 from ._session import MapsInfo, MeasuredInfo, Session, SlideInfo
 from ._trust_layers import TrustLayers
 
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["LayerView", "parts_deferred", "prefetch_readers"]
+__all__ = ["LayerView", "prefetch_readers"]
 
 #: Milliseconds between two queued layer changes.
 STEP_MS = 30
@@ -64,6 +63,9 @@ class LayerView(QObject):
         self.gene_layers: dict[str, Any] = {}
         self.measured_layer: Any = None
         self._queue: deque[Callable[[], None]] = deque()
+        # The parts of napari's insertion still to build, per layer inserted without them.
+        self._unbuilt: dict[Any, list[Callable[[Any], None]]] = {}
+        viewer.layers.events.removing.connect(self._on_removing)
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         # Room for napari to repaint between two layer changes.
@@ -97,10 +99,17 @@ class LayerView(QObject):
             self._timer.start(STEP_MS)
 
     def close(self) -> None:
-        """Stop changing layers."""
+        """Stop changing layers; the layers already inserted get all their parts."""
         self._queue.clear()
         with contextlib.suppress(RuntimeError):  # Qt deleted the timer already
             self._timer.stop()
+        self.viewer.layers.events.removing.disconnect(self._on_removing)
+        unbuilt, self._unbuilt = self._unbuilt, {}
+        with contextlib.suppress(RuntimeError):  # Qt deleted napari's window already
+            for layer, builds in unbuilt.items():
+                if layer in self.viewer.layers:
+                    for build in builds:
+                        build(layer)
 
     def _on_changed(self, name: str) -> None:
         if name == "slide" and self.session.slide is not None:
@@ -239,23 +248,36 @@ class LayerView(QObject):
         """
         self._queue.appendleft(functools.partial(self._reveal, layer))
         self._queue.appendleft(lambda: self._insert(layer, wanted))
+        if not self._timer.isActive():
+            self._timer.start(STEP_MS)
 
     def _insert(self, layer: Any, wanted: Callable[[], bool]) -> None:
         if not wanted():
             return
         # napari builds the layer's visuals and controls in the insertion's turn; here each is
-        # built on a turn of its own, right after.
+        # built on a turn of its own, right after (see :mod:`._napari_private`).
         layers = self.viewer.layers
-        parts = _deferrable_parts(self.viewer)
-        later: list[Callable[[], None]] = [
-            functools.partial(self._build_part, build, layer) for _, build in parts
-        ]
-        self._queue.extendleft(reversed(later))
+        parts = deferrable_parts(self.viewer)
+        self._unbuilt[layer] = [build for _, build in parts]
+        self._queue.extendleft(
+            reversed([functools.partial(self._build_part, build, layer) for _, build in parts])
+        )
         with parts_deferred(layers, parts):
             layers.append(layer)
 
     def _build_part(self, build: Callable[[Any], None], layer: Any) -> None:
-        if layer in self.viewer.layers:
+        unbuilt = self._unbuilt.get(layer, [])
+        if build in unbuilt:
+            unbuilt.remove(build)
+            build(layer)
+        if not unbuilt:
+            self._unbuilt.pop(layer, None)
+
+    def _on_removing(self, event: Any) -> None:
+        # napari's removal of a layer expects its visuals and controls: a layer removed (or
+        # the viewer closed) before they were built gets them first.
+        layer = self.viewer.layers[event.index]
+        for build in self._unbuilt.pop(layer, []):
             build(layer)
 
     def _reveal(self, layer: Any) -> None:
