@@ -247,12 +247,12 @@ def _stored_slide(path: Path):
 
 
 def _no_segmentation(monkeypatch) -> None:
-    from napari_histosge.cells import table
+    from napari_histosge.cells import cache
 
     def refuse(*_a, **_k):
         raise AssertionError("segmented again instead of reading the store's cache")
 
-    monkeypatch.setattr(table, "iter_segment_nuclei", refuse)
+    monkeypatch.setattr(cache, "iter_segment_nuclei", refuse)
 
 
 def test_nuclei_are_cached_in_the_store(tmp_path, synthetic, monkeypatch):

@@ -26,18 +26,22 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Callable, Generator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .segment import Nuclei, NucleiOptions
+from napari_histosge.base.progress import Progress
+
+from .segment import Nuclei, NucleiOptions, iter_segment_nuclei
 
 __all__ = [
     "NUCLEI_CACHE_KEY",
     "NUCLEI_CACHE_TABLE",
     "image_digest",
+    "iter_cached_nuclei",
     "labels_element",
     "lookup_nuclei",
     "nuclei_key",
@@ -242,3 +246,65 @@ def store_nuclei(
     sdata.labels[NUCLEI_CACHE_KEY] = back
     sdata.tables[NUCLEI_CACHE_TABLE] = table
     return lookup_nuclei(sdata, key)
+
+
+def iter_cached_nuclei(
+    slide: Any,
+    extent: tuple[float, float, float, float],
+    *,
+    keep: Callable[[np.ndarray], np.ndarray] | None = None,
+    kept: str | None = None,
+    options: NucleiOptions | None = None,
+    cache: bool = True,
+) -> Generator[Progress, None, Nuclei]:
+    """Return the nuclei of an area of a slide: from the store's cache, or segmented.
+
+    Parameters
+    ----------
+    slide
+        A :class:`~napari_histosge.workflows.pipeline.Slide`.
+    extent
+        ``(x0, y0, x1, y1)`` in scale-0 pixels.
+    keep
+        Which nuclei to keep (see :func:`.segment.iter_segment_nuclei`).
+    kept
+        Name of the rule ``keep`` applies, part of the cache key (``None`` with no ``keep``).
+    options
+        Segmentation settings.
+    cache
+        Read the store's cache, and write it when segmented (``meta["from_cache"]`` says
+        which). Close the nuclei once used.
+
+    Examples
+    --------
+    >>> nuc = run_generator(iter_cached_nuclei(slide, (0, 0, 2000, 2000)))  # doctest: +SKIP
+    """
+    from spatialdata.transformations import get_transformation
+
+    if keep is not None and kept is None:
+        raise ValueError("Expected `kept` naming the nuclei `keep` keeps, found none.")
+    opts = options or NucleiOptions()
+    image_key = slide.keys.image_key
+    image = slide.sdata.images[image_key]
+    um = float(slide.geometry.um_per_px)
+    key, provenance = nuclei_key(image, image_key, um, opts, extent, kept)
+    if cache:
+        hit = lookup_nuclei(slide.sdata, key)
+        if hit is not None:
+            yield Progress("nuclei", 1, 1, f"{hit.n} nuclei read from the store's cache")
+            return hit
+    nuc = yield from iter_segment_nuclei(image, um, extent=extent, keep=keep, options=opts)
+    nuc.meta["from_cache"] = False
+    if not cache:
+        return nuc
+    try:
+        image_tf = dict(get_transformation(image, get_all=True))
+        stored = store_nuclei(slide.sdata, nuc, key, provenance, image_tf)
+    except BaseException:
+        nuc.close()
+        raise
+    if stored is None:
+        return nuc
+    nuc.close()
+    stored.meta["from_cache"] = False
+    return stored

@@ -21,6 +21,7 @@ __all__ = [
     "cell_feature_names",
     "cell_features",
     "iter_add_cell_features",
+    "spot_cell_features",
 ]
 
 #: Disk diameters (µm) the nuclei are pooled over around each position.
@@ -119,6 +120,33 @@ def cell_features(
         density = cnt / (np.pi * (float(s) / 2.0) ** 2) * 1e3
         out.append(np.c_[density, mean, frac])
     return np.concatenate(out, axis=1).astype(np.float32)
+
+
+def spot_cell_features(
+    table: Any,
+    positions_px: np.ndarray,
+    um_per_px: float,
+    diameter_um: float,
+    *,
+    k: int = 4,
+    seed: int = 0,
+) -> np.ndarray:
+    """Nuclei statistics of spots: :func:`cell_features` in each spot and in twice its width.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> rng = np.random.default_rng(0)
+    >>> t = pd.DataFrame({"x": rng.uniform(0, 100, 40), "y": rng.uniform(0, 100, 40),
+    ...                   "area_um2": rng.uniform(20, 60, 40), "eccentricity": rng.random(40),
+    ...                   "ellipse_fill": rng.random(40), "haematoxylin": rng.random(40)})
+    >>> spot_cell_features(t, np.array([[50.0, 50.0]]), 1.0, 55.0).shape
+    (1, 20)
+    """
+    if not (np.isfinite(diameter_um) and diameter_um > 0):
+        raise ValueError(f"Expected a positive spot diameter (µm), found `{diameter_um}`.")
+    scales = (float(diameter_um), 2.0 * float(diameter_um))
+    return cell_features(table, positions_px, um_per_px, scales_um=scales, k=k, seed=seed)
 
 
 def iter_add_cell_features(

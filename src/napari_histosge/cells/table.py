@@ -19,8 +19,8 @@ import numpy as np
 from napari_histosge.base.progress import Progress, run_generator
 from napari_histosge.store import CELLS_KEY, NUCLEI_KEY
 
-from .cache import labels_element, lookup_nuclei, nuclei_key, store_nuclei
-from .segment import Nuclei, NucleiOptions, iter_segment_nuclei
+from .cache import iter_cached_nuclei, labels_element, nuclei_key
+from .segment import Nuclei, NucleiOptions
 
 if TYPE_CHECKING:
     from napari_histosge.geometry.footprints import SuperpixelGrid
@@ -274,17 +274,21 @@ def grid_extent(grid: SuperpixelGrid) -> tuple[float, float, float, float]:
     return (*(pos.min(0) - half), *(pos.max(0) + half))
 
 
+def _grid_kept(grid: SuperpixelGrid) -> str:
+    """Name of the rule keeping the nuclei on ``grid`` (part of their cache key)."""
+    from napari_histosge.features.cache import positions_digest
+
+    return f"superpixels {positions_digest(grid.positions)} step {float(grid.step):.6g}"
+
+
 def grid_nuclei_key(
     slide: Any, grid: SuperpixelGrid, options: NucleiOptions
 ) -> tuple[str, dict[str, Any]]:
     """Cache key of the nuclei of ``slide`` on ``grid`` (:func:`.cache.nuclei_key`)."""
-    from napari_histosge.features.cache import positions_digest
-
     keys = slide.keys
-    kept = f"superpixels {positions_digest(grid.positions)} step {float(grid.step):.6g}"
     image = slide.sdata.images[keys.image_key]
     um = float(slide.geometry.um_per_px)
-    return nuclei_key(image, keys.image_key, um, options, grid_extent(grid), kept)
+    return nuclei_key(image, keys.image_key, um, options, grid_extent(grid), _grid_kept(grid))
 
 
 def iter_grid_nuclei(
@@ -299,34 +303,16 @@ def iter_grid_nuclei(
     --------
     >>> nuc = run_generator(iter_grid_nuclei(slide, res.grid))  # doctest: +SKIP
     """
-    from spatialdata.transformations import get_transformation
-
-    opts = options or NucleiOptions()
-    key, provenance = grid_nuclei_key(slide, grid, opts)
-    if cache:
-        hit = lookup_nuclei(slide.sdata, key)
-        if hit is not None:
-            yield Progress("nuclei", 1, 1, f"{hit.n} nuclei read from the store's cache")
-            return hit
-    image = slide.sdata.images[slide.keys.image_key]
-    um = float(slide.geometry.um_per_px)
-    nuc = yield from iter_segment_nuclei(
-        image, um, extent=grid_extent(grid), keep=grid_keep(grid), options=opts
+    return (
+        yield from iter_cached_nuclei(
+            slide,
+            grid_extent(grid),
+            keep=grid_keep(grid),
+            kept=_grid_kept(grid),
+            options=options,
+            cache=cache,
+        )
     )
-    nuc.meta["from_cache"] = False
-    if not cache:
-        return nuc
-    try:
-        image_tf = dict(get_transformation(image, get_all=True))
-        stored = store_nuclei(slide.sdata, nuc, key, provenance, image_tf)
-    except BaseException:
-        nuc.close()
-        raise
-    if stored is None:
-        return nuc
-    nuc.close()
-    stored.meta["from_cache"] = False
-    return stored
 
 
 def iter_add_cells(
