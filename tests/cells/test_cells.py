@@ -395,3 +395,58 @@ def test_a_second_run_cells_reads_the_nuclei_from_the_store(
     # --no-cache segments again
     assert main([*argv, "--out", str(tmp_path / "c.zarr"), "--no-cache"]) == 0
     assert "nuclei segmented" in capsys.readouterr().out
+
+
+def test_cell_features_option_of_the_attention_models_spot_features(synthetic):
+    from types import SimpleNamespace
+
+    from napari_histosge.base.progress import run_generator
+    from napari_histosge.cells.features import cell_feature_names, spot_cell_features
+    from napari_histosge.models.checkpoints import check_features
+    from napari_histosge.workflows.batch_predict import prediction_options
+    from napari_histosge.workflows.pipeline import ExtractOptions, Slide, iter_extract
+
+    slide = Slide.open(synthetic.sdata)
+    plain = run_generator(iter_extract(slide, options=ExtractOptions(cache=False)))
+    opts = ExtractOptions(cache=False, cell_features=True)
+    feats = run_generator(iter_extract(slide, options=opts))
+    d = plain.spots.features.shape[1]
+    names = feats.spots.meta["cells"]["names"]
+    assert len(names) == len(cell_feature_names()) == 20
+    for with_cells, without in ((feats.spots, plain.spots), (feats.positions, plain.positions)):
+        assert with_cells.features.shape == (len(without.features), d + len(names))
+        assert with_cells.meta["dim"] == d + len(names)
+        np.testing.assert_array_equal(with_cells.features[:, :d], without.features)
+    # the appended columns are the nuclei statistics in each spot and twice its width
+    assert feats.spots.meta["cells"]["n_nuclei"] > 20
+    g = slide.geometry
+    spot_density = feats.spots.features[:, d]  # nuclei per 1,000 µm² of the spot's disk
+    assert spot_density.max() > 0
+    nuc = segment_nuclei(synthetic.sdata.images["he"], g.um_per_px)
+    direct = spot_cell_features(nuc.table, g.centers_px, g.um_per_px, g.diameter_px * g.um_per_px)
+    nuc.close()
+    assert np.corrcoef(direct[:, 0], spot_density)[0, 1] > 0.95
+    # a model trained with them predicts with them, and refuses features without them
+    model = SimpleNamespace(feature_meta=feats.spots.meta)
+    assert prediction_options(model).cell_features is True
+    assert prediction_options(SimpleNamespace(feature_meta=plain.spots.meta)).cell_features is False
+    with pytest.raises(ValueError, match="feature width"):
+        check_features(model, plain.spots.meta)
+
+
+@pytest.mark.slow
+def test_cli_trains_and_predicts_with_cell_features(tmp_path, synthetic):
+    from napari_histosge.cli import main
+    from napari_histosge.models.checkpoints import load_checkpoint
+    from napari_histosge.store import write_sdata
+
+    store = tmp_path / "syn.zarr"
+    write_sdata(synthetic.sdata, store)
+    ckpt = tmp_path / "model"
+    argv = ["run", str(store), "--out", str(tmp_path / "o.zarr"), "--mode", "improved"]
+    assert main([*argv, "--epochs", "3", "--cell-features", "--checkpoint-out", str(ckpt)]) == 0
+    model = load_checkpoint(ckpt)
+    assert model.feature_meta["cells"]["n_nuclei"] > 20
+    out = tmp_path / "p.zarr"
+    assert main(["predict", str(store), "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    assert (out / "tables" / "histosge_predictions").is_dir()

@@ -21,6 +21,7 @@ __all__ = [
     "cell_feature_names",
     "cell_features",
     "iter_add_cell_features",
+    "iter_add_spot_cell_features",
     "spot_cell_features",
 ]
 
@@ -174,3 +175,54 @@ def iter_add_cell_features(
         nuc.close()
     info = {"n_nuclei": nuc.n, "names": cell_feature_names(), "threshold": nuc.meta["threshold"]}
     return np.hstack([feats, cf]), {**meta, "dim": int(feats.shape[1] + cf.shape[1]), "cells": info}
+
+
+def iter_add_spot_cell_features(
+    slide: Any, feats: Any, *, cache: bool = True
+) -> Generator[Progress, None, Any]:
+    """Append the nuclei statistics of every spot and position to a slide's features.
+
+    The option ``cell_features`` of :class:`~napari_histosge.workflows.pipeline.ExtractOptions`
+    (the attention models' spot features): :func:`spot_cell_features` in each spot's disk and
+    in twice its width, for the measured spots and the new positions alike. The nuclei are
+    segmented once over the area of all of them (read from, and written to, the store's cache
+    when ``cache``: :func:`.cache.iter_cached_nuclei`).
+
+    Parameters
+    ----------
+    slide
+        The slide.
+    feats
+        Its :class:`~napari_histosge.workflows.pipeline.SlideFeatures`.
+    cache
+        Use the store's nuclei cache.
+
+    Returns
+    -------
+    The features with :func:`cell_feature_names` columns appended; ``meta["cells"]`` records
+    it (and ``meta["dim"]`` the new width, which a model checks its features against).
+    """
+    from dataclasses import replace
+
+    from .cache import iter_cached_nuclei
+
+    g = slide.geometry
+    um = float(g.um_per_px)
+    diameter_um = float(g.diameter_px) * um
+    every = np.vstack([g.centers_px, feats.positions_px]).astype(np.float64)
+    reach = 2.0 * diameter_um / um
+    extent = (*(every.min(0) - reach), *(every.max(0) + reach))
+    nuc = yield from iter_cached_nuclei(slide, extent, cache=cache)
+    try:
+        cf = spot_cell_features(nuc.table, every, um, diameter_um)
+    finally:
+        nuc.close()
+    scales = (diameter_um, 2.0 * diameter_um)
+    info = {"names": cell_feature_names(scales), "diameter_um": diameter_um, "n_nuclei": nuc.n}
+    n = len(g.centers_px)
+
+    def add(fs: Any, part: np.ndarray) -> Any:
+        f = np.hstack([fs.features, part]).astype(np.float32)
+        return replace(fs, features=f, meta={**fs.meta, "dim": int(f.shape[1]), "cells": info})
+
+    return replace(feats, spots=add(feats.spots, cf[:n]), positions=add(feats.positions, cf[n:]))

@@ -164,6 +164,13 @@ def feature_args(p: argparse.ArgumentParser) -> None:
         "position and patch size) or auto (default: tiles for timm ViTs, patch for other timm "
         "models); the built-in histology encoder ignores it, and superres mode always pools tiles",
     )
+    p.add_argument(
+        "--cell-features",
+        action="store_true",
+        help="append the nuclei statistics (density, size, shape, haematoxylin, morphological "
+        "classes) of each spot (attention models; a model trained with them predicts with them) "
+        "or each superpixel (superres mode) to the image features; segments the nuclei",
+    )
     cache_arg(p)
 
 
@@ -222,6 +229,7 @@ def extract_options(args: argparse.Namespace, positions: str = "4x") -> ExtractO
         positions=positions,
         cache=not args.no_cache,
         pooling=getattr(args, "pooling", "auto"),
+        cell_features=bool(getattr(args, "cell_features", False)),
     )
 
 

@@ -166,6 +166,8 @@ def _run_superres(args: argparse.Namespace, slide: Slide, genes: list[str] | Non
     )  # fmt: skip
     if getattr(args, "no_uncertainty", False):
         opts = replace(opts, config=replace(opts.config, uncertainty=False))
+    if getattr(args, "cell_features", False):  # per superpixel in this mode
+        opts = replace(opts, cell_features=True)
     gen = iter_superres(slide, genes=genes, n_top_genes=args.n_top_genes, options=opts)
     result = drive(gen, quiet=args.quiet)
     meta = {"command": " ".join(sys.argv), "source": str(args.store)}

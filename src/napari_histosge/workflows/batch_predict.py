@@ -55,7 +55,7 @@ class PredictJob(SlideJob):
 
 
 def prediction_options(model: TrainedModel, base: ExtractOptions | None = None) -> ExtractOptions:
-    """Feature options of ``base`` with the encoder, patch sizes and pooling the model used.
+    """Feature options of ``base`` with the encoder, patch sizes, pooling and nuclei the model used.
 
     Examples
     --------
@@ -70,6 +70,7 @@ def prediction_options(model: TrainedModel, base: ExtractOptions | None = None) 
         encoder=str(meta.get("encoder", "histology")),
         patch_sizes=tuple(float(s) for s in sizes) if sizes else None,
         pooling=str(meta.get("pooling", "patch")),
+        cell_features=bool(meta.get("cells")),
     )
 
 

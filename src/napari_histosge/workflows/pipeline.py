@@ -161,6 +161,8 @@ class ExtractOptions:
         ViT encoders: ``"tiles"`` (patch tokens of tissue tiles embedded once, pooled under
         each position's patch), ``"patch"`` (one forward pass per position and patch size) or
         ``"auto"`` (``"tiles"`` for timm ViTs). The built-in encoder ignores it.
+    cell_features
+        Append the nuclei statistics of each spot (:mod:`napari_histosge.cells.features`).
     """
 
     encoder: str = "histology"
@@ -172,6 +174,7 @@ class ExtractOptions:
     positions: str = "4x"
     cache: bool = True
     pooling: str = "auto"
+    cell_features: bool = False
 
     def build_encoder(self) -> Encoder:
         """Build the encoder these options name, with their weights, device and precision."""
@@ -300,13 +303,13 @@ def iter_extract(
         slide, slide.geometry.centers_px, options=opts, cache_name="spots", encoder=encoder
     )
     pos = yield from iter_extract_at(slide, xy, options=opts, cache_name=name, encoder=encoder)
-    return SlideFeatures(
-        spots=spots,
-        positions_px=xy,
-        positions=pos,
-        positions_name=name,
-        from_cache=bool(spots.from_cache and pos.from_cache),
-    )
+    cached = bool(spots.from_cache and pos.from_cache)
+    feats = SlideFeatures(spots, xy, pos, positions_name=name, from_cache=cached)
+    if opts.cell_features:
+        from napari_histosge.cells.features import iter_add_spot_cell_features
+
+        feats = yield from iter_add_spot_cell_features(slide, feats, cache=opts.cache)
+    return feats
 
 
 def iter_train(

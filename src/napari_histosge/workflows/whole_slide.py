@@ -109,13 +109,18 @@ def iter_extract_blocked(
     meta.pop("positions_digest", None)
     meta["blocks"] = {"count": len(blocks), "side_um": float(block_um)}
     n = len(geom.centers_px)
-    return SlideFeatures(
+    out = SlideFeatures(
         spots=FeatureSet(feats[:n], key, meta, from_cache=False),
         positions_px=xy,
         positions=FeatureSet(feats[n:], key, meta, from_cache=False),
         positions_name=name,
         from_cache=False,
     )
+    if options.cell_features:  # nuclei are segmented in tiles, in bounded memory too
+        from napari_histosge.cells.features import iter_add_spot_cell_features
+
+        out = yield from iter_add_spot_cell_features(slide, out, cache=options.cache)
+    return out
 
 
 def rasterize_gaussian_lazy(
