@@ -8,6 +8,7 @@ tests run.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -22,6 +23,35 @@ NO_SHARED_DATA = (
     f"needs the shared datasets folder {SHARED_DATA} (../shared/data beside the repository, "
     "or HISTOSGE_SHARED_DATA); it is missing"
 )
+
+
+# timm loads triton; loaded after napari's OpenGL context exists in the same process, triton
+# crashes the interpreter (a segfault in its import). Loading it first, as a serial run does
+# by importing timm before the widget tests, lets any test follow a widget test in a process
+# (pytest-xdist hands the tests to its workers in any order).
+if importlib.util.find_spec("triton") is not None:
+    import triton  # noqa: F401
+
+_XVFB = pytest.StashKey[object]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, one virtual display for all the workers, started before them.
+
+    The workers inherit ``DISPLAY``, so that two of them never race for one display number
+    (``tests/widgets/conftest.py`` starts a display only when none is set).
+    """
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        from napari_histosge._widgets._display import start_virtual_display
+
+        config.stash[_XVFB] = start_virtual_display()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    proc = config.stash.get(_XVFB, None)
+    if proc is not None:
+        proc.terminate()  # type: ignore[attr-defined]
+        proc.wait(timeout=10)  # type: ignore[attr-defined]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
