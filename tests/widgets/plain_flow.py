@@ -210,7 +210,7 @@ def main() -> int:  # noqa: C901 - one linear script
         # insertion itself and the removal are not timed. Every map layer pays these turns.
         import numpy as np
 
-        from napari_histosge._widgets._layer_view import _deferrable_parts, parts_deferred
+        from napari_histosge._widgets._napari_private import deferrable_parts, parts_deferred
 
         def timed(turn) -> float:
             state["step"] = "reference"
@@ -225,7 +225,7 @@ def main() -> int:  # noqa: C901 - one linear script
         for i in range(REFERENCE_DRAWS):
             like = maps[i % len(maps)]
             state["step"] = "reference (untimed)"
-            parts = _deferrable_parts(viewer)
+            parts = deferrable_parts(viewer)
             with parts_deferred(viewer.layers, parts):  # as the dock inserts its maps
                 layer = viewer.add_image(
                     np.array(like.data, dtype=np.float32, copy=True),

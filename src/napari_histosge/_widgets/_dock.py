@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QTimer
@@ -28,29 +27,12 @@ __all__ = ["HisToSGEWidget"]
 
 #: Milliseconds between two reads of the worker's messages.
 POLL_MS = 25
-#: The status line and the progress bar change at most this often (milliseconds): each change
-#: repaints napari's window, composed through OpenGL, which is slow on a software-rendered display.
+#: The status line and the progress bar change at most this often (milliseconds).
 SHOW_MS = 250
-#: Each section is built on its own turn of the event loop, this far apart and only once the
-#: dock has been painted since the previous one, so that napari's window repaints in between
-#: instead of in the same turn as the build (its first repaint after the dock opens, with the
-#: canvas resized, is the longest: 45-65 ms on a software-rendered display).
-BUILD_INTERVAL_MS = 30
-#: A section is built anyway after this many intervals without a paint of the dock.
-BUILD_MAX_WAITS = 10
-#: The worker process starts once the sections are built (spawning it costs the viewer a turn).
-START_DELAY_MS = 250
 #: The dock's width in average character widths.
 DOCK_WIDTH_CHARS = 60
-
-
-def _one_shot(parent: QWidget, interval_ms: int, *slots: Callable[[], Any]) -> QTimer:
-    timer = QTimer(parent)
-    timer.setSingleShot(True)
-    timer.setInterval(interval_ms)
-    for slot in slots:
-        timer.timeout.connect(slot)
-    return timer
+#: Milliseconds between the builds of two sections.
+BUILD_MS = 30
 
 
 class HisToSGEWidget(QWidget):
@@ -82,12 +64,6 @@ class HisToSGEWidget(QWidget):
         self.viewer = napari_viewer
         self.session = Session()
         self.controller = Controller(self.session, runner or Runner())
-        # The worker starts once the sections are built (on a turn of its own: spawning it forks
-        # the process) and imports the core while the user reads the dock.
-        # The readers' imports run in a thread and would compete with the sections being built.
-        self._start_timer = _one_shot(
-            self, START_DELAY_MS, self.controller.runner.start, prefetch_readers
-        )
         self.layer_view = LayerView(napari_viewer, self.session)
 
         self.progress_bar = QProgressBar()
@@ -95,16 +71,15 @@ class HisToSGEWidget(QWidget):
         self._shown = {"progress": 0, "status": self.session.status}
         self._to_show = dict(self._shown)
         self._last_shown = 0.0
-        self._show_timer = _one_shot(self, 0, self._show_status)
+        self._show_timer = QTimer(self)
+        self._show_timer.setSingleShot(True)
+        self._show_timer.timeout.connect(self._show_status)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
-        # A new status never resizes the dock (and with it napari's canvas, a full repaint):
-        # the line takes the dock's width and three lines, whatever the text.
+        # The status line keeps its size whatever the text, and the dock's width is set once,
+        # wide enough for the widest section (Features: 56 average character widths, plus the
+        # scroll bar): a new status never resizes the dock, and no section scrolls sideways.
         self.status = StatusLine(self.session.status)
-        # The dock's width is set once, wide enough for the widest section (Features: 56
-        # average character widths, plus the scroll bar), so that the sections built later and
-        # the status texts never resize it (each resize of the dock resizes napari's canvas: a
-        # full repaint) and no section scrolls sideways.
         self.setMinimumWidth(DOCK_WIDTH_CHARS * self.fontMetrics().averageCharWidth())
         outer = QVBoxLayout(self)
         outer.setContentsMargins(4, 4, 4, 0)
@@ -114,8 +89,10 @@ class HisToSGEWidget(QWidget):
         outer.addLayout(row)
         outer.addWidget(self.status)
 
-        # The sections are built one per turn of the event loop, so that opening the dock never
-        # holds up the viewer; `sections_ready` tells when all of them are there.
+        # The sections are built one per turn of the event loop, and the worker process is
+        # started after them: built at once, with the worker's start, opening the dock took
+        # one turn of 304-446 ms of the viewer's CPU (imports, widgets, napari's style sheet
+        # applied to each; measured 2026-12-06, 2-core machine under load).
         body = QWidget()
         self._body_layout = QVBoxLayout(body)
         self._body_layout.addStretch(1)
@@ -131,10 +108,11 @@ class HisToSGEWidget(QWidget):
             self._build_domains,
             self._build_cells,
             self._build_export,
+            self._start_worker,
         ]
-        self._painted = False
-        self._build_waits = 0
-        self._build_timer = _one_shot(self, BUILD_INTERVAL_MS, self._build_next)
+        self._build_timer = QTimer(self)
+        self._build_timer.setInterval(BUILD_MS)
+        self._build_timer.timeout.connect(self._build_next)
         self._build_timer.start()
 
         self.session.status_changed.connect(self._on_status)
@@ -150,88 +128,78 @@ class HisToSGEWidget(QWidget):
         controller, layer_view = self.controller, self.layer_view
         self.destroyed.connect(lambda *_: (controller.close(), layer_view.close()))
 
-    def _add_section(self, section: QWidget) -> None:
+    def _build_next(self) -> None:
+        self._builders.pop(0)()
+        if not self._builders:
+            self._build_timer.stop()
+
+    def build_all(self) -> None:
+        """Build the sections not built yet (and start the worker), at once."""
+        self._build_timer.stop()
+        while self._builders:
+            self._builders.pop(0)()
+
+    @property
+    def sections_ready(self) -> bool:
+        """All seven sections are built and the worker process is started."""
+        return not self._builders
+
+    def _start_worker(self) -> None:
+        # The worker imports the core while the user reads the dock; dask and zarr, which the
+        # first layers read with, are imported in a thread meanwhile.
+        self.controller.runner.start()
+        prefetch_readers()
+
+    def _add(self, section: QWidget) -> None:
         self._body_layout.insertWidget(self._body_layout.count() - 1, section)
 
-    def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
-        self._painted = True
-        super().paintEvent(event)
-
-    def _build_next(self) -> None:
-        if self.isVisible() and not self._painted and self._build_waits < BUILD_MAX_WAITS:
-            self._build_waits += 1
-            self._build_timer.start()
-            return
-        self._build_waits = 0
-        self._painted = False
-        if self._builders:
-            self._add_section(self._builders.pop(0)())
-        if self._builders:
-            self._build_timer.start()
-        else:
-            self._start_timer.start()
-
-    def _build_data(self) -> QWidget:
+    def _build_data(self) -> None:
         from ._data_section import DataSection
 
         self.data_section = DataSection(self.controller, self.viewer)
-        return self.data_section
+        self._add(self.data_section)
 
-    def _build_features(self) -> QWidget:
+    def _build_features(self) -> None:
         from ._features_section import FeaturesSection
 
         self.features_section = FeaturesSection(self.controller)
-        return self.features_section
+        self._add(self.features_section)
 
-    def _build_train(self) -> QWidget:
+    def _build_train(self) -> None:
         from ._train_section import TrainSection
 
         self.train_section = TrainSection(self.controller)
         self.train_section.device = self._device
         self.train_section.options = self._extract_options
         self.train_section.resolution_um = lambda: self.predict_section.pitch_um
-        return self.train_section
+        self._add(self.train_section)
 
-    def _build_predict(self) -> QWidget:
+    def _build_predict(self) -> None:
         from ._predict_section import PredictSection
 
         self.predict_section = PredictSection(self.controller, self.viewer)
         self.predict_section.options = self._extract_options
-        return self.predict_section
+        self._add(self.predict_section)
 
-    def _build_domains(self) -> QWidget:
+    def _build_domains(self) -> None:
         from ._domains_section import DomainsSection
 
         self.domains_section = DomainsSection(self.controller)
         self.domains_section.seed = lambda: self.train_section.seed_spin.value
         self.domains_section.pitch_um = lambda: self.predict_section.pitch_um
-        return self.domains_section
+        self._add(self.domains_section)
 
-    def _build_cells(self) -> QWidget:
+    def _build_cells(self) -> None:
         from ._cells_section import CellsSection
 
         self.cells_section = CellsSection(self.controller, lambda: self.predict_section.pitch_um)
-        return self.cells_section
+        self._add(self.cells_section)
 
-    def _build_export(self) -> QWidget:
+    def _build_export(self) -> None:
         from ._export_section import ExportSection
 
         self.export_section = ExportSection(self.controller, lambda: self.predict_section.pitch_um)
-        return self.export_section
-
-    @property
-    def sections_ready(self) -> bool:
-        """All seven sections are built."""
-        return not self._builders
-
-    def build_all(self) -> None:
-        """Build the sections not built yet, at once."""
-        if not self._builders:
-            return
-        while self._builders:
-            self._add_section(self._builders.pop(0)())
-        self._build_timer.stop()
-        self._start_timer.start()
+        self._add(self.export_section)
 
     @property
     def sections(self) -> tuple[QWidget, ...]:
@@ -275,9 +243,7 @@ class HisToSGEWidget(QWidget):
         self._schedule_show()
 
     def _schedule_show(self) -> None:
-        # Each change of the status line or the progress bar repaints napari's window: both are
-        # set together on a later turn, not in the one that handled the click or the worker's
-        # message, and at most once per SHOW_MS.
+        # The status line and the progress bar are set together, at most once per SHOW_MS.
         if self._show_timer.isActive() or self._to_show == self._shown:
             return
         since = 1000.0 * (time.monotonic() - self._last_shown)
@@ -288,11 +254,7 @@ class HisToSGEWidget(QWidget):
         if self._to_show["status"] != self._shown["status"]:
             self.status.setText(self._to_show["status"])
         if self._to_show["progress"] != self._shown["progress"]:
-            # QProgressBar.setValue repaints at once (the whole window): with its updates off
-            # it only schedules a repaint, which joins the status line's.
-            self.progress_bar.setUpdatesEnabled(False)
             self.progress_bar.setValue(self._to_show["progress"])
-            self.progress_bar.setUpdatesEnabled(True)
         self._shown = dict(self._to_show)
 
     def _on_busy(self, name: str | None) -> None:
@@ -343,7 +305,7 @@ class HisToSGEWidget(QWidget):
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
         """Stop the worker before closing."""
         self.poll_timer.stop()
-        self._start_timer.stop()
+        self._build_timer.stop()
         self.layer_view.close()
         self.controller.close()
         super().closeEvent(event)
