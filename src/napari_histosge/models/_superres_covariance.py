@@ -1,9 +1,10 @@
-"""Covariance of the uncertainty's field: kernel shapes and the footprint kernel they give.
+"""Covariances of the uncertainty: the field's kernel shapes, and the units' counting noise.
 
 The map's mean uses a Gaussian kernel scaled to the units' pitch; the field whose posterior
 variance is the map's uncertainty may use another length (in µm, not tied to the pitch) and a
 rougher shape: ``"exponential"`` (Matérn 1/2, ``exp(-d / h)``), whose variation below any
-length does not vanish as a Gaussian's does.
+length does not vanish as a Gaussian's does. A unit's counting noise is the variance of its
+log-normalised value under Poisson counts at its depth (:func:`var_log1p`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SHAPES", "covariance", "footprint_covariance", "support"]
+__all__ = ["SHAPES", "covariance", "footprint_covariance", "support", "var_log1p"]
 
 #: Kernel shapes of the uncertainty's field.
 SHAPES = ("gaussian", "exponential")
@@ -70,4 +71,46 @@ def footprint_covariance(
             shape=(len(nodes_xy), len(sub)),
         )
         out = out + (k @ a_t[j0 : j0 + step]).tocsr()
+    return out
+
+
+def var_log1p(
+    rate: np.ndarray, depth: np.ndarray, target_sum: float = 1e4, exact_below: float = 30.0
+) -> np.ndarray:
+    """Variance of ``log1p(target_sum * K / depth)`` for ``K ~ Poisson(rate * depth)``.
+
+    Examples
+    --------
+    >>> float(var_log1p(np.array([[0.0]]), np.array([100.0]))[0, 0])
+    0.0
+    >>> v = var_log1p(np.array([[0.01]]), np.array([1e5]))[0, 0]  # mean 1,000 counts
+    >>> bool(abs(v - 1e-3) < 1e-4)
+    True
+    """
+    r = np.clip(np.asarray(rate, dtype=np.float64), 0.0, None)
+    d = np.asarray(depth, dtype=np.float64).reshape(-1, 1)
+    mu = r * d
+    s = target_sum / d
+    out = mu * (s / (1.0 + s * mu)) ** 2  # delta method for large means
+    idx = np.flatnonzero(mu < exact_below)
+    if len(idx):
+        # Exact sums over k, the largest means first: each mean needs its own number of terms
+        # (mu + 12 sqrt(mu) + 10), so the sums run over fewer values as k grows.
+        m = mu.ravel()[idx]
+        order = np.argsort(-m, kind="stable")
+        m, unit = m[order], (idx // mu.shape[1])[order]
+        s_unit = np.broadcast_to(s, (mu.shape[0], 1)).ravel()
+        needed = -np.ceil(m + 12.0 * np.sqrt(m) + 10.0)  # ascending
+        pmf = np.exp(-m)
+        e1 = np.zeros_like(m)
+        e2 = np.zeros_like(m)
+        for k in range(1, int(-needed[0]) + 1):
+            n = int(np.searchsorted(needed, -k, side="right"))
+            pmf[:n] *= m[:n] / k
+            v = np.log1p(s_unit * k)[unit[:n]]
+            pv = pmf[:n] * v
+            e1[:n] += pv
+            e2[:n] += pv * v
+        out = out.copy()
+        out.ravel()[idx[order]] = np.maximum(e2 - e1**2, 0.0)
     return out

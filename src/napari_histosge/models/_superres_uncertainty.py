@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from ._superres_covariance import var_log1p
+
 #: A fitted :class:`~.superres.SuperResModel` (not imported: that module imports this one).
 SuperResModel = Any
 
@@ -83,40 +85,6 @@ class Uncertainty:
             var += self.image_lev[:, None] * self.image_var[cols].astype(np.float32)
         np.maximum(var, 0.0, out=var)
         return (np.sqrt(var) * np.float32(self.scale)).astype(np.float32)
-
-
-def var_log1p(
-    rate: np.ndarray, depth: np.ndarray, target_sum: float = 1e4, exact_below: float = 30.0
-) -> np.ndarray:
-    """Variance of ``log1p(target_sum * K / depth)`` for ``K ~ Poisson(rate * depth)``.
-
-    Examples
-    --------
-    >>> float(var_log1p(np.array([[0.0]]), np.array([100.0]))[0, 0])
-    0.0
-    >>> v = var_log1p(np.array([[0.01]]), np.array([1e5]))[0, 0]  # mean 1,000 counts
-    >>> bool(abs(v - 1e-3) < 1e-4)
-    True
-    """
-    r = np.clip(np.asarray(rate, dtype=np.float64), 0.0, None)
-    d = np.asarray(depth, dtype=np.float64).reshape(-1, 1)
-    mu = r * d
-    s = target_sum / d
-    out = mu * (s / (1.0 + s * mu)) ** 2  # delta method for large means
-    small = mu < exact_below
-    if small.any():
-        m = np.where(small, mu, 0.0)
-        pmf = np.exp(-m)
-        e1 = np.zeros_like(m)
-        e2 = np.zeros_like(m)
-        k_max = int(np.ceil(exact_below + 12.0 * np.sqrt(exact_below) + 10.0))
-        for k in range(1, k_max + 1):
-            pmf = pmf * m / k
-            v = np.log1p(s * k)
-            e1 += pmf * v
-            e2 += pmf * v * v
-        out = np.where(small, np.maximum(e2 - e1**2, 0.0), out)
-    return out
 
 
 def _groups(xy: np.ndarray, tile: float) -> list[np.ndarray]:
@@ -175,13 +143,24 @@ def _explained_tiles(
     reach: float,
     out: np.ndarray,
 ) -> None:
-    for idx in _groups(q_xy, tile):
+    groups = _groups(q_xy, tile)
+    rows = cross[np.concatenate(groups)]  # a tile's rows are then a contiguous slice
+    lookup = np.full(cross.shape[1], -1, dtype=np.int64)
+    start = 0
+    for idx in groups:
+        part = rows[start : start + len(idx)]
+        start += len(idx)
         centre = q_xy[idx].mean(0)
         radius = float(np.sqrt(((q_xy[idx] - centre) ** 2).sum(1)).max()) + reach
         near = np.asarray(tree.query_ball_point(centre, radius), dtype=np.int64)
         if not len(near):
             continue
-        k = cross[idx].toarray()[:, near]
+        lookup[near] = np.arange(len(near))
+        col = lookup[part.indices]
+        keep = col >= 0
+        k = np.zeros((len(idx), len(near)))
+        k[np.repeat(np.arange(len(idx)), np.diff(part.indptr))[keep], col[keep]] = part.data[keep]
+        lookup[near] = -1
         g = _block(gram, near)
         w, v = np.linalg.eigh(0.5 * (g + g.T))
         kv2 = (k @ v) ** 2
@@ -239,7 +218,7 @@ def _geometry(
     a_nodes = (model.membership @ model.interp).tocsr()
     unit_xy = np.asarray(a_nodes @ model.nodes_xy)
     reach = support(shape, model.config.truncate) * h + 1.5 * model.pitch
-    return unit_xy, model.nodes_xy, float(model.pitch), float(reach)
+    return unit_xy, model.nodes_xy, 2.0 * float(model.pitch), float(reach)
 
 
 def unit_noise(model: SuperResModel) -> np.ndarray | None:
