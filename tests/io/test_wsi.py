@@ -281,8 +281,8 @@ def test_blocks_and_lazy_maps_match_the_whole_slide_at_once(slides, model):
 @pytest.mark.slow
 def test_dock_worker_opens_a_slide_file_and_predicts_with_a_model(tmp_path, slides, model):
     """The dock's worker tasks (no Qt): open a TIFF by path, load a model, predict."""
-    from napari_histosge._widgets._job import Job
-    from napari_histosge._widgets._tasks import TASKS, WorkerState
+    from napari_histosge._widgets._task_job import Job
+    from napari_histosge._widgets._tasks_steps import TASKS, WorkerState
 
     def job(payload, context=None):
         return Job(payload=payload, context=context or {}, report=lambda r: None, stop=lambda: 0)

@@ -48,7 +48,7 @@ def _check_exported_cells(out, cells, values: np.ndarray) -> None:
 
 def test_worker_segments_cells_and_averages_the_maps_over_them(tmp_path):
     from napari_histosge._widgets._controller import Controller
-    from napari_histosge._widgets._runner import Runner
+    from napari_histosge._widgets._worker_process import Runner
 
     c = Controller(runner=Runner(tmp_path / "session"))
     s = c.session

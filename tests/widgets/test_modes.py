@@ -10,7 +10,7 @@ import pytest
 from histosge_widget_utils import wait_for
 
 from napari_histosge._widgets._controller import Controller
-from napari_histosge._widgets._runner import Runner
+from napari_histosge._widgets._worker_process import Runner
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import spatialdata as sd
 from histosge_widget_utils import wait_for
 
 from napari_histosge._widgets._controller import Controller
-from napari_histosge._widgets._runner import Runner
+from napari_histosge._widgets._worker_process import Runner
 
 
 def _export_sample(out, session_dir):

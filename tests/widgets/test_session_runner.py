@@ -9,8 +9,8 @@ import pytest
 from histosge_widget_utils import wait_for
 
 from napari_histosge._widgets._controller import Controller
-from napari_histosge._widgets._runner import Runner, describe_exit
 from napari_histosge._widgets._session import FeaturesInfo, ModelInfo, Session, SlideInfo
+from napari_histosge._widgets._worker_process import Runner, describe_exit
 
 SLIDE = SlideInfo(
     source="/tmp/s.zarr",

@@ -214,7 +214,7 @@ def test_worker_gives_reliability_sd_maps_and_domains_of_the_superres_fit(tmp_pa
     from histosge_widget_utils import worker_steps
 
     from napari_histosge._widgets._controller import Controller
-    from napari_histosge._widgets._runner import Runner
+    from napari_histosge._widgets._worker_process import Runner
 
     c = Controller(runner=Runner(tmp_path / "session"))
     s = c.session

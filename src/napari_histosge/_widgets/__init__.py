@@ -1,7 +1,7 @@
 """Qt widgets of napari-histosge: the only package that imports Qt.
 
 The dock is imported on first use, so that the worker process, which imports
-:mod:`._tasks` and :mod:`._runner` from this package, never loads Qt.
+:mod:`._tasks_steps` and :mod:`._worker_process` from this package, never loads Qt.
 """
 
 from __future__ import annotations

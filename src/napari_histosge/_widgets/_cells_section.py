@@ -8,7 +8,7 @@ from magicgui.widgets import PushButton
 from qtpy.QtWidgets import QLabel
 
 from ._controller import Controller
-from ._section import Section
+from ._section_base import Section
 
 __all__ = ["CellsSection"]
 

@@ -1,7 +1,7 @@
 """The dock's actions: build a task from the form's values, run it, record its result.
 
-The controller joins a :class:`~._session.Session` and a :class:`~._runner.Runner`; it imports
-neither Qt nor the core, so the whole workflow is driven and tested without a viewer.
+The controller joins a :class:`~._session.Session` and a :class:`~._worker_process.Runner`; it
+imports neither Qt nor the core, so the whole workflow is driven and tested without a viewer.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ._runner import Runner
 from ._session import (
     CellsInfo,
     DomainsInfo,
@@ -22,6 +21,7 @@ from ._session import (
     Session,
     SlideInfo,
 )
+from ._worker_process import Runner
 
 __all__ = ["Controller"]
 

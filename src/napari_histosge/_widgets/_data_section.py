@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, PushButton
 
 from ._controller import Controller
-from ._section import Section, button_row
+from ._section_base import Section, button_row
 
 if TYPE_CHECKING:
     import napari

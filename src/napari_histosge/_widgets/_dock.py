@@ -1,8 +1,9 @@
 """The HisToSGE dock: seven sections over one session, its worker process and its layers.
 
 The dock only composes: the session (:mod:`._session`) holds the state, the controller
-(:mod:`._controller`) runs each step in the worker process (:mod:`._runner`, :mod:`._tasks`),
-the layer view (:mod:`._layer_view`) shows results, and each section is a small form.
+(:mod:`._controller`) runs each step in the worker process (:mod:`._worker_process`,
+:mod:`._tasks_steps`), the layer view (:mod:`._layer_view`) shows results, and each section is a
+small form.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QScrollArea, 
 
 from ._controller import Controller
 from ._layer_view import LayerView, prefetch_readers
-from ._runner import Runner
 from ._session import Session
 from ._status_line import StatusLine
+from ._worker_process import Runner
 
 if TYPE_CHECKING:
     import napari

@@ -10,7 +10,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QLabel
 
 from ._controller import Controller
-from ._section import Section
+from ._section_base import Section
 
 __all__ = ["DomainsSection"]
 

@@ -10,7 +10,7 @@ from magicgui.widgets import CheckBox, FileEdit, PushButton
 from qtpy.QtWidgets import QMessageBox
 
 from ._controller import Controller
-from ._section import Section
+from ._section_base import Section
 
 __all__ = ["ExportSection"]
 

@@ -7,7 +7,7 @@ from typing import Any
 from magicgui.widgets import ComboBox, FileEdit, LineEdit, PushButton, SpinBox
 
 from ._controller import Controller
-from ._section import Section
+from ._section_base import Section
 
 __all__ = ["FeaturesSection", "parse_patch_sizes"]
 

@@ -11,7 +11,7 @@ from qtpy.QtWidgets import QAbstractItemView, QLabel, QLineEdit, QListView
 from ._controller import Controller
 from ._gene_list import GeneListModel
 from ._legend import MapLegend
-from ._section import Section
+from ._section_base import Section
 
 __all__ = ["PredictSection"]
 

@@ -1,12 +1,12 @@
 """Worker tasks for cells: nuclei segmented on the fit's area, each cell's values, their colours.
 
-Runs in the worker process, like :mod:`._tasks`: the module imports only the standard library at
-the top. The nuclei come from :mod:`napari_histosge.cells` (segmented over the super-resolution
-fit's grid, grown into cell footprints), and each cell's values are the super-resolved
-predictions averaged over its footprint, as ``histosge run --cells`` writes them. What the
-viewer gets are ``.npy`` files: the cell ids on a coarser grid placed on the H&E, the
-``(cells, genes)`` values, and for one gene an image where every pixel of a cell holds its value
-(NaN off the cells), so that colouring costs the viewer no computation.
+Runs in the worker process, like :mod:`._tasks_steps`: the module imports only the standard library
+at the top. The nuclei come from :mod:`napari_histosge.cells` (segmented over the super-resolution
+fit's grid, grown into cell footprints), and each cell's values are the super-resolved predictions
+averaged over its footprint, as ``histosge run --cells`` writes them. What the viewer gets are
+``.npy`` files: the cell ids on a coarser grid placed on the H&E, the ``(cells, genes)`` values, and
+for one gene an image where every pixel of a cell holds its value (NaN off the cells), so that
+colouring costs the viewer no computation.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import math
 from typing import Any
 
 from ._files import save_pyramid
-from ._job import Job
-from ._tasks_more import superres_at, superres_result
+from ._task_job import Job
+from ._tasks_superres import superres_at, superres_result
 
 __all__ = ["colour_cells", "export_cells", "segment_cells"]
 

@@ -1,9 +1,9 @@
 """Worker tasks that tell how far to trust a map: uncertainty, per-gene reliability, domains.
 
-Runs in the worker process, like :mod:`._tasks`: the module imports only the standard library at
-the top. The numbers come from the super-resolution model (:mod:`~.workflows.superres`);
-a model or a core without them leaves the dock as it was (no standard deviations, no
-reliability), except for domains, which say so.
+Runs in the worker process, like :mod:`._tasks_steps`: the module imports only the standard library
+at the top. The numbers come from the super-resolution model (:mod:`~.workflows.superres`); a model
+or a core without them leaves the dock as it was (no standard deviations, no reliability), except
+for domains, which say so.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from ._files import save_pyramid
-from ._job import Job
-from ._tasks_more import superres_at, superres_result
+from ._task_job import Job
+from ._tasks_superres import superres_at, superres_result
 
 __all__ = ["find_domains", "superres_reliability", "uncertainty_files"]
 

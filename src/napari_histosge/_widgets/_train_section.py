@@ -9,8 +9,8 @@ from qtpy.QtWidgets import QFileDialog
 
 from ._controller import Controller
 from ._loss_plot import LossPlot
-from ._section import Section, button_row
-from ._tasks import train_form_defaults
+from ._section_base import Section, button_row
+from ._tasks_steps import train_form_defaults
 
 __all__ = ["SUPERRES", "TrainSection"]
 

@@ -1,12 +1,12 @@
 """The dock's heavy work, run in a worker process of its own.
 
 Every import of the core, torch, timm, scanpy and spatialdata that the dock needs happens in this
-module, inside the worker process that :class:`~napari_histosge._widgets._runner.Runner` starts
-with ``spawn``: the viewer's process never shares an interpreter lock or an OpenGL context with
-this work. The module itself imports only the standard library at the top, so the viewer can name
-it as the worker's entry point without loading anything.
+module, inside the worker process that :class:`~napari_histosge._widgets._worker_process.Runner`
+starts with ``spawn``: the viewer's process never shares an interpreter lock or an OpenGL context
+with this work. The module itself imports only the standard library at the top, so the viewer can
+name it as the worker's entry point without loading anything.
 
-Each task is ``task(state, job) -> dict`` (see :class:`~._job.Job`) and returns small values;
+Each task is ``task(state, job) -> dict`` (see :class:`~._task_job.Job`) and returns small values;
 arrays go into ``.npy`` files in the session folder. The job's context describes the session's
 slide, features, model and predictions, so a fresh worker (after a Cancel that had to stop the
 process, or a crash) rebuilds what it needs from the store and the session folder.
@@ -21,19 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from ._files import save_pyramid
-from ._job import Job, plain
+from ._task_job import Job, plain
 from ._tasks_cells import colour_cells, export_cells, segment_cells
-from ._tasks_more import (
+from ._tasks_open import model_features, open_image_only, open_slide
+from ._tasks_superres import (
     fit_superres,
-    model_features,
-    open_image_only,
     superres_at,
     superres_export,
     superres_maps_for,
     superres_predict,
     superres_result,
 )
-from ._tasks_open import open_slide
 from ._tasks_trust import find_domains, superres_reliability, uncertainty_files
 
 __all__ = ["TASKS", "WorkerState", "train_form_defaults", "warm_up"]

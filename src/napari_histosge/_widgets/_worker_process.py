@@ -28,7 +28,7 @@ from typing import Any
 
 from psygnal import Signal
 
-from ._job import Job
+from ._task_job import Job
 
 __all__ = ["Runner", "serve"]
 
@@ -36,7 +36,7 @@ __all__ = ["Runner", "serve"]
 POLL_BUDGET_S = 0.015
 
 #: The module whose ``TASKS``, ``WorkerState`` and ``warm_up`` the worker runs.
-DEFAULT_TASKS = "napari_histosge._widgets._tasks"
+DEFAULT_TASKS = "napari_histosge._widgets._tasks_steps"
 
 
 def serve(conn: Any, stop: Any, session_dir: str, tasks_module: str) -> None:
