@@ -35,16 +35,15 @@ def nuclei_per_spot(sec) -> tuple[np.ndarray, dict]:
 
     The nuclei are cached in the section's store, so a second run does not segment again.
     """
-    from types import SimpleNamespace
-
     from napari_histosge.base.progress import run_generator
     from napari_histosge.cells.features import iter_add_spot_cell_features
     from napari_histosge.features.extract import FeatureSet
+    from napari_histosge.workflows.pipeline import SlideFeatures
 
     n = len(sec.features)
     spots = FeatureSet(sec.features, "", dict(sec.meta), from_cache=True)
     none = FeatureSet(np.zeros((0, sec.features.shape[1]), np.float32), "", {}, from_cache=True)
-    feats = SimpleNamespace(spots=spots, positions=none, positions_px=np.zeros((0, 2)))
+    feats = SlideFeatures(spots, np.zeros((0, 2)), none, positions_name="none", from_cache=True)
     t0 = time.perf_counter()
     with_cells = run_generator(iter_add_spot_cell_features(sec.slide, feats))
     seconds = time.perf_counter() - t0

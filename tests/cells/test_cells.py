@@ -303,7 +303,7 @@ def test_nuclei_are_cached_in_the_store(tmp_path, synthetic, monkeypatch):
     again.sdata.images[again.keys.image_key] = image
     nuc = run_generator(iter_grid_nuclei(again, grid, cache=False))
     assert nuc.meta["from_cache"] is False
-    assert nuc._cleanup is not None
+    assert nuc.temporary
     nuc.close()
 
 

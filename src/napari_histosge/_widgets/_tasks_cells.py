@@ -42,10 +42,10 @@ def _grid_nuclei(state: Any, job: Job, slide: Any, grid: Any) -> Any:
     opts = NucleiOptions()
     key, _ = grid_nuclei_key(slide, grid, opts)
     kept = getattr(state, "cells_nuclei", None)
-    if kept is not None and kept[0] is slide and kept[1] == key:
-        return kept[2]
+    if kept is not None and kept[0] is slide and kept[1] == key and kept[2].temporary:
+        return kept[2]  # segmented here and not cached: their temporary tiles are still there
     nuc = job.run(iter_grid_nuclei(slide, grid, opts))
-    if kept is not None:
+    if kept is not None and kept[2] is not nuc:
         kept[2].close()
     state.cells_nuclei = (slide, key, nuc)
     return nuc

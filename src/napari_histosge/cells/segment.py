@@ -116,6 +116,11 @@ class Nuclei:
         """Number of nuclei."""
         return len(self.table)
 
+    @property
+    def temporary(self) -> bool:
+        """Whether the labels live in temporary tiles, which :meth:`close` removes."""
+        return self._cleanup is not None
+
     def close(self) -> None:
         """Remove the temporary tiles behind ``labels`` (compute or write them first)."""
         if self._cleanup is not None:
