@@ -6,6 +6,8 @@
     .venv/bin/python bench/cells_speed.py run /tmp/cells/C2.zarr --work /tmp/cells
     # the same steps in this process, wall and CPU time of each (fit, export, cells):
     .venv/bin/python bench/cells_speed.py phases /tmp/cells/synth25k.zarr --n-top-genes 500
+    # the nuclei cache: histosge run, then --cells twice (segments and caches; reads):
+    .venv/bin/python bench/cells_speed.py cache /tmp/cells/synth25k.zarr --work /tmp/cells
 
 The 25k-pixel slide is ``bench/synthetic_slide.py --size 25000 --spots 4000 --genes 500 --seed
 0`` (0.278 µm/px: segmented on its 2x level, 0.555 µm/px).
@@ -82,6 +84,41 @@ def run(store: str, work: str, extra: list[str]) -> dict:
     return out
 
 
+def cache(store: str, work: str, extra: list[str]) -> dict:
+    """``histosge run``, then ``histosge run --cells`` twice: segmenting, then from the cache.
+
+    The store's nuclei cache is removed first, so the first ``--cells`` run segments and writes
+    it and the second reads it; the features are read from the store's cache by all three
+    (``--no-cache`` would recompute them too).
+    """
+    from napari_histosge.cells.cache import NUCLEI_CACHE_KEY, NUCLEI_CACHE_TABLE
+    from napari_histosge.store import write_element_atomic
+
+    root = Path(store)
+    for kind, name in (("tables", NUCLEI_CACHE_TABLE), ("labels", NUCLEI_CACHE_KEY)):
+        if (root / kind / name).exists():
+            write_element_atomic(root, kind, name, None)
+    out = {}
+    runs = (
+        ("plain", []),
+        ("segment_and_cache", ["--cells"]),
+        ("from_cache", ["--cells"]),
+    )
+    for name, flags in runs:
+        target = str(Path(work) / f"speed_cache_{name}.zarr")
+        argv = [store, "--out", target, "--overwrite", "--quiet", "--seed", "0"]
+        r = time_histosge_run([*argv, *flags, *extra])
+        r["peak_rss_mb"] = round(r.pop("peak_rss_kb") / 1024, 1)
+        r["wall_s"] = round(r["wall_s"], 1)
+        r["stdout"] = r["stdout"].splitlines()
+        out[name] = r
+        print(name, r, flush=True)
+    out["saved_s"] = round(out["segment_and_cache"]["wall_s"] - out["from_cache"]["wall_s"], 1)
+    for name in ("segment_and_cache", "from_cache"):
+        out[f"ratio_{name}_vs_plain"] = round(out[name]["wall_s"] / out["plain"]["wall_s"], 2)
+    return out
+
+
 def phases(store: str, work: str, n_top_genes: int) -> dict:
     """The steps of ``histosge run --cells`` in this process: wall and CPU time of each.
 
@@ -127,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("what", choices=["segment", "run", "phases"])
+    p.add_argument("what", choices=["segment", "run", "phases", "cache"])
     p.add_argument("store")
     p.add_argument("--tile-px", type=int, default=2048)
     p.add_argument("--workers", type=int, default=1, help="segment: tile processes")
@@ -143,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "phases":
         doc["phases"] = phases(args.store, args.work, args.n_top_genes)
         print(doc["phases"], flush=True)
+    elif args.what == "cache":
+        doc["cache"] = cache(args.store, args.work, extra)
+        print(doc["cache"], flush=True)
     else:
         doc["run"] = run(args.store, args.work, extra)
         print("ratio", doc["run"]["ratio"])
