@@ -115,3 +115,27 @@ def her2st_c2_copy(tmp_path: Path, her2st_c2_zarr: Path) -> Path:
     dst = tmp_path / "C2.zarr"
     shutil.copytree(her2st_c2_zarr, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def sample_zarr(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled sample written once per session as a store; tests must not modify it.
+
+    A test that writes into a store (a feature cache, outputs in place) copies it first.
+    """
+    from napari_histosge.io import load_sample
+    from napari_histosge.store import write_sdata
+
+    path = tmp_path_factory.mktemp("sample") / "s.zarr"
+    write_sdata(load_sample(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A quickly fitted model (``safety_helpers.small_model``) saved once; read only."""
+    from safety_helpers import small_model
+
+    from napari_histosge.models.checkpoints import save_checkpoint
+
+    return save_checkpoint(small_model(), tmp_path_factory.mktemp("ckpt") / "model")

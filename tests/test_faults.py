@@ -21,24 +21,19 @@ import pytest
 import spatialdata as sd
 from safety_helpers import CLI, FAST, env, run_cli, tree_digest
 
-from napari_histosge.store import MARKER_NAME, write_sdata
+from napari_histosge.store import MARKER_NAME
 
 CACHE = "histosge_features_spots"
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The sample store, a converted copy (an earlier output) and a checkpoint."""
-    from safety_helpers import small_model
+def base(tmp_path_factory, sample_zarr, small_checkpoint) -> dict[str, Path]:
+    """The sample store, a converted copy (an earlier output) and a checkpoint (read only)."""
+    from napari_histosge.io import convert
 
-    from napari_histosge.io import convert, load_sample
-    from napari_histosge.models.checkpoints import save_checkpoint
-
-    root = tmp_path_factory.mktemp("faults")
-    write_sdata(load_sample(), root / "s.zarr")
-    convert(root / "s.zarr", root / "prev.zarr")
-    save_checkpoint(small_model(), root / "model")
-    return {"store": root / "s.zarr", "prev": root / "prev.zarr", "model": root / "model"}
+    prev = tmp_path_factory.mktemp("faults") / "prev.zarr"
+    convert(sample_zarr, prev)
+    return {"store": sample_zarr, "prev": prev, "model": small_checkpoint}
 
 
 def _visible(root: Path) -> dict[str, str]:

@@ -19,22 +19,19 @@ from safety_helpers import (
     small_model,
     tree_digest,
     with_counts,
-    written_sample,
 )
 
 from napari_histosge.cli import main
 
 
 @pytest.fixture(scope="module")
-def base_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return written_sample(tmp_path_factory, "base")
+def base_store(sample_zarr: Path) -> Path:
+    return sample_zarr  # the session's store: each case copies it
 
 
 @pytest.fixture(scope="module")
-def base_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from napari_histosge.models.checkpoints import save_checkpoint
-
-    return save_checkpoint(small_model(), tmp_path_factory.mktemp("ck") / "model")
+def base_checkpoint(small_checkpoint: Path) -> Path:
+    return small_checkpoint  # each case copies it
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,16 @@ import pytest
 import spatialdata as sd
 
 from napari_histosge.cli import build_parser, main
-from napari_histosge.store import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY, write_sdata
+from napari_histosge.store import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY
 
 
 @pytest.fixture
-def sample_store(tmp_path, sample_sdata):
+def sample_store(tmp_path, sample_zarr):
+    """A private copy of the session's sample store (a run caches its features in it)."""
+    import shutil
+
     path = tmp_path / "sample.zarr"
-    write_sdata(sample_sdata, path)
+    shutil.copytree(sample_zarr, path)
     return path
 
 

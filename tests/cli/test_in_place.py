@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import spatialdata as sd
-from safety_helpers import FAST, env, error_lines, run_cli, tree_digest, written_sample
+from safety_helpers import FAST, env, error_lines, run_cli, tree_digest
 
 from napari_histosge.cli import main
 from napari_histosge.store import OUTPUT_KEYS, PREDICTIONS_KEY
@@ -35,8 +35,8 @@ def _main(args: list, capsys: pytest.CaptureFixture[str] | None = None) -> tuple
 
 
 @pytest.fixture(scope="module")
-def sample_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return written_sample(tmp_path_factory, "inplace")
+def sample_store(sample_zarr: Path) -> Path:
+    return sample_zarr  # the session's store, read only: the tests copy it or run --no-cache
 
 
 @pytest.fixture(scope="module")

@@ -180,11 +180,18 @@ def test_sample_resolution_range_works_at_both_ends_and_refuses_outside(
 
 @pytest.fixture(scope="module")
 def c2_run(tmp_path_factory, her2st_c2_zarr):
-    """`histosge run C2 --domains 6 --seed 0` once for the module (read only)."""
-    out = tmp_path_factory.mktemp("unc") / "out.zarr"
-    args = ["run", str(her2st_c2_zarr), "--out", str(out), "--seed", "0", "--domains", "6"]
+    """`histosge run C2 --domains 6 --seed 0` once for the module (read only).
+
+    It runs on a copy of the session's C2 store, into which it caches its features.
+    """
+    import shutil
+
+    root = tmp_path_factory.mktemp("unc")
+    src, out = root / "C2.zarr", root / "out.zarr"
+    shutil.copytree(her2st_c2_zarr, src)
+    args = ["run", str(src), "--out", str(out), "--seed", "0", "--domains", "6"]
     assert main([*args, "--n-top-genes", "200", "--quiet"]) == 0
-    return out, her2st_c2_zarr
+    return out, src
 
 
 @pytest.mark.shared_data

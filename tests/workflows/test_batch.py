@@ -16,7 +16,7 @@ from safety_helpers import tree_digest
 
 import napari_histosge
 from napari_histosge.cli import main
-from napari_histosge.store import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY, write_sdata
+from napari_histosge.store import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY
 from napari_histosge.workflows.batch import is_complete, marker_path, slide_name
 
 
@@ -71,13 +71,13 @@ def scheduler():
 
 
 @pytest.fixture(scope="module")
-def two_stores(tmp_path_factory):
-    from napari_histosge.io import load_sample
+def two_stores(tmp_path_factory, sample_zarr):
+    """Two copies of the sample store (the batch runs only read them)."""
+    import shutil
 
     root = tmp_path_factory.mktemp("batch_in")
-    sdata = load_sample()
-    write_sdata(sdata, root / "A.zarr")
-    write_sdata(sdata, root / "B.zarr")
+    shutil.copytree(sample_zarr, root / "A.zarr")
+    shutil.copytree(sample_zarr, root / "B.zarr")
     return root / "A.zarr", root / "B.zarr"
 
 
