@@ -37,6 +37,7 @@ def dock(make_napari_viewer, qtbot):
     widget = HisToSGEWidget(viewer)
     viewer.window.add_dock_widget(widget, name="HisToSGE")
     qtbot.waitUntil(lambda: widget.sections_ready, timeout=10_000)
+    widget.prefetch_thread.join(timeout=60)  # the readers' imports, in a thread
     yield viewer, widget
     widget.controller.close()
 

@@ -147,9 +147,10 @@ class HisToSGEWidget(QWidget):
 
     def _start_worker(self) -> None:
         # The worker imports the core while the user reads the dock; dask and zarr, which the
-        # first layers read with, are imported in a thread meanwhile.
+        # first layers read with, are imported in a thread meanwhile (it holds the interpreter
+        # lock for a while: tests that time the dock wait for it).
         self.controller.runner.start()
-        prefetch_readers()
+        self.prefetch_thread = prefetch_readers()
 
     def _add(self, section: QWidget) -> None:
         self._body_layout.insertWidget(self._body_layout.count() - 1, section)
