@@ -75,16 +75,21 @@ class Uncertainty:
         j = np.clip(np.floor(pos).astype(np.int64), 0, len(table) - 2)
         t = (pos - j).astype(np.float32)
         lo = table[j].T  # (n, cols)
-        hi = table[j + 1].T
-        return lo * (1 - t) + hi * t
+        out = table[j + 1].T - lo  # in place from here: whole slides have 500k superpixels
+        out *= t
+        out += lo
+        return out
 
     def sd(self, cols: np.ndarray) -> np.ndarray:
         """Return the standard deviation ``(superpixels, len(cols))`` of genes ``cols``."""
-        var = self._mix(cols, self.node_var) * self.sigma2[cols].astype(np.float32)
+        var = self._mix(cols, self.node_var)
+        var *= self.sigma2[cols].astype(np.float32)
         if self.image_lev is not None and self.image_var is not None:
             var += self.image_lev[:, None] * self.image_var[cols].astype(np.float32)
         np.maximum(var, 0.0, out=var)
-        return (np.sqrt(var) * np.float32(self.scale)).astype(np.float32)
+        np.sqrt(var, out=var)
+        var *= np.float32(self.scale)
+        return var.astype(np.float32, copy=False)
 
 
 def _groups(xy: np.ndarray, tile: float) -> list[np.ndarray]:
