@@ -1,9 +1,7 @@
 """Worker tasks that tell how far to trust a map: uncertainty, per-gene reliability, domains.
 
 Runs in the worker process, like :mod:`._tasks_steps`: the module imports only the standard library
-at the top. The numbers come from the super-resolution model (:mod:`~.workflows.superres`); a model
-or a core without them leaves the dock as it was (no standard deviations, no reliability), except
-for domains, which say so.
+at the top. The numbers come from the super-resolution model (:mod:`~.workflows.superres`).
 """
 
 from __future__ import annotations
@@ -15,18 +13,6 @@ from ._task_job import Job
 from ._tasks_superres import superres_at, superres_result
 
 __all__ = ["find_domains", "superres_reliability", "uncertainty_files"]
-
-
-def _core(name: str) -> Any:
-    from napari_histosge.workflows import superres as superpixels
-
-    found = getattr(superpixels, name, None)
-    if found is None and name == "superres_domains":
-        try:
-            from napari_histosge.models.domains import superres_domains as found
-        except ImportError:
-            return None
-    return found
 
 
 def superres_reliability(
@@ -56,16 +42,11 @@ def superres_reliability(
 
 
 def uncertainty_files(state: Any, result: Any, genes: list[str]) -> dict[str, Any]:
-    """Save the standard deviations of ``genes``' maps as ``.npy`` levels, with their limits.
-
-    Empty when the core has no uncertainty maps.
-    """
+    """Save the standard deviations of ``genes``' maps as ``.npy`` levels, with their limits."""
     from napari_histosge._layers import map_limits
+    from napari_histosge.workflows.superres import superres_uncertainty_maps
 
-    sd_maps = _core("superres_uncertainty_maps")
-    if sd_maps is None:
-        return {}
-    sd = sd_maps(result, genes=genes)
+    sd = superres_uncertainty_maps(result, genes=genes)
     stem = state.new_path("sd")
     levels = save_pyramid(sd.data, lambda i: stem.with_name(f"{stem.name}-{i}.npy"))
     return {
@@ -78,17 +59,16 @@ def find_domains(state: Any, job: Job, slide: Any) -> dict[str, Any]:
     """Cluster the fit's super-resolved expression into ``k`` domains, saved as ``.npy``."""
     import numpy as np
 
+    from napari_histosge.models.domains import superres_domains
+
     if not job.context.get("superres"):
         raise ValueError("Domains come from the super-resolution model: fit it (Train, superres).")
-    domains_of = _core("superres_domains")
-    if domains_of is None:
-        raise ValueError("This version of napari-histosge has no tissue domains yet.")
     # On the grid of the maps shown (a map resolution other than the fit's refits there).
     spec = superres_at(job, job.payload.get("pitch_um"))
     result = superres_result(state, slide, spec, job)
     k, seed = int(job.payload["k"]), int(job.payload.get("seed", 0))
     job.say("domains", 0, 1, f"Clustering the superpixels into {k} domains…")
-    domains = domains_of(result, k=k, seed=seed)
+    domains = superres_domains(result, k=k, seed=seed)
     path = state.new_path("domains", ".npy")
     np.save(path, np.asarray(domains.labels, dtype=np.int32))
     pitch, (x0, y0) = float(domains.pitch_px), domains.origin_px
