@@ -21,7 +21,27 @@ from .predict import Predictions
 if TYPE_CHECKING:
     from .geometry import SpotGeometry
 
-__all__ = ["rasterize_lazy"]
+__all__ = ["block_genes", "rasterize_lazy"]
+
+
+def block_genes(
+    predictions: Predictions, genes: Sequence[str] | None, genes_per_block: int
+) -> tuple[list[str], np.ndarray]:
+    """Check the genes of a lazy map, a block of ``genes_per_block`` at a time; names, columns.
+
+    Examples
+    --------
+    >>> p = Predictions(["a", "b"], np.zeros((1, 2)), np.zeros((1, 2)), np.array(["spot"]),
+    ...                 np.array(["s"]), 1.0)
+    >>> block_genes(p, ["b"], 8)
+    (['b'], array([1]))
+    """
+    names = list(predictions.genes) if genes is None else list(genes)
+    if not names:
+        raise ValueError("Expected at least one gene to render, found none.")
+    if genes_per_block < 1:
+        raise ValueError(f"Expected `genes_per_block` >= 1, found `{genes_per_block}`.")
+    return names, predictions.gene_index(names)
 
 
 def _gather(values: np.ndarray, index: np.ndarray, g0: int, g1: int) -> np.ndarray:
@@ -84,12 +104,7 @@ def rasterize_lazy(
         return rasterize(
             predictions, genes=genes, pitch_px=pitch_px, method=method, geometry=geometry
         )
-    names = list(predictions.genes) if genes is None else list(genes)
-    if not names:
-        raise ValueError("Expected at least one gene to render, found none.")
-    if genes_per_block < 1:
-        raise ValueError(f"Expected `genes_per_block` >= 1, found `{genes_per_block}`.")
-    cols = predictions.gene_index(names)
+    names, cols = block_genes(predictions, genes, genes_per_block)
     m = len(predictions.positions_px)
     probe = Predictions(
         genes=["index"],

@@ -150,15 +150,11 @@ def rasterize_gaussian_lazy(
     import dask.array as da
     from scipy.spatial import cKDTree
 
+    from napari_histosge.lazy_maps import block_genes
     from napari_histosge.maps import map_layout
 
     xy = np.asarray(predictions.positions_px, dtype=float)
-    names = list(predictions.genes) if genes is None else list(genes)
-    if not names:
-        raise ValueError("Expected at least one gene to render, found none.")
-    if genes_per_block < 1:
-        raise ValueError(f"Expected `genes_per_block` >= 1, found `{genes_per_block}`.")
-    cols = predictions.gene_index(names)
+    names, cols = block_genes(predictions, genes, genes_per_block)
     spacing, pitch, origin, height, width = map_layout(xy, pitch_px, clip=geometry is not None)
     reach = 0.75 * spacing
     tree = cKDTree(xy)
