@@ -258,6 +258,8 @@ def test_evaluate_superres_pool_reports_accuracy_and_coverage(tmp_path, her2st_c
         assert -1 <= m[key] <= 1
     for key, nominal in (("coverage_50", 0.5), ("coverage_80", 0.8), ("coverage_95", 0.95)):
         assert abs(m[key] - nominal) < 0.1, (key, m[key])
+        gaussian = m[key.replace("coverage_", "coverage_gaussian_")]
+        assert abs(gaussian - nominal) < 0.1, (key, gaussian)
     assert m["error_sd_ratio"] >= 1.5
     assert m["n_units"] == 187
     assert m["n_genes"] == 250

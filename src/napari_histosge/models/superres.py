@@ -161,19 +161,30 @@ class SuperResModel:
                 f"Expected footprints over the {self.n_superpixels} superpixels, "
                 f"found {q.shape[1]} columns."
             )
-        p = self.predict(genes).astype(np.float64)
         if self.config.measurement == "mean":
-            return np.asarray(q @ p)
+            return np.asarray(q @ self.predict(genes).astype(np.float64))
+        ts = self.config.target_sum
+        return expected_log1p(self.unit_rates(q, genes), self.depth.footprint_depth(q), ts)
+
+    def unit_rates(self, membership: Any, genes: Sequence[str] | None = None) -> np.ndarray:
+        """Return the expected share of each footprint's counts per gene, ``(queries, genes)``.
+
+        The map's normalised expression averaged over each footprint, weighted by the count
+        density of its superpixels (what a unit there would count, before counting noise).
+        """
+        import scipy.sparse as sp
+
         if self.depth is None:
             raise ValueError(
                 "Expected a model fitted with unit depths (`depth=`) for measurement='poisson', "
                 "found none."
             )
+        q = sp.csr_matrix(membership, dtype=np.float64)
+        p = self.predict(genes).astype(np.float64)
         dens = np.exp(self.depth.log_density)
         total = np.maximum(np.asarray(q @ dens), 1e-300)
         rate = np.asarray(q @ (dens[:, None] * np.expm1(p))) / total[:, None]
-        ts = self.config.target_sum
-        return expected_log1p(rate / ts, self.depth.footprint_depth(q), ts)
+        return rate / self.config.target_sum
 
     def predict_sd(self, genes: Sequence[str] | None = None) -> np.ndarray:
         """Return the standard deviation of ``genes`` at every superpixel, ``(superpixels, genes)``.
