@@ -133,6 +133,36 @@ def test_run_cells_writes_nuclei_and_cells(tmp_path, synthetic):
     _check_contract(out)
 
 
+@pytest.mark.slow
+def test_run_cells_on_a_slide_without_nuclei_says_so_and_writes_the_maps(
+    tmp_path, synthetic, capsys
+):
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import get_transformation
+
+    from napari_histosge.cli import main
+    from napari_histosge.store import CELLS_KEY, EXPRESSION_KEY, NUCLEI_KEY, write_sdata
+
+    he = synthetic.sdata.images["he"]
+    blank = Image2DModel.parse(
+        np.full(he.shape, 235, np.uint8),
+        dims=("c", "y", "x"),
+        transformations=get_transformation(he, get_all=True),
+    )
+    tables = {"table": synthetic.sdata.tables["table"]}
+    shapes = dict(synthetic.sdata.shapes)
+    store = tmp_path / "blank.zarr"
+    write_sdata(sd.SpatialData(images={"he": blank}, shapes=shapes, tables=tables), store)
+    out = tmp_path / "out.zarr"
+    assert main(["run", str(store), "--out", str(out), "--cells", "--seed", "0", "--quiet"]) == 0
+    assert "found no nuclei" in capsys.readouterr().out
+    back = sd.read_zarr(out)
+    assert EXPRESSION_KEY in back.images
+    assert NUCLEI_KEY not in back.labels
+    assert CELLS_KEY not in back.tables
+
+
 def test_cells_need_the_superres_mode(tmp_path, synthetic):
     from napari_histosge.cli import main
     from napari_histosge.store import write_sdata

@@ -371,6 +371,14 @@ def iter_add_cells(
     )
     try:
         t1 = time.perf_counter()
+        if nuc.n == 0:  # nothing to tabulate: no element is written, the maps stay as they are
+            yield Progress("cells", 1, 1, "no nuclei on the map's grid: no cells written")
+            return {
+                "n_cells": 0,
+                "from_cache": bool(nuc.meta.get("from_cache")),
+                "segment_s": round(t1 - t0, 2),
+                **{k: nuc.meta.get(k) for k in ("threshold", "um_per_px", "n_tiles")},
+            }
         member, area = yield from iter_cell_membership(nuc, grid, opts.expand_um)
         genes = list(result.genes)
         values = cell_values(member, result, maps, genes)

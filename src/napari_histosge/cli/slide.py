@@ -196,6 +196,9 @@ def _run_superres(args: argparse.Namespace, slide: Slide, genes: list[str] | Non
         print(  # noqa: T201
             f"wrote {info['n_cells']} cells (histosge_nuclei, histosge_cells) into {out} "
             f"in {time.perf_counter() - t1:.1f} s ({how})"
+            if info["n_cells"]
+            else f"found no nuclei on the map's grid ({how}): no histosge_nuclei or "
+            f"histosge_cells written into {out}"
         )
     return 0
 
