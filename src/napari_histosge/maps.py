@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -19,6 +19,7 @@ __all__ = [
     "GeneMaps",
     "default_pitch_px",
     "map_layout",
+    "place_on_grid",
     "pyramid_factors",
     "rasterize",
     "sample_map",
@@ -47,6 +48,9 @@ class GeneMaps:
         ``(x, y)`` of the centre of map pixel ``[0, 0]`` in H&E pixels.
     scale_factors
         Pyramid downscaling factors for the export (none: a single scale).
+    mantissa_bits
+        float32 mantissa bits the export keeps at the coarser scales (all when ``None``); the
+        renderer of ``data`` rounds the finest scale the same way.
     """
 
     data: np.ndarray
@@ -54,6 +58,7 @@ class GeneMaps:
     pitch_px: float
     origin_px: tuple[float, float]
     scale_factors: tuple[int, ...] = ()
+    mantissa_bits: int | None = None
 
     @property
     def scale(self) -> tuple[float, float]:
@@ -260,3 +265,29 @@ def pyramid_factors(h: int, w: int) -> tuple[int, ...]:
         factors.append(2)
         side //= 2
     return tuple(factors)
+
+
+def place_on_grid(out: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: Any) -> None:
+    """Set ``out[:, rows, cols] = values`` (``(g, n)``), copying runs of adjacent pixels.
+
+    The positions of a superpixel grid are a few runs of consecutive pixels along its rows:
+    copying each run as a slice is several times faster than scattering every pixel (which
+    is done when the runs are many, or the positions out of order).
+
+    Examples
+    --------
+    >>> out = np.zeros((1, 2, 3), "float32")
+    >>> place_on_grid(out, np.array([0, 0, 1]), np.array([1, 2, 0]), np.array([[1, 2, 3]]))
+    >>> out.tolist()
+    [[[0.0, 1.0, 2.0], [3.0, 0.0, 0.0]]]
+    """
+    flat = np.asarray(rows, dtype=np.int64) * out.shape[2] + np.asarray(cols, dtype=np.int64)
+    plane = out.reshape(len(out), -1)
+    step = np.diff(flat)
+    starts = np.flatnonzero(step != 1) + 1
+    if len(flat) < 2 or len(starts) > len(flat) // 64 or bool((step <= 0).any()):
+        plane[:, flat] = values
+        return
+    bounds = np.concatenate([[0], starts, [len(flat)]])
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        plane[:, flat[a] : flat[a] + (b - a)] = values[:, a:b]

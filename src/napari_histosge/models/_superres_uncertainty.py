@@ -80,16 +80,38 @@ class Uncertainty:
         out += lo
         return out
 
-    def sd(self, cols: np.ndarray) -> np.ndarray:
-        """Return the standard deviation ``(superpixels, len(cols))`` of genes ``cols``."""
-        var = self._mix(cols, self.node_var)
-        var *= self.sigma2[cols].astype(np.float32)
-        if self.image_lev is not None and self.image_var is not None:
-            var += self.image_lev[:, None] * self.image_var[cols].astype(np.float32)
-        np.maximum(var, 0.0, out=var)
-        np.sqrt(var, out=var)
-        var *= np.float32(self.scale)
-        return var.astype(np.float32, copy=False)
+    def sd(self, cols: np.ndarray, step: int = 8192) -> np.ndarray:
+        """Return the standard deviation ``(superpixels, len(cols))`` of genes ``cols``.
+
+        float32, computed gene by gene (the transpose of a C-ordered ``(len(cols),
+        superpixels)`` array) ``step`` superpixels at a time, so that the temporaries stay in
+        the cache.
+        """
+        pos = self.ratio_pos[cols]
+        j = np.clip(np.floor(pos).astype(np.int64), 0, len(self.node_var) - 2)
+        t = (pos - j).astype(np.float32)[:, None]
+        amp = self.sigma2[cols].astype(np.float32)[:, None]
+        lev, img = self.image_lev, self.image_var
+        img_var = None if lev is None or img is None else img[cols].astype(np.float32)[:, None]
+        n = self.node_var.shape[1]
+        out = np.empty((len(cols), n), dtype=np.float32)
+        tmp = np.empty((len(cols), min(step, n)), dtype=np.float32)
+        for a in range(0, n, step):
+            b = min(a + step, n)
+            var, extra = out[:, a:b], tmp[:, : b - a]
+            lo = self.node_var[j, a:b]
+            np.take(self.node_var[:, a:b], j + 1, axis=0, out=extra)
+            np.subtract(extra, lo, out=var)
+            var *= t  # the noise ratio's interpolation, as in :meth:`_mix`
+            var += lo
+            var *= amp
+            if img_var is not None:
+                np.multiply(lev[a:b], img_var, out=extra)
+                var += extra
+            np.maximum(var, 0.0, out=var)
+            np.sqrt(var, out=var)
+            var *= np.float32(self.scale)
+        return out.T
 
 
 def _groups(xy: np.ndarray, tile: float) -> list[np.ndarray]:

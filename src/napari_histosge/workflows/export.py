@@ -176,14 +176,19 @@ def map_transformations(
 
 
 def parse_maps(sdata: SpatialData, image_key: str, maps: GeneMaps) -> Any:
-    """Parse gene maps into a multiscale, chunked image element placed on the H&E."""
+    """Parse gene maps into a multiscale, chunked image element placed on the H&E.
+
+    Each coarser scale is computed from the scale before, block by block
+    (:func:`~napari_histosge.workflows._pyramid.rebuild_pyramid`), keeping
+    ``maps.mantissa_bits``.
+    """
     from spatialdata.models import Image2DModel
 
     h, w = maps.data.shape[1:]
     extra = {"scale_factors": list(maps.scale_factors)} if maps.scale_factors else {}
     lazy = hasattr(maps.data, "dask")
     tile = (min(h, 1024), min(w, 1024))
-    return Image2DModel.parse(
+    image = Image2DModel.parse(
         maps.data if lazy else np.ascontiguousarray(maps.data, dtype=np.float32),
         dims=("c", "y", "x"),
         c_coords=list(maps.genes),
@@ -191,6 +196,11 @@ def parse_maps(sdata: SpatialData, image_key: str, maps: GeneMaps) -> Any:
         chunks=(_genes_per_chunk(len(maps.genes), tile), *tile),
         **extra,
     )
+    if not maps.scale_factors:
+        return image
+    from ._pyramid import rebuild_pyramid
+
+    return rebuild_pyramid(image, maps.mantissa_bits)
 
 
 def domain_elements(sdata: SpatialData, image_key: str, domains: Domains) -> dict[str, Any]:

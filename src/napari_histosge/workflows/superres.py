@@ -18,8 +18,9 @@ import numpy as np
 from napari_histosge.base.progress import Progress
 from napari_histosge.features.dense import DEFAULT_SCALES_UM
 from napari_histosge.features.superpixel_cache import cached_features
-from napari_histosge.maps import GeneMaps, pyramid_factors
+from napari_histosge.maps import GeneMaps, place_on_grid, pyramid_factors
 from napari_histosge.models.superres import SuperResConfig
+from napari_histosge.workflows._pyramid import keep_mantissa
 
 if TYPE_CHECKING:
     from napari_histosge.geometry.footprints import SuperpixelGrid
@@ -45,6 +46,8 @@ __all__ = [
 
 #: Superpixel side (µm) unless the units are smaller than four times this.
 DEFAULT_RESOLUTION_UM = 8.0
+#: float32 mantissa bits of the sd maps at every scale (< 0.1 %): they compress, write faster.
+SD_MANTISSA_BITS = 10
 
 
 @dataclass(frozen=True)
@@ -354,18 +357,14 @@ def superres_maps(
     rows, cols = grid.rows_cols
 
     render = result.model.predict if what == "mean" else result.model.predict_sd
+    bits = SD_MANTISSA_BITS if what == "sd" else None
     if what == "sd":
         render(names[:1])  # a model without its uncertainty raises here
 
     def block(sub: list[str]) -> np.ndarray:
         out = np.full((len(sub), h, w), np.nan, dtype=np.float32)
-        out[:, rows, cols] = render(sub).T
-        if what == "sd":
-            # 10 of float32's 23 mantissa bits (relative error < 0.05 %) is more than an sd
-            # needs; the zeroed bits make the maps compress and write several times faster.
-            bits = out.view(np.uint32)
-            bits &= np.uint32(0xFFFFE000)
-        return out
+        place_on_grid(out, rows, cols, render(sub).T)
+        return out if bits is None else keep_mantissa(out, bits)
 
     chunks = [names[g0 : g0 + chunk] for g0 in range(0, len(names), chunk)]
     if len(names) * h * w * 4 <= max_bytes:
@@ -387,6 +386,7 @@ def superres_maps(
         pitch_px=float(grid.step),
         origin_px=(float(grid.origin[0]), float(grid.origin[1])),
         scale_factors=factors,
+        mantissa_bits=bits,
     )
 
 

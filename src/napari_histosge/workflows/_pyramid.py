@@ -1,0 +1,115 @@
+"""The coarser scales of a multiscale map, each computed from the scale before in one pass.
+
+SpatialData builds an image's pyramid with xarray's ``coarsen(...).mean()``, a reduction over
+small strided axes that costs several times the arithmetic. :func:`coarsen_mean` computes the
+same values (the mean of the finite values of each 2x2 block, NaN where there are none, an odd
+side's first row or column dropped) as four strided adds, and :func:`rebuild_pyramid` swaps it
+in for every coarser scale of a parsed image: each block of a scale is computed from the block
+of the scale before, so a lazy map is rendered once for all its scales.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["coarsen_mean", "keep_mantissa", "rebuild_pyramid"]
+
+#: Largest side of a block of the scale before that one task coarsens (an even number).
+_BLOCK = 2048
+
+
+def keep_mantissa(a: np.ndarray, bits: int) -> np.ndarray:
+    """Zero all but the ``bits`` leading mantissa bits of float32 ``a``, in place; ``a``.
+
+    The values are truncated toward zero (relative error below ``2**-bits``); NaN stays NaN.
+
+    Examples
+    --------
+    >>> keep_mantissa(np.array([1.2345678, np.nan], dtype=np.float32), 10).tolist()
+    [1.234375, nan]
+    """
+    if not 0 <= bits <= 23:
+        raise ValueError(f"Expected 0 to 23 mantissa bits to keep, found `{bits}`.")
+    view = a.view(np.uint32)
+    view &= np.uint32((0xFFFFFFFF << (23 - bits)) & 0xFFFFFFFF)
+    return a
+
+
+def coarsen_mean(a: np.ndarray, bits: int | None = None) -> np.ndarray:
+    """Halve the last two axes of float32 ``a``: the mean of each 2x2 block's finite values.
+
+    Equal to xarray's ``coarsen(y=2, x=2, boundary="trim", side="right").mean()`` (which
+    drops the first row or column of an odd side): NaN where a block holds no finite value.
+    ``bits`` keeps that many mantissa bits of the result (see :func:`keep_mantissa`).
+
+    Examples
+    --------
+    >>> a = np.array([[[1.0, 3.0], [np.nan, 5.0]]], dtype=np.float32)
+    >>> coarsen_mean(a).tolist()
+    [[[3.0]]]
+    """
+    h, w = a.shape[-2] // 2 * 2, a.shape[-1] // 2 * 2
+    oy, ox = a.shape[-2] - h, a.shape[-1] - w
+    shape = (*a.shape[:-2], h // 2, w // 2)
+    count = np.zeros(shape, np.float32)
+    rows = []
+    for i in (0, 1):  # each row's pair first, then the two rows: xarray's order of the sums
+        part = np.zeros(shape, np.float32)
+        for j in (0, 1):
+            q = a[..., oy + i : oy + h : 2, ox + j : ox + w : 2]
+            finite = ~np.isnan(q)
+            np.add(part, q, out=part, where=finite)
+            count += finite
+        rows.append(part)
+    total = rows[0]
+    total += rows[1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        total /= count
+    return total if bits is None else keep_mantissa(total, bits)
+
+
+def _even_blocks(size: int) -> tuple[int, ...]:
+    """Blocks of an even ``size``: ``_BLOCK`` long, the last one shorter (still even)."""
+    return tuple(min(_BLOCK, size - s) for s in range(0, size, _BLOCK)) or (0,)
+
+
+def _coarsen_lazy(prev: Any, chunks: tuple[tuple[int, ...], ...], bits: int | None) -> Any:
+    """Coarsen the dask array ``prev`` ``(c, y, x)`` block by block, into ``chunks``."""
+    _, h, w = prev.shape
+    even = prev[:, h % 2 :, w % 2 :]
+    if any(s % 2 for s in even.chunks[1] + even.chunks[2]):
+        even = even.rechunk({1: _even_blocks(even.shape[1]), 2: _even_blocks(even.shape[2])})
+    halved = (even.chunks[0], *(tuple(s // 2 for s in c) for c in even.chunks[1:]))
+    out = even.map_blocks(
+        coarsen_mean, bits=bits, chunks=halved, dtype=np.float32, meta=np.empty((0, 0, 0), "f4")
+    )
+    return out if out.chunks == chunks else out.rechunk(chunks)
+
+
+def rebuild_pyramid(tree: Any, bits: int | None = None) -> Any:
+    """Compute each coarser scale of the parsed image ``tree`` from the scale before it.
+
+    Every scale below the finest is :func:`coarsen_mean` of the one above; ``tree`` is changed
+    in place and returned. Shapes, chunks, coordinates and transformations stay those that
+    SpatialData parsed; ``bits`` keeps that many mantissa bits of the coarser scales (the
+    finest is left as it is).
+
+    Examples
+    --------
+    >>> from spatialdata.models import Image2DModel
+    >>> img = Image2DModel.parse(np.ones((1, 64, 64), "float32"), scale_factors=[2])
+    >>> float(rebuild_pyramid(img)["scale1"]["image"].mean())
+    1.0
+    """
+    names = sorted(tree.children, key=lambda s: int(s.removeprefix("scale")))
+    prev = tree[names[0]]["image"].data
+    for name in names[1:]:
+        arr = tree[name]["image"]
+        data = _coarsen_lazy(prev, arr.data.chunks, bits)
+        if data.shape != arr.shape:
+            raise ValueError(f"Expected scale `{name}` of shape {arr.shape}, found {data.shape}.")
+        tree[name]["image"] = arr.copy(data=data)
+        prev = data
+    return tree
