@@ -70,8 +70,9 @@ class SuperResConfig:
         the pooled-footprint protocol).
     uncertainty_bandwidth
         Kernel bandwidth of the field's covariance for the uncertainty, in unit pitches
-        (``None``: ``bandwidth``). The uncertainty defaults (0.75 pitch, amplitude by moments,
-        scale 0.7) were chosen by leave-one-section-out on her2st C2–C5, pooled 2x2 and 3x3
+        (``None``: ``bandwidth``). The uncertainty defaults (0.5 pitch, amplitude by
+        leave-one-unit-out, scale 0.35) were chosen by leave-one-section-out on her2st C2–C5,
+        pooled 2x2 and 3x3, for the coverage of the measurement model's count intervals
         (``bench/superres_calibration.py``).
     uncertainty_amplitude
         ``"cv"`` (leave-one-unit-out) or ``"moments"``: how each gene's field amplitude is
@@ -104,9 +105,9 @@ class SuperResConfig:
     depth_weight: float = 1.0
     target_sum: float = 1e4
     uncertainty: bool = True
-    uncertainty_scale: float = 0.7
-    uncertainty_bandwidth: float | None = 0.75
-    uncertainty_amplitude: Literal["cv", "moments"] = "moments"
+    uncertainty_scale: float = 0.35
+    uncertainty_bandwidth: float | None = 0.5
+    uncertainty_amplitude: Literal["cv", "moments"] = "cv"
     uncertainty_length_um: float | None = None
     uncertainty_shape: Literal["gaussian", "exponential"] = "gaussian"
     seed: int = 0
