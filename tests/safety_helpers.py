@@ -52,9 +52,10 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(args: list[str], **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *map(str, args)], capture_output=True, text=True, env=env(**extra), timeout=300
-    )
+    """``histosge ARGS`` in a process of its own (see ``cli_process``), run to its end."""
+    from cli_process import finish, start_cli
+
+    return finish(start_cli(args, env(**extra)))
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -1,9 +1,10 @@
 """Kills and Ctrl-C at every point of the writes: nothing the user had is damaged.
 
-Two ways of interrupting a subprocess: the write's own named points (``HISTOSGE_FAULT_AT``,
-the process signals itself exactly there, including inside the swaps) and, for the real
-commands, a signal sent when a temporary folder appears on disk. After each interrupt the
-input and the previous output must open with ``spatialdata.read_zarr`` and be byte-identical
+Two ways of interrupting a process of its own (``cli_process``: forked from a server that imported
+the package once, a real process that a signal really ends): the write's own named points
+(``HISTOSGE_FAULT_AT``, the process signals itself exactly there, including inside the swaps) and,
+for the real commands, a signal sent when a temporary folder appears on disk. After each interrupt
+the input and the previous output must open with ``spatialdata.read_zarr`` and be byte-identical
 (or be the complete new output), and the next write must succeed and leave no leftovers.
 """
 
@@ -12,14 +13,14 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import spatialdata as sd
-from safety_helpers import CLI, FAST, env, run_cli, tree_digest
+from cli_process import finish, start_cli, start_code
+from safety_helpers import FAST, env, run_cli, tree_digest
 
 from napari_histosge.store import MARKER_NAME
 
@@ -49,13 +50,7 @@ def _interrupt_on(
     args: list[str], pattern: tuple[Path, str], sig: int, **extra: str
 ) -> subprocess.CompletedProcess[str]:
     """Run the CLI and send ``sig`` as soon as ``pattern`` (folder, glob) matches a path."""
-    proc = subprocess.Popen(
-        [*CLI, *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env(**extra),
-    )
+    proc = start_cli(args, env(**extra))
     folder, glob = pattern
     hit = False
     deadline = time.monotonic() + 300
@@ -65,9 +60,9 @@ def _interrupt_on(
             hit = True
             break
         time.sleep(0.002)
-    out, err = proc.communicate(timeout=300)
-    assert hit, f"the process ended before `{glob}` appeared: {err[-500:]}"
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    res = finish(proc)
+    assert hit, f"the process ended before `{glob}` appeared: {res.stderr[-500:]}"
+    return res
 
 
 def _assert_interrupted(res: subprocess.CompletedProcess[str], sig: str) -> None:
@@ -131,13 +126,7 @@ def test_checkpoint_over_earlier_checkpoint_killed_at(point, sig, tmp_path, base
         "save_checkpoint; "
         "save_checkpoint(load_checkpoint(sys.argv[1]), sys.argv[1], overwrite=True)"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code, str(ck)],
-        capture_output=True,
-        text=True,
-        env=env(HISTOSGE_FAULT_AT=point, HISTOSGE_FAULT_SIGNAL=sig),
-        timeout=300,
-    )
+    res = finish(start_code(code, [ck], env(HISTOSGE_FAULT_AT=point, HISTOSGE_FAULT_SIGNAL=sig)))
     _assert_interrupted(res, sig)
     model = load_checkpoint(ck)
     if point == "folder-written":
@@ -170,13 +159,7 @@ store(s, "histosge_features_spots", "X_" + sys.argv[2], xy, np.ones((n, 3), np.f
 
 
 def _write_cache(store: Path, tag: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", _CACHE_WRITE, str(store), tag],
-        capture_output=True,
-        text=True,
-        env=env(**extra),
-        timeout=300,
-    )
+    return finish(start_code(_CACHE_WRITE, [store, tag], env(**extra)))
 
 
 @pytest.fixture(scope="module")

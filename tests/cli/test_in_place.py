@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import spatialdata as sd
+from cli_process import start_cli
 from safety_helpers import FAST, env, error_lines, run_cli, tree_digest
 
 from napari_histosge.cli import main
@@ -204,13 +203,7 @@ def test_in_place_killed_when_staging_appears(tmp_path, with_outputs):
     src = tmp_path / "s.zarr"
     shutil.copytree(with_outputs, src)
     user = _user_files(src)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "napari_histosge.cli", "run", str(src), "--in-place"]
-        + ["--overwrite", "--no-cache", *FAST],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env(),
-    )
+    proc = start_cli(["run", src, "--in-place", "--overwrite", "--no-cache", *FAST], env())
     deadline = time.monotonic() + 300
     hit = False
     while proc.poll() is None and time.monotonic() < deadline:
