@@ -464,6 +464,26 @@ def test_cell_features_option_of_the_attention_models_spot_features(synthetic):
         check_features(model, plain.spots.meta)
 
 
+def test_cell_features_of_a_slide_embedded_in_blocks_match_one_block(synthetic):
+    from napari_histosge.base.progress import run_generator
+    from napari_histosge.workflows.pipeline import ExtractOptions, Slide
+    from napari_histosge.workflows.whole_slide import iter_extract_blocked
+
+    slide = Slide.open(synthetic.sdata)
+    opts = ExtractOptions(cache=False, cell_features=True)
+    side_um = float(max(synthetic.sdata.images["he"].shape[1:])) * slide.geometry.um_per_px
+    one = run_generator(iter_extract_blocked(slide, options=opts, block_um=2 * side_um))
+    blocked = run_generator(iter_extract_blocked(slide, options=opts, block_um=side_um / 3))
+    assert blocked.spots.meta["blocks"]["count"] > 3
+    assert "blocks" not in one.spots.meta
+    assert blocked.spots.meta["cells"]["n_nuclei"] == one.spots.meta["cells"]["n_nuclei"] > 20
+    for a, b in ((blocked.spots, one.spots), (blocked.positions, one.positions)):
+        assert a.features.shape == b.features.shape
+        n_cells = len(a.meta["cells"]["names"])
+        np.testing.assert_allclose(a.features[:, -n_cells:], b.features[:, -n_cells:])
+        np.testing.assert_allclose(a.features[:, :-n_cells], b.features[:, :-n_cells], atol=1e-5)
+
+
 @pytest.mark.slow
 def test_cli_trains_and_predicts_with_cell_features(tmp_path, synthetic):
     from napari_histosge.cli import main
