@@ -289,8 +289,8 @@ def test_nuclei_are_cached_in_the_store(tmp_path, synthetic, monkeypatch):
     import dask.array as da
 
     from napari_histosge.base.progress import run_generator
-    from napari_histosge.cells.cache import NUCLEI_CACHE_KEY, NUCLEI_CACHE_TABLE
-    from napari_histosge.cells.table import iter_grid_nuclei
+    from napari_histosge.cells.cache import MAX_ENTRIES, cache_names
+    from napari_histosge.cells.table import grid_nuclei_key, iter_grid_nuclei
     from napari_histosge.store import write_sdata
     from napari_histosge.workflows.superres import slide_grid
 
@@ -300,8 +300,9 @@ def test_nuclei_are_cached_in_the_store(tmp_path, synthetic, monkeypatch):
     grid = slide_grid(slide).grid
     first = run_generator(iter_grid_nuclei(slide, grid))
     assert first.meta["from_cache"] is False
-    assert (store / "labels" / NUCLEI_CACHE_KEY).is_dir()
-    assert (store / "tables" / NUCLEI_CACHE_TABLE).is_dir()
+    labels_name, table_name = cache_names(grid_nuclei_key(slide, grid, NucleiOptions())[0])
+    assert (store / "labels" / labels_name).is_dir()
+    assert (store / "tables" / table_name).is_dir()
     labels, table = np.asarray(first.labels.compute()), first.table.copy()
     first.close()
 
@@ -319,12 +320,24 @@ def test_nuclei_are_cached_in_the_store(tmp_path, synthetic, monkeypatch):
     assert np.allclose(hit.table.to_numpy(), table.to_numpy())
     assert list(hit.table.index) == list(table.index)
 
-    # another parameter, another grid or another image: segmented again
+    # another parameter, another grid or another image: segmented again, and kept beside
     other = run_generator(iter_grid_nuclei(again, grid, NucleiOptions(sigma_um=1.0)))
     assert other.meta["from_cache"] is False
     coarser = slide_grid(again, 2 * slide_grid(again).resolution_um).grid
     assert run_generator(iter_grid_nuclei(again, coarser)).meta["from_cache"] is False
     assert run_generator(iter_grid_nuclei(again, coarser)).meta["from_cache"] is True
+    assert MAX_ENTRIES == 3
+    with monkeypatch.context() as m:  # the first grid's entry is still there
+        _no_segmentation(m)
+        assert run_generator(iter_grid_nuclei(_stored_slide(store), grid)).meta["from_cache"]
+    # a fourth segmentation replaces the one unused longest (sigma 1.0), not the others
+    run_generator(iter_grid_nuclei(again, grid, NucleiOptions(sigma_um=1.5))).close()
+    cached = sorted(p.name for p in (store / "labels").iterdir() if "nuclei" in p.name)
+    assert len(cached) == MAX_ENTRIES
+    assert labels_name in cached
+    gone = cache_names(grid_nuclei_key(again, grid, NucleiOptions(sigma_um=1.0))[0])
+    assert gone[0] not in cached
+    assert not (store / "tables" / gone[1]).exists()
     image = again.sdata.images[again.keys.image_key]
     brighter = image.copy(data=da.minimum(image.data.astype(np.int16) + 1, 255).astype(np.uint8))
     again.sdata.images[again.keys.image_key] = brighter
@@ -353,8 +366,8 @@ def test_workers_do_not_change_the_nuclei_key(synthetic):
 
 def test_a_half_written_nuclei_cache_is_a_miss(tmp_path, synthetic):
     from napari_histosge.base.progress import run_generator
-    from napari_histosge.cells.cache import NUCLEI_CACHE_TABLE
-    from napari_histosge.cells.table import iter_grid_nuclei
+    from napari_histosge.cells.cache import cache_names
+    from napari_histosge.cells.table import grid_nuclei_key, iter_grid_nuclei
     from napari_histosge.store import write_element_atomic, write_sdata
     from napari_histosge.workflows.superres import slide_grid
 
@@ -363,12 +376,13 @@ def test_a_half_written_nuclei_cache_is_a_miss(tmp_path, synthetic):
     slide = _stored_slide(store)
     grid = slide_grid(slide).grid
     run_generator(iter_grid_nuclei(slide, grid)).close()
+    _, table_name = cache_names(grid_nuclei_key(slide, grid, NucleiOptions())[0])
     # a write interrupted after the labels: their table is gone
-    write_element_atomic(store, "tables", NUCLEI_CACHE_TABLE, None)
+    write_element_atomic(store, "tables", table_name, None)
     again = _stored_slide(store)
     nuc = run_generator(iter_grid_nuclei(again, grid))
     assert nuc.meta["from_cache"] is False
-    assert _stored_slide(store).sdata.tables[NUCLEI_CACHE_TABLE].n_obs == nuc.n
+    assert _stored_slide(store).sdata.tables[table_name].n_obs == nuc.n
 
 
 def test_a_store_that_cannot_be_written_segments_with_a_warning(tmp_path, synthetic, monkeypatch):

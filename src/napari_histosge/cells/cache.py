@@ -3,25 +3,30 @@
 Segmenting a slide's nuclei costs about a minute per 100 mm² of tissue; like the features
 (:mod:`napari_histosge.features.cache`), the nuclei are kept in the input store so that a
 second ``histosge run --cells``, or the dock's Cells section on a slide segmented before,
-reads them back. The cache is two elements of the store, named like the feature cache so that
-the store's rules for caches apply (never an output, ignored by the overwrite checks):
+reads them back. Each cached segmentation is two elements of the store, named like the
+feature cache so that the store's rules for caches apply (never an output, ignored by the
+overwrite checks), with the first characters of its key (:func:`cache_names`):
 
-- ``histosge_features_nuclei``: the labels, the same multiscale element placed on the H&E as
-  ``histosge_nuclei``;
-- ``histosge_features_nuclei_table``: a table annotating them, one row per nucleus (centroid,
-  area, shape, haematoxylin) with the segmentation's record and its key in ``uns``.
+- ``histosge_features_nuclei_<key>``: the labels, the same multiscale element placed on the
+  H&E as ``histosge_nuclei``;
+- ``histosge_features_nuclei_<key>_table``: a table annotating them, one row per nucleus
+  (centroid, area, shape, haematoxylin) with the segmentation's record and its key in ``uns``.
+
+A store keeps the ``MAX_ENTRIES`` segmentations used last (the spots' area for
+``--cell-features``, the map's grid at one or two resolutions); the one unused longest is
+removed when a new one is written.
 
 The key is a digest of the method and every parameter that changes the nuclei (not the number
 of worker processes), of the image (name, pyramid shapes, µm per pixel and the pixels of its
 coarsest level), of the area segmented and of the nuclei kept (the superpixel grid's
-positions). A cache entry with another key is a miss, and the next segmentation replaces it.
-Writes go through :func:`~napari_histosge.store.write_element_atomic`: the table is removed
-before the labels change and written after them, so an interrupted write leaves a miss,
+positions). Writes go through :func:`~napari_histosge.store.write_element_atomic`: the table
+is removed before the labels change and written after them, so an interrupted write leaves a miss,
 never labels that disagree with their table.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -38,8 +43,9 @@ from napari_histosge.base.progress import Progress
 from .segment import Nuclei, NucleiOptions, iter_segment_nuclei
 
 __all__ = [
+    "MAX_ENTRIES",
     "NUCLEI_CACHE_KEY",
-    "NUCLEI_CACHE_TABLE",
+    "cache_names",
     "image_digest",
     "iter_cached_nuclei",
     "labels_element",
@@ -48,10 +54,12 @@ __all__ = [
     "store_nuclei",
 ]
 
-#: The cached nuclei (labels element of the input store).
+#: Start of the names of the cached nuclei's elements (labels, and their table).
 NUCLEI_CACHE_KEY = "histosge_features_nuclei"
-#: Their table (one row per label) and record.
-NUCLEI_CACHE_TABLE = "histosge_features_nuclei_table"
+#: Segmentations a store keeps (the ones written last).
+MAX_ENTRIES = 3
+#: Characters of the key in the elements' names.
+_NAME_KEY = 12
 _UNS = "histosge_nuclei"
 _COLUMNS = ("x", "y", "area_um2", "eccentricity", "ellipse_fill", "haematoxylin")
 #: Most values of the coarsest level read into the image's digest (a strided sample beyond).
@@ -140,6 +148,44 @@ def _root(sdata: Any) -> Path | None:
     return root if root.is_dir() else None
 
 
+def cache_names(key: str) -> tuple[str, str]:
+    """Names of the labels and the table of the segmentation cached under ``key``.
+
+    Examples
+    --------
+    >>> cache_names("0123456789abcdef")
+    ('histosge_features_nuclei_0123456789ab', 'histosge_features_nuclei_0123456789ab_table')
+    """
+    labels = f"{NUCLEI_CACHE_KEY}_{key[:_NAME_KEY]}"
+    return labels, f"{labels}_table"
+
+
+def _entries(root: Path) -> list[str]:
+    """Names of the cached segmentations' labels in ``root``, least recently used first."""
+    folder = root / "labels"
+    if not folder.is_dir():
+        return []
+    found = [
+        p
+        for p in folder.iterdir()
+        if p.is_dir() and (p.name == NUCLEI_CACHE_KEY or p.name.startswith(NUCLEI_CACHE_KEY + "_"))
+    ]
+    return [p.name for p in sorted(found, key=lambda p: (p.stat().st_mtime, p.name))]
+
+
+def _remove_entry(sdata: Any, root: Path, labels: str) -> None:
+    """Remove one cached segmentation: its table first, then its labels."""
+    from napari_histosge.store import write_element_atomic
+
+    table = f"{labels}_table"
+    if (root / "tables" / table).exists():
+        write_element_atomic(root, "tables", table, None)
+    sdata.tables.pop(table, None)
+    if (root / "labels" / labels).exists():
+        write_element_atomic(root, "labels", labels, None)
+    sdata.labels.pop(labels, None)
+
+
 def lookup_nuclei(sdata: Any, key: str) -> Nuclei | None:
     """Return the nuclei cached in ``sdata`` under ``key``, or ``None`` (a miss).
 
@@ -147,8 +193,9 @@ def lookup_nuclei(sdata: Any, key: str) -> Nuclei | None:
     """
     import pandas as pd
 
-    table = sdata.tables.get(NUCLEI_CACHE_TABLE)
-    labels = sdata.labels.get(NUCLEI_CACHE_KEY)
+    labels_name, table_name = cache_names(key)
+    table = sdata.tables.get(table_name)
+    labels = sdata.labels.get(labels_name)
     if table is None or labels is None:
         return None
     try:
@@ -166,6 +213,10 @@ def lookup_nuclei(sdata: Any, key: str) -> Nuclei | None:
     frame = pd.DataFrame({c: obs[c].to_numpy(dtype=np.float64) for c in _COLUMNS})
     frame.index = pd.RangeIndex(1, len(frame) + 1, name="nucleus_id")
     offset = (int(meta["extent_px"][0]), int(meta["extent_px"][1]))
+    root = _root(sdata)
+    if root is not None:  # last used: the entries removed first are those unused longest
+        with contextlib.suppress(OSError):
+            os.utime(root / "labels" / labels_name)
     return Nuclei(
         data.astype(np.int32, copy=False),
         int(meta["level_factor"]),
@@ -176,7 +227,7 @@ def lookup_nuclei(sdata: Any, key: str) -> Nuclei | None:
     )
 
 
-def _table(nuc: Nuclei, meta: dict[str, Any]) -> Any:
+def _table(nuc: Nuclei, meta: dict[str, Any], region: str) -> Any:
     import anndata as ad
     import pandas as pd
     from spatialdata.models import TableModel
@@ -184,7 +235,7 @@ def _table(nuc: Nuclei, meta: dict[str, Any]) -> Any:
     n = nuc.n
     obs = pd.DataFrame(
         {
-            "region": pd.Categorical([NUCLEI_CACHE_KEY] * n, categories=[NUCLEI_CACHE_KEY]),
+            "region": pd.Categorical([region] * n, categories=[region]),
             "nucleus_id": np.arange(1, n + 1),
             **{c: nuc.table[c].to_numpy(dtype=np.float64) for c in _COLUMNS},
         },
@@ -192,9 +243,7 @@ def _table(nuc: Nuclei, meta: dict[str, Any]) -> Any:
     )
     adata = ad.AnnData(obs=obs)
     adata.uns[_UNS] = {"meta_json": json.dumps(meta, sort_keys=True)}
-    return TableModel.parse(
-        adata, region=NUCLEI_CACHE_KEY, region_key="region", instance_key="nucleus_id"
-    )
+    return TableModel.parse(adata, region=region, region_key="region", instance_key="nucleus_id")
 
 
 def store_nuclei(
@@ -203,9 +252,9 @@ def store_nuclei(
     """Write ``nuc`` into the store ``sdata`` was read from; return them read back from it.
 
     ``None`` when the slide is not read from a store or no nucleus was found (the nuclei are
-    not cached), or with a
-    warning when the store cannot be written (read-only, another format): the cache can always
-    be computed again. The caller may close ``nuc`` once the returned nuclei replace it.
+    not cached), or with a warning when the store cannot be written (read-only, another
+    format): the cache can always be computed again. The caller may close ``nuc`` once the
+    returned nuclei replace it. The oldest segmentations beyond ``MAX_ENTRIES`` are removed.
     """
     import spatialdata as sd
 
@@ -220,17 +269,19 @@ def store_nuclei(
         "provenance": provenance,
         "labels_shape": [int(s) for s in nuc.labels.shape],
     }
+    labels_name, table_name = cache_names(key)
     reason = None
     if not os.access(root, os.W_OK):
         reason = "the store is read-only"
     else:
         try:
-            if (root / "tables" / NUCLEI_CACHE_TABLE).exists():
-                write_element_atomic(root, "tables", NUCLEI_CACHE_TABLE, None)
-            sdata.tables.pop(NUCLEI_CACHE_TABLE, None)
-            write_element_atomic(root, "labels", NUCLEI_CACHE_KEY, labels_element(nuc, image_tf))
-            table = _table(nuc, meta)
-            write_element_atomic(root, "tables", NUCLEI_CACHE_TABLE, table)
+            _remove_entry(sdata, root, labels_name)
+            older = _entries(root)
+            for old in older[: max(0, len(older) - (MAX_ENTRIES - 1))]:  # room for this one
+                _remove_entry(sdata, root, old)
+            write_element_atomic(root, "labels", labels_name, labels_element(nuc, image_tf))
+            table = _table(nuc, meta, labels_name)
+            write_element_atomic(root, "tables", table_name, table)
         except (OSError, ValueError) as err:
             reason = getattr(err, "strerror", None) or str(err)
     if reason is not None:
@@ -242,9 +293,9 @@ def store_nuclei(
         return None
     with warnings.catch_warnings():  # the labels read alone: other elements are not needed
         warnings.simplefilter("ignore", UserWarning)
-        back = sd.read_zarr(root, selection=("labels",)).labels[NUCLEI_CACHE_KEY]
-    sdata.labels[NUCLEI_CACHE_KEY] = back
-    sdata.tables[NUCLEI_CACHE_TABLE] = table
+        back = sd.read_zarr(root, selection=("labels",)).labels[labels_name]
+    sdata.labels[labels_name] = back
+    sdata.tables[table_name] = table
     return lookup_nuclei(sdata, key)
 
 
