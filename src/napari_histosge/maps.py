@@ -19,6 +19,7 @@ __all__ = [
     "GeneMaps",
     "default_pitch_px",
     "map_layout",
+    "on_map",
     "place_on_grid",
     "pyramid_factors",
     "rasterize",
@@ -291,3 +292,17 @@ def place_on_grid(out: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: A
     bounds = np.concatenate([[0], starts, [len(flat)]])
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         plane[:, flat[a] : flat[a] + (b - a)] = values[:, a:b]
+
+
+def on_map(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> Any:
+    """Lay per-position ``values`` ``(..., n)`` out on a map's pixels: ``(..., h * w)``, NaN off.
+
+    Examples
+    --------
+    >>> on_map(np.array([1.0, 2.0]), np.array([0, 1]), np.array([1, 0]), (2, 2)).tolist()
+    [nan, 1.0, 2.0, nan]
+    """
+    lead = values.shape[:-1]
+    out = np.full((int(np.prod(lead)), *shape), np.nan, dtype=values.dtype)
+    place_on_grid(out, rows, cols, values.reshape(-1, values.shape[-1]))
+    return out.reshape(*lead, shape[0] * shape[1])

@@ -21,18 +21,21 @@ _BLOCK = 2048
 
 
 def keep_mantissa(a: np.ndarray, bits: int) -> np.ndarray:
-    """Zero all but the ``bits`` leading mantissa bits of float32 ``a``, in place; ``a``.
+    """Round float32 ``a`` to ``bits`` mantissa bits (the others zero), in place; ``a``.
 
-    The values are truncated toward zero (relative error below ``2**-bits``); NaN stays NaN.
+    To the nearest such value, ties away from zero: the relative error is at most
+    ``2**-(bits + 1)``. NaN stays NaN, and finite values of ``a`` must stay below the largest
+    float32 once rounded.
 
     Examples
     --------
-    >>> keep_mantissa(np.array([1.2345678, np.nan], dtype=np.float32), 10).tolist()
-    [1.234375, nan]
+    >>> keep_mantissa(np.array([1.2345678, 0.0, np.nan], dtype=np.float32), 7).tolist()
+    [1.234375, 0.0, nan]
     """
-    if not 0 <= bits <= 23:
-        raise ValueError(f"Expected 0 to 23 mantissa bits to keep, found `{bits}`.")
+    if not 0 <= bits <= 22:
+        raise ValueError(f"Expected 0 to 22 mantissa bits to keep, found `{bits}`.")
     view = a.view(np.uint32)
+    view += np.uint32(1 << (22 - bits))
     view &= np.uint32((0xFFFFFFFF << (23 - bits)) & 0xFFFFFFFF)
     return a
 

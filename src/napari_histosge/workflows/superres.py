@@ -9,7 +9,7 @@ grid; ``superres_maps`` renders genes as :class:`~napari_histosge.maps.GeneMaps`
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,7 +18,7 @@ import numpy as np
 from napari_histosge.base.progress import Progress
 from napari_histosge.features.dense import DEFAULT_SCALES_UM
 from napari_histosge.features.superpixel_cache import cached_features
-from napari_histosge.maps import GeneMaps, place_on_grid, pyramid_factors
+from napari_histosge.maps import GeneMaps, on_map, place_on_grid, pyramid_factors
 from napari_histosge.models.superres import SuperResConfig
 from napari_histosge.workflows._pyramid import keep_mantissa
 
@@ -46,8 +46,8 @@ __all__ = [
 
 #: Superpixel side (µm) unless the units are smaller than four times this.
 DEFAULT_RESOLUTION_UM = 8.0
-#: float32 mantissa bits of the sd maps at every scale (< 0.1 %): they compress, write faster.
-SD_MANTISSA_BITS = 10
+#: float32 mantissa bits of the sd maps at every scale (rounded, < 0.4 %): smaller, faster.
+SD_MANTISSA_BITS = 7
 
 
 @dataclass(frozen=True)
@@ -355,37 +355,37 @@ def superres_maps(
     grid = result.grid
     h, w = grid.shape
     rows, cols = grid.rows_cols
-
-    render = result.model.predict if what == "mean" else result.model.predict_sd
-    bits = SD_MANTISSA_BITS if what == "sd" else None
-    if what == "sd":
-        render(names[:1])  # a model without its uncertainty raises here
+    where = (rows, cols, (h, w))
+    model, unc, bits = result.model, None, SD_MANTISSA_BITS if what == "sd" else None
+    if what == "sd":  # on the map's pixels themselves (NaN off the grid): nothing to place
+        model.predict_sd(names[:1])  # a model without its uncertainty raises here
+        unc = replace(model.uncertainty, node_var=on_map(model.uncertainty.node_var, *where))
+        if unc.image_lev is not None:
+            unc.image_lev = on_map(unc.image_lev, *where)
 
     def block(sub: list[str]) -> np.ndarray:
+        if unc is not None:
+            sd = unc.sd(model.gene_index(sub)).T.reshape(len(sub), h, w)
+            return keep_mantissa(sd, SD_MANTISSA_BITS)
         out = np.full((len(sub), h, w), np.nan, dtype=np.float32)
-        place_on_grid(out, rows, cols, render(sub).T)
-        return out if bits is None else keep_mantissa(out, bits)
+        place_on_grid(out, rows, cols, model.predict(sub).T)
+        return out
 
     chunks = [names[g0 : g0 + chunk] for g0 in range(0, len(names), chunk)]
     if len(names) * h * w * 4 <= max_bytes:
         data: Any = np.concatenate([block(c) for c in chunks])
     else:
-        import dask
-        import dask.array as da
+        import dask.array
 
-        data = da.concatenate(
-            [
-                da.from_delayed(dask.delayed(block)(c), (len(c), h, w), dtype=np.float32)
-                for c in chunks
-            ]
-        )
-    factors = pyramid_factors(h, w)
+        lazy = dask.delayed(block)
+        parts = [dask.array.from_delayed(lazy(c), (len(c), h, w), np.float32) for c in chunks]
+        data = dask.array.concatenate(parts)
     return GeneMaps(
         data=data,
         genes=names,
         pitch_px=float(grid.step),
         origin_px=(float(grid.origin[0]), float(grid.origin[1])),
-        scale_factors=factors,
+        scale_factors=pyramid_factors(h, w),
         mantissa_bits=bits,
     )
 
