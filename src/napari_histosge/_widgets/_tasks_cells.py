@@ -68,6 +68,8 @@ def segment_cells(state: Any, job: Job, slide: Any) -> dict[str, Any]:
     result = superres_result(state, slide, superres_at(job, job.payload.get("pitch_um")), job)
     grid = result.grid
     nuc = _grid_nuclei(state, job, slide, grid)
+    if nuc.n == 0:
+        raise ValueError("Found no nuclei in the H&E under the map: there are no cells to show.")
     member, _ = job.run(iter_cell_membership(nuc, grid, NucleiOptions().expand_um))
     job.say("cells", 0, 1, f"Averaging the maps over {nuc.n} cells…")
     genes = [str(g) for g in result.genes]
