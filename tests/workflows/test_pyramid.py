@@ -76,6 +76,32 @@ def test_rebuild_pyramid_keeps_mantissa_bits() -> None:
     assert np.all(np.abs(coarse[ok] - full[ok]) <= full[ok] * 2.0**-10)
 
 
+def test_rebuild_pyramid_from_source_blocks_with_several_genes_per_chunk() -> None:
+    import dask.array as da
+    from spatialdata.models import Image2DModel
+
+    a = _maps((10, 301, 205), seed=3)
+    source = da.from_array(a, chunks=(4, 301, 205))  # the lazy maps: 4 genes a block
+
+    def parse() -> object:
+        return Image2DModel.parse(
+            source, dims=("c", "y", "x"), scale_factors=[2, 2], chunks=(1, 128, 128)
+        )
+
+    ref = parse()
+    fast = rebuild_pyramid(parse(), source=source, chunk_bytes=4 * 2 * 128 * 128)
+    Image2DModel.validate(fast)
+    assert fast["scale0"]["image"].data.chunks == ref["scale0"]["image"].data.chunks
+    assert fast["scale1"]["image"].data.chunks[0] == (2, 2, 2, 2, 2)  # divides the block of 4
+    assert fast["scale2"]["image"].data.chunks[0] == (4, 4, 2)
+    for name in ("scale0", "scale1", "scale2"):
+        x, y = ref[name]["image"], fast[name]["image"]
+        assert x.shape == y.shape
+        assert x.attrs == y.attrs
+        assert x.data.chunks[1:] == y.data.chunks[1:]
+        assert np.array_equal(x.values, y.values, equal_nan=True)
+
+
 def test_place_on_grid_runs_and_scatter() -> None:
     rng = np.random.default_rng(2)
     h, w = 30, 40

@@ -78,26 +78,41 @@ def _even_blocks(size: int) -> tuple[int, ...]:
     return tuple(min(_BLOCK, size - s) for s in range(0, size, _BLOCK)) or (0,)
 
 
-def _coarsen_lazy(prev: Any, chunks: tuple[tuple[int, ...], ...], bits: int | None) -> Any:
-    """Coarsen the dask array ``prev`` ``(c, y, x)`` block by block, into ``chunks``."""
+def _coarsen_lazy(prev: Any, bits: int | None) -> Any:
+    """Coarsen the dask array ``prev`` ``(c, y, x)`` block by block (its blocks of genes)."""
     _, h, w = prev.shape
     even = prev[:, h % 2 :, w % 2 :]
     if any(s % 2 for s in even.chunks[1] + even.chunks[2]):
         even = even.rechunk({1: _even_blocks(even.shape[1]), 2: _even_blocks(even.shape[2])})
     halved = (even.chunks[0], *(tuple(s // 2 for s in c) for c in even.chunks[1:]))
-    out = even.map_blocks(
+    return even.map_blocks(
         coarsen_mean, bits=bits, chunks=halved, dtype=np.float32, meta=np.empty((0, 0, 0), "f4")
     )
-    return out if out.chunks == chunks else out.rechunk(chunks)
 
 
-def rebuild_pyramid(tree: Any, bits: int | None = None) -> Any:
+def _gene_chunks(chunks: Any, block: int, tile_bytes: int, chunk_bytes: int) -> Any:
+    """``chunks`` with as many genes per chunk as fit in ``chunk_bytes`` (divides ``block``)."""
+    n = sum(chunks[0])
+    fit = max(1, min(block, chunk_bytes // max(tile_bytes, 1)))
+    genes = max(d for d in range(1, fit + 1) if block % d == 0)
+    if genes <= max(chunks[0]):
+        return chunks
+    return (tuple(min(genes, n - g) for g in range(0, n, genes)), *chunks[1:])
+
+
+def rebuild_pyramid(
+    tree: Any, bits: int | None = None, *, source: Any = None, chunk_bytes: int | None = None
+) -> Any:
     """Compute each coarser scale of the parsed image ``tree`` from the scale before it.
 
     Every scale below the finest is :func:`coarsen_mean` of the one above; ``tree`` is changed
-    in place and returned. Shapes, chunks, coordinates and transformations stay those that
-    SpatialData parsed; ``bits`` keeps that many mantissa bits of the coarser scales (the
-    finest is left as it is).
+    in place and returned. Shapes, coordinates and transformations stay those that SpatialData
+    parsed; ``bits`` keeps that many mantissa bits of the coarser scales (the finest is left
+    as it is). ``source``, a dask array of the finest scale's values (the lazy maps before
+    SpatialData chunked them), is coarsened a block of its genes at a time rather than a
+    chunk of the finest scale at a time (the same values). ``chunk_bytes`` lets a coarser
+    scale's chunks hold several genes, as many as fit in that many bytes (a divisor of the
+    source's block of genes); otherwise each scale keeps the chunks SpatialData parsed.
 
     Examples
     --------
@@ -108,11 +123,18 @@ def rebuild_pyramid(tree: Any, bits: int | None = None) -> Any:
     """
     names = sorted(tree.children, key=lambda s: int(s.removeprefix("scale")))
     prev = tree[names[0]]["image"].data
+    if source is not None and hasattr(source, "dask") and source.shape == prev.shape:
+        prev = source
+    block = max(prev.chunks[0])
     for name in names[1:]:
         arr = tree[name]["image"]
-        data = _coarsen_lazy(prev, arr.data.chunks, bits)
+        data = _coarsen_lazy(prev, bits)
         if data.shape != arr.shape:
             raise ValueError(f"Expected scale `{name}` of shape {arr.shape}, found {data.shape}.")
-        tree[name]["image"] = arr.copy(data=data)
+        chunks = arr.data.chunks
+        if chunk_bytes:
+            tile = 4 * max(chunks[1]) * max(chunks[2])
+            chunks = _gene_chunks(chunks, block, tile, chunk_bytes)
+        tree[name]["image"] = arr.copy(data=data if data.chunks == chunks else data.rechunk(chunks))
         prev = data
     return tree

@@ -180,7 +180,7 @@ def parse_maps(sdata: SpatialData, image_key: str, maps: GeneMaps) -> Any:
 
     Each coarser scale is computed from the scale before, block by block
     (:func:`~napari_histosge.workflows._pyramid.rebuild_pyramid`), keeping
-    ``maps.mantissa_bits``.
+    ``maps.mantissa_bits``; such maps (the sd) keep several genes per chunk of a coarser scale.
     """
     from spatialdata.models import Image2DModel
 
@@ -200,7 +200,12 @@ def parse_maps(sdata: SpatialData, image_key: str, maps: GeneMaps) -> Any:
         return image
     from ._pyramid import rebuild_pyramid
 
-    return rebuild_pyramid(image, maps.mantissa_bits)
+    # Maps rounded to fewer mantissa bits (the sd) keep several genes per chunk below the
+    # finest scale: a tenth of the small files to write.
+    fewer = MAP_CHUNK_BYTES if maps.mantissa_bits is not None else None
+    return rebuild_pyramid(
+        image, maps.mantissa_bits, source=maps.data if lazy else None, chunk_bytes=fewer
+    )
 
 
 def domain_elements(sdata: SpatialData, image_key: str, domains: Domains) -> dict[str, Any]:
