@@ -56,6 +56,9 @@ def _child(
     kind: str, target: str, argv: list[str], env: dict[str, str], out: str, err: str
 ) -> None:
     """The forked process: run the command as the interpreter would, then leave."""
+    # Ctrl-C raises KeyboardInterrupt, as in an interpreter started from a terminal, even when
+    # the suite itself was started with SIGINT ignored (a background job of a script).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.environ.clear()
     os.environ.update(env)
     for fd, path in ((1, out), (2, err)):
