@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,17 +13,7 @@ import pandas as pd
 from napari_histosge.store import write_sdata
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-CLI = [sys.executable, "-m", "napari_histosge.cli"]
 FAST = ["--epochs", "1", "--n-top-genes", "5", "--quiet"]
-
-
-def written_sample(factory: Any, name: str) -> Path:
-    """The bundled sample written as a store in a new folder of pytest's ``tmp_path_factory``."""
-    from napari_histosge.io import load_sample
-
-    path = factory.mktemp(name) / "s.zarr"
-    write_sdata(load_sample(), path)
-    return path
 
 
 def tree_digest(root: Path, *, hidden: bool = True) -> dict[str, str]:

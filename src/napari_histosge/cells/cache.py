@@ -157,7 +157,12 @@ def cache_names(key: str) -> tuple[str, str]:
     ('histosge_features_nuclei_0123456789ab', 'histosge_features_nuclei_0123456789ab_table')
     """
     labels = f"{NUCLEI_CACHE_KEY}_{key[:_NAME_KEY]}"
-    return labels, f"{labels}_table"
+    return labels, _table_name(labels)
+
+
+def _table_name(labels: str) -> str:
+    """Name of the table annotating the cached labels ``labels``."""
+    return f"{labels}_table"
 
 
 def _entries(root: Path) -> list[str]:
@@ -177,7 +182,7 @@ def _remove_entry(sdata: Any, root: Path, labels: str) -> None:
     """Remove one cached segmentation: its table first, then its labels."""
     from napari_histosge.store import write_element_atomic
 
-    table = f"{labels}_table"
+    table = _table_name(labels)
     if (root / "tables" / table).exists():
         write_element_atomic(root, "tables", table, None)
     sdata.tables.pop(table, None)

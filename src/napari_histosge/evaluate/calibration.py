@@ -268,8 +268,9 @@ def pooled_calibration(
             out[f"r_{name}"] = float(np.nanmean(r))
         per_gene[name] = rounded_r(r)
     cols = ps.genes_idx
-    k = np.asarray(sp.csr_matrix(counts)[:, cols].toarray(), dtype=np.float64)
-    unit_depth = np.asarray(sp.csr_matrix(counts).sum(1), dtype=np.float64).ravel()
+    unit_counts = sp.csr_matrix(counts)
+    k = np.asarray(unit_counts[:, cols].toarray(), dtype=np.float64)
+    unit_depth = np.asarray(unit_counts.sum(1), dtype=np.float64).ravel()
     rate = model.unit_rates(spot_membership)
     below, upto = count_pit(k, unit_depth, rate, field, cfg.target_sum)
     out.update(count_coverage(below, upto))

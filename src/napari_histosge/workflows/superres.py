@@ -366,7 +366,7 @@ def superres_maps(
     def block(sub: list[str]) -> np.ndarray:
         if unc is not None:
             sd = unc.sd(model.gene_index(sub)).T.reshape(len(sub), h, w)
-            return keep_mantissa(sd, SD_MANTISSA_BITS)
+            return keep_mantissa(sd, bits)
         out = np.full((len(sub), h, w), np.nan, dtype=np.float32)
         place_on_grid(out, rows, cols, model.predict(sub).T)
         return out
