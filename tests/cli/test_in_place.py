@@ -79,6 +79,14 @@ def test_in_place_writes_only_the_new_elements(tmp_path, sample_store, capsys):
     back = sd.read_zarr(src)
     assert set(OUTPUT_KEYS) <= set(back.images) | set(back.shapes) | set(back.tables)
     assert not _hidden(src)
+    # The sd is staged beside its twin, the maps already in place: their metadata, its codec.
+    unc = src / "images" / "histosge_uncertainty"
+    meta = json.loads((unc / "zarr.json").read_text())["attributes"]["ome"]["multiscales"]
+    assert meta[0]["name"].endswith("histosge_uncertainty")
+    codecs = json.loads((unc / "s0" / "zarr.json").read_text())["codecs"]
+    assert [c["name"] for c in codecs] == ["bytes", "blosc"]
+    twin = json.loads((src / "images" / "histosge_expression" / "s0" / "zarr.json").read_text())
+    assert json.loads((unc / "s0" / "zarr.json").read_text())["shape"] == twin["shape"]
     # The consolidated metadata lists the new elements (zarr opens the store from it).
     listed = json.loads((src / "zarr.json").read_text())["consolidated_metadata"]["metadata"]
     assert f"tables/{PREDICTIONS_KEY}" in listed

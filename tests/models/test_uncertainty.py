@@ -209,6 +209,16 @@ def test_run_writes_uncertainty_twin_of_the_maps(c2_run):
         assert list(expr.keys()) == list(unc.keys())
     e, u = e0.values, u0.values
     assert np.array_equal(np.isfinite(e), np.isfinite(u))
+    # Written beside the maps with their metadata, in Blosc lz4 (byte shuffle), every scale.
+    folder = out / "images" / UNCERTAINTY_KEY
+    meta = json.loads((folder / "zarr.json").read_text())["attributes"]["ome"]
+    twin = json.loads((out / "images" / EXPRESSION_KEY / "zarr.json").read_text())
+    assert meta["omero"] == twin["attributes"]["ome"]["omero"]
+    assert meta["multiscales"][0]["name"].endswith(UNCERTAINTY_KEY)
+    for d in meta["multiscales"][0]["datasets"]:
+        codecs = json.loads((folder / d["path"] / "zarr.json").read_text())["codecs"]
+        assert codecs[-1]["name"] == "blosc"
+        assert codecs[-1]["configuration"]["cname"] == "lz4"
     assert (u[np.isfinite(u)] >= 0).all()
     # Larger between the measured spots than inside them, for most genes.
     from napari_histosge.workflows.pipeline import Slide

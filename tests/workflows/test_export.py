@@ -112,3 +112,52 @@ def test_failure_mid_write_leaves_old_store(tmp_path, monkeypatch):
     assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
     assert [p.name for p in tmp_path.iterdir()] == ["in.zarr"]
     assert PREDICTIONS_KEY not in sd.read_zarr(store)
+
+
+def test_a_twin_image_is_written_with_its_twins_metadata_and_a_faster_codec(tmp_path):
+    import json
+
+    from napari_histosge.store import write_element_atomic
+
+    rng = np.random.default_rng(0)
+    tf = {"global": Scale([2.0, 2.0], axes=("x", "y"))}
+
+    def image(shape):
+        data = rng.random(shape).astype(np.float32)
+        data[:, :3] = np.nan
+        return Image2DModel.parse(
+            data, dims=("c", "y", "x"), c_coords=["A", "B"], transformations=tf,
+            scale_factors=[2], chunks=(1, 64, 64),
+        )  # fmt: skip
+
+    maps, sd_maps = image((2, 64, 80)), image((2, 64, 80))
+    out = tmp_path / "s.zarr"
+    twins = {"histosge_uncertainty": "histosge_expression"}
+    both = sd.SpatialData(images={"histosge_expression": maps, "histosge_uncertainty": sd_maps})
+    write_sdata(both, out, twins=twins)
+    back = sd.read_zarr(out)
+    written = back.images["histosge_uncertainty"]
+    for scale in ("scale0", "scale1"):
+        np.testing.assert_array_equal(
+            written[scale]["image"].values, sd_maps[scale]["image"].values
+        )
+    assert list(written["scale0"]["image"].c.values) == ["A", "B"]
+    axes = {"input_axes": ("x", "y"), "output_axes": ("x", "y")}
+    for element in (written, back.images["histosge_expression"]):
+        got = get_transformation(element, get_all=True)
+        assert list(got) == ["global"]
+        np.testing.assert_array_equal(got["global"].to_affine_matrix(**axes), np.diag([2, 2, 1]))
+    codecs = json.loads((out / "images/histosge_uncertainty/s1/zarr.json").read_text())["codecs"]
+    assert codecs[-1]["configuration"]["cname"] == "lz4"
+    # In place: staged beside the twin already in the store, listed in its metadata.
+    write_element_atomic(out, "images", "histosge_uncertainty", image((2, 64, 80)))
+    assert (
+        "images/histosge_uncertainty/s1"
+        in json.loads((out / "zarr.json").read_text())["consolidated_metadata"]["metadata"]
+    )
+    # Not the twin's grid: refused, the store unchanged.
+    before = sorted(p.name for p in (out / "images").iterdir())
+    with pytest.raises(ValueError, match="on the grid and channels of `histosge_expression`"):
+        write_element_atomic(out, "images", "histosge_uncertainty", image((2, 64, 64)))
+    assert sorted(p.name for p in (out / "images").iterdir()) == before
+    assert sd.read_zarr(out).images["histosge_uncertainty"]["scale0"]["image"].shape == (2, 64, 80)

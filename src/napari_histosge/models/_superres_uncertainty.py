@@ -198,26 +198,29 @@ def _explained_tiles(
 
 
 def _local_inverse_diag(
-    gram: Any, ratio: float, unit_xy: np.ndarray, tile: float, reach: float
+    gram: Any, ratios: tuple[float, ...], unit_xy: np.ndarray, tile: float, reach: float
 ) -> np.ndarray:
-    """Diagonal of ``inv(gram + ratio I)``, each unit's from the units within ``reach``."""
+    """Diagonal of ``inv(gram + r I)`` for every ratio ``r``: ``(ratios, units)``.
+
+    Each unit's from the units within ``reach``; a tile's neighbourhood is taken once for all.
+    """
     import scipy.sparse as sp
     from scipy.spatial import cKDTree
     from threadpoolctl import threadpool_limits
 
     gram = sp.csr_matrix(gram)
     tree = cKDTree(unit_xy)
-    out = np.empty(gram.shape[0])
+    out = np.empty((len(ratios), gram.shape[0]))
     if gram.shape[0] <= _DENSE_UNITS:
         gram = gram.toarray()
     with threadpool_limits(1):
-        _inverse_tiles(gram, ratio, unit_xy, tree, tile, reach, out)
+        _inverse_tiles(gram, ratios, unit_xy, tree, tile, reach, out)
     return out
 
 
 def _inverse_tiles(
     gram: Any,
-    ratio: float,
+    ratios: tuple[float, ...],
     unit_xy: np.ndarray,
     tree: Any,
     tile: float,
@@ -227,14 +230,13 @@ def _inverse_tiles(
     for idx in _groups(unit_xy, tile):
         centre = unit_xy[idx].mean(0)
         radius = float(np.sqrt(((unit_xy[idx] - centre) ** 2).sum(1)).max()) + reach
-        near = np.asarray(tree.query_ball_point(centre, radius), dtype=np.int64)
+        near = np.asarray(tree.query_ball_point(centre, radius, return_sorted=True), np.int64)
         g = _block(gram, near)
-        inv = np.linalg.inv(0.5 * (g + g.T) + (ratio + 1e-9) * np.eye(len(near)))
-        pos = np.searchsorted(near, idx) if np.all(np.diff(near) > 0) else None
-        if pos is None:
-            lookup = {int(u): i for i, u in enumerate(near)}
-            pos = np.array([lookup[int(u)] for u in idx])
-        out[idx] = inv[pos, pos]
+        g = 0.5 * (g + g.T)
+        pos = np.searchsorted(near, idx)
+        eye = np.eye(len(near))
+        for j, r in enumerate(ratios):
+            out[j, idx] = np.linalg.inv(g + (r + 1e-9) * eye)[pos, pos]
 
 
 def _geometry(
@@ -273,10 +275,11 @@ def _uncertainty_kernel(model: SuperResModel, h: float, shape: str) -> tuple[Any
     return kernel, (a_nodes.tocsr() @ kernel).tocsr()
 
 
-def _cv_amplitude(
-    gram: Any, ratio: float, resid: np.ndarray, unit_xy: np.ndarray, tile: float, reach: float
-) -> np.ndarray:
-    """Amplitude per gene from the LOO residuals of the field at noise ``ratio``."""
+def _cv_amplitude(gram: Any, ratio: float, resid: np.ndarray, inv_diag: np.ndarray) -> np.ndarray:
+    """Amplitude per gene from the LOO residuals of the field at noise ``ratio``.
+
+    ``inv_diag``: the diagonal of ``inv(gram + ratio I)`` (:func:`_local_inverse_diag`).
+    """
     import scipy.sparse as sp
     from scipy.sparse.linalg import splu
 
@@ -285,7 +288,6 @@ def _cv_amplitude(
     # Symmetric positive definite: ordered on A + A^T, diagonal pivots (a quarter less fill)
     opts = {"permc_spec": "MMD_AT_PLUS_A", "diag_pivot_thresh": 0.01}
     coef = splu(system, **opts, options={"SymmetricMode": True}).solve(resid)
-    inv_diag = _local_inverse_diag(gram, ratio, unit_xy, tile, reach)
     return (coef**2 / inv_diag[:, None]).mean(0)
 
 
@@ -356,7 +358,8 @@ def fit_uncertainty(
     if amplitude == "cv":
         # Each unit's LOO residual over its LOO standard deviation should be 1 on average;
         # the noise ratio depends on the amplitude: start from the moments, iterate.
-        cv = np.stack([_cv_amplitude(gram, r, resid, unit_xy, tile, reach) for r in ratios])
+        diags = _local_inverse_diag(gram, ratios, unit_xy, tile, reach)
+        cv = np.stack([_cv_amplitude(gram, r, resid, diags[j]) for j, r in enumerate(ratios)])
         genes = np.arange(n_g)
         for _ in range(3):
             j = np.clip(np.floor(pos).astype(np.int64), 0, len(ratios) - 2)
@@ -372,7 +375,7 @@ def fit_uncertainty(
     own_gram = ((a @ model.interp) @ model.kernel).tocsr()
     nugget = (model.config.nugget + 1e-9) * float(np.mean(own_gram.diagonal()))
     _u, _n, _t, own_reach = _geometry(model, cfg.bandwidth * model.pitch)
-    inv_diag = _local_inverse_diag(own_gram, nugget, unit_xy, tile, own_reach)
+    inv_diag = _local_inverse_diag(own_gram, (nugget,), unit_xy, tile, own_reach)[0]
     loo = model.coef / inv_diag[:, None]
     centred = y - y.mean(0)
     loo_r2 = 1.0 - (loo**2).sum(0) / np.maximum((centred**2).sum(0), 1e-12)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_histosge._store_elements import consolidate_store
+from napari_histosge._store_elements import TWIN_IMAGES, consolidate_store
 from napari_histosge.base.interrupts import fault_point
 from napari_histosge.base.json_io import json_default
 from napari_histosge.store import (
@@ -452,7 +452,7 @@ def _assemble(sdata: SpatialData, source: Path | None, new: dict[str, Any], tmp:
     with warnings.catch_warnings():  # a table may annotate a raster linked below
         warnings.filterwarnings("ignore", message=".*which is not present in the SpatialData")
         out_sdata = SpatialData(**groups, attrs=dict(sdata.attrs))
-        write_sdata(out_sdata, tmp, overwrite=False, update_sdata_path=False)
+        write_sdata(out_sdata, tmp, twins=TWIN_IMAGES, overwrite=False, update_sdata_path=False)
     if not linked:
         return
     assert source is not None
