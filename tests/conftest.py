@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,37 @@ def her2st_section_files(section: str) -> dict[str, Path]:
     }
 
 
+def _built_once(
+    tmp_path_factory: pytest.TempPathFactory, leaf: str, build: Callable[[Path], object]
+) -> Path:
+    """``build(folder / leaf)`` run once per test run; that path, shared read only.
+
+    Without pytest-xdist, the path is in this session's temporary folder. Under pytest-xdist,
+    the workers share one folder beside their own (the run's temporary root, as in
+    pytest-xdist's documentation): the first worker to get there builds in a temporary sibling
+    and renames it into place under a file lock, and the others wait for it and reuse it, so
+    that no worker sees a half-built store and the expensive build (the C2 conversion: about
+    10 s of CPU) is not done once per worker.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        out = tmp_path_factory.mktemp(leaf.split(".")[0]) / leaf
+        build(out)
+        return out
+    from filelock import FileLock  # a dependency of torch
+
+    root = tmp_path_factory.getbasetemp().parent / "shared_fixtures"
+    root.mkdir(exist_ok=True)
+    done = root / leaf.split(".")[0]
+    with FileLock(str(done.with_suffix(".lock"))):
+        if not done.is_dir():
+            part = root / f".{done.name}.building-{os.getpid()}"
+            shutil.rmtree(part, ignore_errors=True)
+            part.mkdir()
+            build(part / leaf)
+            part.rename(done)
+    return done / leaf
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
@@ -99,12 +132,10 @@ def sample_sdata():
 
 @pytest.fixture(scope="session")
 def her2st_c2_zarr(tmp_path_factory: pytest.TempPathFactory, her2st_section_dir: Path) -> Path:
-    """Section C2 converted once per session with ``convert``; tests must not modify it."""
+    """Section C2 converted once per test run with ``convert``; tests must not modify it."""
     from napari_histosge.io import convert
 
-    out = tmp_path_factory.mktemp("stores") / "C2.zarr"
-    convert(her2st_section_dir, out)
-    return out
+    return _built_once(tmp_path_factory, "C2.zarr", lambda p: convert(her2st_section_dir, p))
 
 
 @pytest.fixture
@@ -119,16 +150,14 @@ def her2st_c2_copy(tmp_path: Path, her2st_c2_zarr: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_zarr(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundled sample written once per session as a store; tests must not modify it.
+    """The bundled sample written once per test run as a store; tests must not modify it.
 
     A test that writes into a store (a feature cache, outputs in place) copies it first.
     """
     from napari_histosge.io import load_sample
     from napari_histosge.store import write_sdata
 
-    path = tmp_path_factory.mktemp("sample") / "s.zarr"
-    write_sdata(load_sample(), path)
-    return path
+    return _built_once(tmp_path_factory, "s.zarr", lambda p: write_sdata(load_sample(), p))
 
 
 @pytest.fixture(scope="session")
@@ -138,4 +167,4 @@ def small_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from napari_histosge.models.checkpoints import save_checkpoint
 
-    return save_checkpoint(small_model(), tmp_path_factory.mktemp("ckpt") / "model")
+    return _built_once(tmp_path_factory, "model", lambda p: save_checkpoint(small_model(), p))

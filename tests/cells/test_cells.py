@@ -175,11 +175,13 @@ def test_cells_need_the_superres_mode(tmp_path, synthetic):
 
 @pytest.mark.slow
 @pytest.mark.her2st
-def test_run_cells_on_a_legacy_st_section(tmp_path, her2st_c2_zarr):
+def test_run_cells_on_a_legacy_st_section(tmp_path, her2st_c2_copy):
     from napari_histosge.cli import main
 
+    # A copy: the run caches its features and nuclei in its input store, and the session's C2
+    # store is shared read only with the other tests (and the other pytest-xdist worker).
     out = tmp_path / "c2_cells.zarr"
-    argv = ["run", str(her2st_c2_zarr), "--out", str(out), "--cells", "--seed", "0"]
+    argv = ["run", str(her2st_c2_copy), "--out", str(out), "--cells", "--seed", "0"]
     assert main([*argv, "--n-top-genes", "50", "--quiet"]) == 0
     _check_contract(out)
 
