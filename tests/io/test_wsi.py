@@ -18,7 +18,7 @@ from napari_histosge.io.wsi import (
     read_wsi,
     stored_um_per_px,
 )
-from napari_histosge.store import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY, write_sdata
+from napari_histosge.store import EXPRESSION_KEY, POSITIONS_KEY, PREDICTIONS_KEY
 from napari_histosge.workflows.batch import slide_name
 
 UM = 0.727  # the bundled sample's scale
@@ -85,12 +85,12 @@ def slides(tmp_path_factory, sample_rgb) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
+def model(tmp_path_factory, sample_zarr) -> Path:
     """A small model from ``histosge run --checkpoint-out`` on the bundled sample."""
-    from napari_histosge.io import load_sample
+    import shutil
 
     root = tmp_path_factory.mktemp("model")
-    write_sdata(load_sample(), root / "sample.zarr")
+    shutil.copytree(sample_zarr, root / "sample.zarr")  # a copy: the run caches its features
     argv = ["run", str(root / "sample.zarr"), "--mode", "improved", "--quiet"]
     argv += ["--checkpoint-out", str(root / "model"), "--out", str(root / "run.zarr")]
     assert main([*argv, "--epochs", "3", "--n-top-genes", "20"]) == 0

@@ -276,9 +276,11 @@ def test_evaluate_superres_pool_reports_accuracy_and_coverage(tmp_path, her2st_c
     assert main([*args, "--metrics-out", str(metrics), "--quiet"]) == 2  # no silent overwrite
 
 
-def test_evaluate_superres_pool_refuses_bad_input(tmp_path, sample_sdata, capsys):
+def test_evaluate_superres_pool_refuses_bad_input(tmp_path, sample_zarr, capsys):
+    import shutil
+
     store = tmp_path / "s.zarr"
-    write_sdata(sample_sdata, store)
+    shutil.copytree(sample_zarr, store)  # the bundled sample, as write_sdata writes it
     m = str(tmp_path / "m.json")
     assert main(["evaluate", str(store), "--superres-pool", "2", "--metrics-out", m]) == 2
     assert "raw counts" in capsys.readouterr().err  # the sample holds log-normalised values

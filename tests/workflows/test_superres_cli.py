@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import spatialdata as sd
@@ -113,9 +115,9 @@ def test_run_on_multipolygon_units_writes_superpixel_maps(tmp_path, sample_sdata
     assert s0.sizes["x"] < scale0.sizes["x"] * 0.6
 
 
-def test_superres_refuses_a_checkpoint(tmp_path, sample_sdata, capsys):
+def test_superres_refuses_a_checkpoint(tmp_path, sample_zarr, capsys):
     store = tmp_path / "s.zarr"
-    write_sdata(sample_sdata, store)
+    shutil.copytree(sample_zarr, store)  # the bundled sample, as write_sdata writes it
     code = main(["run", str(store), "--out", str(tmp_path / "o.zarr"), "--mode", "superres",
                  "--checkpoint-out", str(tmp_path / "ck"), "--quiet"])  # fmt: skip
     assert code != 0
@@ -168,9 +170,9 @@ def test_superres_maps_lazy_equal_eager_and_export(tmp_path, sample_sdata):
     np.testing.assert_array_equal(np.asarray(img["scale0"]["image"].data), eager.data)
 
 
-def test_improved_run_and_predict_render_smooth_maps_at_resolution(tmp_path, sample_sdata):
+def test_improved_run_and_predict_render_smooth_maps_at_resolution(tmp_path, sample_zarr):
     store = tmp_path / "s.zarr"
-    write_sdata(sample_sdata, store)
+    shutil.copytree(sample_zarr, store)  # the bundled sample, as write_sdata writes it
     ckpt = tmp_path / "model"
     out = tmp_path / "run.zarr"
     base = ["--epochs", "3", "--n-top-genes", "20", "--quiet", "--resolution-um", "20"]
@@ -192,9 +194,9 @@ def test_improved_run_and_predict_render_smooth_maps_at_resolution(tmp_path, sam
         assert len(np.unique(vals)) > 0.5 * vals.size
 
 
-def test_evaluate_refuses_superres_mode(tmp_path, sample_sdata, capsys):
+def test_evaluate_refuses_superres_mode(tmp_path, sample_zarr, capsys):
     store = tmp_path / "s.zarr"
-    write_sdata(sample_sdata, store)
+    shutil.copytree(sample_zarr, store)  # the bundled sample, as write_sdata writes it
     ids = tmp_path / "ids.txt"
     ids.write_text("x\n")
     args = ["evaluate", str(store), "--holdout-spots", str(ids), "--mode", "superres"]
@@ -203,13 +205,13 @@ def test_evaluate_refuses_superres_mode(tmp_path, sample_sdata, capsys):
     assert "--superres-pool" in capsys.readouterr().err
 
 
-def test_superpixel_features_are_cached_in_the_store(tmp_path, sample_sdata):
+def test_superpixel_features_are_cached_in_the_store(tmp_path, sample_zarr):
     from napari_histosge.base.progress import run_generator
     from napari_histosge.workflows.pipeline import Slide
     from napari_histosge.workflows.superres import SuperResOptions, iter_superres
 
     store = tmp_path / "s.zarr"
-    write_sdata(sample_sdata, store)
+    shutil.copytree(sample_zarr, store)  # the bundled sample, as write_sdata writes it
     opts = SuperResOptions(resolution_um=12.0)
     genes = ["Gfap", "Nrgn"]
     first = run_generator(iter_superres(Slide.open(store), genes=genes, options=opts))
@@ -222,7 +224,7 @@ def test_superpixel_features_are_cached_in_the_store(tmp_path, sample_sdata):
     np.testing.assert_array_equal(first.model.predict(), second.model.predict())
 
 
-def test_vit_superpixel_features_of_another_tiling_are_recomputed(tmp_path, sample_sdata):
+def test_vit_superpixel_features_of_another_tiling_are_recomputed(tmp_path, sample_zarr):
     import json
 
     from napari_histosge.base.progress import run_generator
@@ -232,7 +234,7 @@ def test_vit_superpixel_features_of_another_tiling_are_recomputed(tmp_path, samp
     from napari_histosge.workflows.superres import SuperResOptions, iter_superres
 
     store = tmp_path / "s.zarr"
-    write_sdata(sample_sdata, store)
+    shutil.copytree(sample_zarr, store)  # the bundled sample, as write_sdata writes it
     opts = SuperResOptions(
         resolution_um=24.0, encoder="timm:test_vit", weights="random", device="cpu"
     )
