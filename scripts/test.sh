@@ -19,22 +19,13 @@ fi
 # normal priority. The rest runs beside them on the two workers at the lowest priority (nice 19),
 # so that it takes only the CPU time the dock's tests leave: the scheduler gives a task at nice 0
 # about 68 times the share of one at nice 19 (at nice 10, 9 times, two dock tests failed their
-# limits in 1 run of 3). Its output is shown when both are done; Ctrl-C stops both.
+# limits in 1 run of 3). Its output is shown when both are done. A script's background job starts
+# with Ctrl-C ignored: `env --default-signal=INT` restores it, so that Ctrl-C stops both.
 LOG="$(mktemp -d)"
 REST=""
-stop_rest() {
-    [ -n "$REST" ] || return 0
-    if [ "$(ps -o pgid= -p "$REST" 2>/dev/null | tr -d ' ')" = "$REST" ]; then
-        kill -TERM -- "-$REST" 2>/dev/null || true
-    else
-        kill -TERM "$REST" 2>/dev/null || true
-    fi
-}
-trap 'stop_rest; rm -rf "$LOG"' EXIT
-trap 'stop_rest; exit 130' INT TERM
-# setsid: its own process group (the workers and their children with it), stopped as one.
-setsid nice -n 19 "${ONE_THREAD[@]}" "${PYTEST[@]}" "${WORKERS[@]}" --ignore=tests/widgets \
-    >"$LOG/rest.txt" 2>&1 &
+trap '[ -z "$REST" ] || kill -TERM "$REST" 2>/dev/null || true; rm -rf "$LOG"' EXIT
+nice -n 19 env --default-signal=INT "${ONE_THREAD[@]}" "${PYTEST[@]}" "${WORKERS[@]}" \
+    --ignore=tests/widgets >"$LOG/rest.txt" 2>&1 &
 REST=$!
 widgets=0
 "${PYTEST[@]}" tests/widgets || widgets=$?
