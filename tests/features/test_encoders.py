@@ -196,8 +196,12 @@ def test_registry_errors_and_no_download_by_default():
         get_encoder("uni")  # never downloads unless asked
 
 
-def test_random_weights_device_and_bf16():
+def test_random_weights_device_and_bf16(monkeypatch):
+    import napari_histosge.features.vit as vit
+
+    monkeypatch.setattr(vit, "cpu_bf16_native", lambda: True)  # the bf16 path on any CPU
     enc = get_encoder("timm:test_vit", weights="random", device="cpu", bf16=True)
+    assert enc.bf16
     assert enc.id == "timm:test_vit@random"
     assert enc.weights_sha256 == "random"
     assert enc.device == "cpu"
@@ -207,6 +211,19 @@ def test_random_weights_device_and_bf16():
     assert np.isfinite(out).all()
     with pytest.raises(ValueError, match=r"\(n, h, w, 3\)"):
         enc.embed(np.zeros((2, 8, 8), np.uint8))
+
+
+def test_bf16_on_a_cpu_without_bf16_units_runs_in_float32_and_says_so(monkeypatch):
+    import napari_histosge.features.vit as vit
+
+    assert isinstance(vit.cpu_bf16_native(), bool)  # torch's answer for this CPU
+    monkeypatch.setattr(vit, "cpu_bf16_native", lambda: False)
+    with pytest.warns(UserWarning, match="no bf16 units.*float32"):
+        enc = get_encoder("timm:test_vit", weights="random", device="cpu", bf16=True)
+    assert not enc.bf16
+    out = enc.embed(np.random.default_rng(0).integers(0, 255, (2, 100, 100, 3), dtype=np.uint8))
+    assert out.shape == (2, enc.dim)
+    assert str(next(enc.model.parameters()).dtype) == "torch.float32"
 
 
 def test_uni2h_architecture_settings():
