@@ -9,20 +9,23 @@ from napari_histosge.maps import place_on_grid
 from napari_histosge.workflows._pyramid import coarsen_mean, keep_mantissa, rebuild_pyramid
 
 
-def _maps(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+def _maps(shape: tuple[int, int, int], seed: int = 0, shared: bool = False) -> np.ndarray:
+    """Random maps with NaN; ``shared``: at the same pixels in every channel, as a map's."""
     rng = np.random.default_rng(seed)
     a = (rng.random(shape) * 10).astype(np.float32)
-    a[rng.random(shape) < 0.3] = np.nan
+    off = rng.random(shape) < 0.3
+    a[np.broadcast_to(off[:1], shape) if shared else off] = np.nan
     a[:, :5, :7] = np.nan  # whole blocks off the grid
     return a
 
 
+@pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("shape", [(3, 64, 64), (2, 301, 205), (1, 9, 2)])
-def test_coarsen_mean_equals_xarray_coarsen(shape: tuple[int, int, int]) -> None:
+def test_coarsen_mean_equals_xarray_coarsen(shape: tuple[int, int, int], shared: bool) -> None:
     import dask.array as da
     import xarray as xr
 
-    a = _maps(shape)
+    a = _maps(shape, shared=shared)
     for data in (a, da.from_array(a, chunks=(1, 64, 64))):
         ref = (
             xr.DataArray(data, dims=("c", "y", "x"))

@@ -45,7 +45,9 @@ def coarsen_mean(a: np.ndarray, bits: int | None = None) -> np.ndarray:
 
     Equal to xarray's ``coarsen(y=2, x=2, boundary="trim", side="right").mean()`` (which
     drops the first row or column of an odd side): NaN where a block holds no finite value.
-    ``bits`` keeps that many mantissa bits of the result (see :func:`keep_mantissa`).
+    ``bits`` keeps that many mantissa bits of the result (see :func:`keep_mantissa`). Where
+    every channel has its NaN at the same pixels (a map's: off its grid), the blocks are
+    plain sums and only those on the grid's edge are counted (twice as fast, same values).
 
     Examples
     --------
@@ -55,22 +57,53 @@ def coarsen_mean(a: np.ndarray, bits: int | None = None) -> np.ndarray:
     """
     h, w = a.shape[-2] // 2 * 2, a.shape[-1] // 2 * 2
     oy, ox = a.shape[-2] - h, a.shape[-1] - w
-    shape = (*a.shape[:-2], h // 2, w // 2)
+    q = [[a[..., oy + i : oy + h : 2, ox + j : ox + w : 2] for j in (0, 1)] for i in (0, 1)]
+    nan = np.isnan(a).reshape(-1, *a.shape[-2:])
+    if len(nan) and (nan == nan[:1]).all():
+        total = _mean_shared_nan(q, ~nan[0, oy:, ox:])
+    else:
+        total = _mean_finite(q)
+    return total if bits is None else keep_mantissa(total, bits)
+
+
+def _mean_finite(q: list[list[np.ndarray]]) -> np.ndarray:
+    """Mean of the finite values of the four quarters ``q``, summed in xarray's order."""
+    shape = q[0][0].shape
     count = np.zeros(shape, np.float32)
     rows = []
     for i in (0, 1):  # each row's pair first, then the two rows: xarray's order of the sums
         part = np.zeros(shape, np.float32)
         for j in (0, 1):
-            q = a[..., oy + i : oy + h : 2, ox + j : ox + w : 2]
-            finite = ~np.isnan(q)
-            np.add(part, q, out=part, where=finite)
+            finite = ~np.isnan(q[i][j])
+            np.add(part, q[i][j], out=part, where=finite)
             count += finite
         rows.append(part)
     total = rows[0]
     total += rows[1]
     with np.errstate(invalid="ignore", divide="ignore"):
         total /= count
-    return total if bits is None else keep_mantissa(total, bits)
+    return total
+
+
+def _mean_shared_nan(q: list[list[np.ndarray]], finite: np.ndarray) -> np.ndarray:
+    """:func:`_mean_finite` where every channel is finite at ``finite`` (2-D) and NaN elsewhere.
+
+    Plain sums in the same order (NaN wherever a quarter is), then the blocks with one to three
+    finite quarters summed again without their NaN.
+    """
+    total = q[0][0] + q[0][1]
+    total += q[1][0] + q[1][1]
+    total *= np.float32(0.25)  # exact, as the division by a count of 4
+    f = [finite[i::2, j::2][: total.shape[-2], : total.shape[-1]] for i in (0, 1) for j in (0, 1)]
+    count = f[0].astype(np.float32) + f[1] + f[2] + f[3]
+    rows, cols = np.nonzero((count > 0) & (count < 4))
+    if len(rows):
+        part = np.stack([q[i][j][..., rows, cols] for i in (0, 1) for j in (0, 1)])
+        part[np.isnan(part)] = 0.0
+        edge = (part[0] + part[1]) + (part[2] + part[3])
+        edge /= count[rows, cols]
+        total[..., rows, cols] = edge
+    return total
 
 
 def _even_blocks(size: int) -> tuple[int, ...]:
