@@ -109,14 +109,13 @@ def _write_twin(root: Path, name: str, element: Any, twin: Path) -> None:
     """
     import dask.array as da
     import zarr
+    from xarray import DataTree
     from zarr.codecs import BloscCodec
 
     doc = json.loads((twin / "zarr.json").read_text())
     attrs = doc.get("attributes", {})
     ome = attrs.get("ome", {})
     paths = [d["path"] for m in ome.get("multiscales", []) for d in m.get("datasets", [])]
-    from xarray import DataTree
-
     if isinstance(element, DataTree):
         scales = sorted(element.children, key=lambda k: int(k.removeprefix("scale")))
         levels = [element[k]["image"].data for k in scales]
@@ -128,8 +127,9 @@ def _write_twin(root: Path, name: str, element: Any, twin: Path) -> None:
     found = [tuple(a["shape"]) for a in arrays]
     if [tuple(x.shape) for x in levels] != found or [str(c) for c in channels] != labels:
         raise ValueError(
-            f"Expected `{name}` on the grid and channels of `{twin.name}` (shapes {found}), "
-            f"found shapes {[tuple(x.shape) for x in levels]}."
+            f"Expected `{name}` on the grid and channels of `{twin.name}` (shapes {found}, "
+            f"{len(labels)} channels), found shapes {[tuple(x.shape) for x in levels]} and "
+            f"{len(channels)} channels."
         )
     for m in ome.get("multiscales", []):  # named by the element's path in the store
         if str(m.get("name", "")).endswith(twin.name):
