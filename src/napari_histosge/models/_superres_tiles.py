@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["local_explained", "local_inverse_diag"]
+__all__ = ["local_explained", "local_gram", "local_inverse_diag"]
 
 #: Up to this many units the units' gram is sliced as a dense array (128 MB at most).
 DENSE_UNITS = 4096
@@ -34,6 +34,26 @@ def _block(gram: Any, near: np.ndarray) -> np.ndarray:
     return gram[near][:, near].toarray()
 
 
+def local_gram(gram: Any) -> Any:
+    """Return the units' gram as the tile solvers slice it: dense up to :data:`DENSE_UNITS`.
+
+    A caller that runs several solvers on one gram converts it once and passes the result.
+    """
+    import scipy.sparse as sp
+
+    if isinstance(gram, np.ndarray):
+        return gram
+    gram = sp.csr_matrix(gram)
+    return gram.toarray() if gram.shape[0] <= DENSE_UNITS else gram
+
+
+def _near(tree: Any, xy: np.ndarray, reach: float, ordered: bool | None = None) -> np.ndarray:
+    """Return the units within ``reach`` of the points ``xy`` (a tile), from a disk around them."""
+    centre = xy.mean(0)
+    radius = float(np.sqrt(((xy - centre) ** 2).sum(1)).max()) + reach
+    return np.asarray(tree.query_ball_point(centre, radius, return_sorted=ordered), np.int64)
+
+
 def local_explained(
     cross: Any,
     gram: Any,
@@ -45,22 +65,16 @@ def local_explained(
 ) -> np.ndarray:
     """``diag(cross @ inv(gram + r I) @ cross.T)`` for every ratio ``r``: ``(ratios, queries)``.
 
-    Queries are taken a tile at a time, with the units within ``reach`` of the tile only
-    (those the kernel reaches, plus a margin: the farther ones are screened by them), so the
-    cost grows with the slide's area, not with the square of its units.
+    Queries are taken a tile at a time, with the units within ``reach`` of the tile only.
     """
     import scipy.sparse as sp
     from scipy.spatial import cKDTree
     from threadpoolctl import threadpool_limits
 
     cross = sp.csr_matrix(cross)
-    gram = sp.csr_matrix(gram)
-    tree = cKDTree(unit_xy)
     out = np.zeros((len(ratios), cross.shape[0]))
-    if gram.shape[0] <= DENSE_UNITS:
-        gram = gram.toarray()
     with threadpool_limits(1):  # small matrices: threads cost more than they give
-        _explained_tiles(cross, gram, q_xy, tree, ratios, tile, reach, out)
+        _explained_tiles(cross, local_gram(gram), q_xy, cKDTree(unit_xy), ratios, tile, reach, out)
     return out
 
 
@@ -81,9 +95,7 @@ def _explained_tiles(
     for idx in groups:
         part = rows[start : start + len(idx)]
         start += len(idx)
-        centre = q_xy[idx].mean(0)
-        radius = float(np.sqrt(((q_xy[idx] - centre) ** 2).sum(1)).max()) + reach
-        near = np.asarray(tree.query_ball_point(centre, radius), dtype=np.int64)
+        near = _near(tree, q_xy[idx], reach)
         if not len(near):
             continue
         lookup[near] = np.arange(len(near))
@@ -107,36 +119,19 @@ def local_inverse_diag(
 
     Each unit's from the units within ``reach``; a tile's neighbourhood is taken once for all.
     """
-    import scipy.sparse as sp
     from scipy.spatial import cKDTree
     from threadpoolctl import threadpool_limits
 
-    gram = sp.csr_matrix(gram)
+    gram = local_gram(gram)
     tree = cKDTree(unit_xy)
     out = np.empty((len(ratios), gram.shape[0]))
-    if gram.shape[0] <= DENSE_UNITS:
-        gram = gram.toarray()
     with threadpool_limits(1):
-        _inverse_tiles(gram, ratios, unit_xy, tree, tile, reach, out)
+        for idx in _groups(unit_xy, tile):
+            near = _near(tree, unit_xy[idx], reach, ordered=True)
+            g = _block(gram, near)
+            g = 0.5 * (g + g.T)
+            pos = np.searchsorted(near, idx)
+            eye = np.eye(len(near))
+            for j, r in enumerate(ratios):
+                out[j, idx] = np.linalg.inv(g + (r + 1e-9) * eye)[pos, pos]
     return out
-
-
-def _inverse_tiles(
-    gram: Any,
-    ratios: tuple[float, ...],
-    unit_xy: np.ndarray,
-    tree: Any,
-    tile: float,
-    reach: float,
-    out: np.ndarray,
-) -> None:
-    for idx in _groups(unit_xy, tile):
-        centre = unit_xy[idx].mean(0)
-        radius = float(np.sqrt(((unit_xy[idx] - centre) ** 2).sum(1)).max()) + reach
-        near = np.asarray(tree.query_ball_point(centre, radius, return_sorted=True), np.int64)
-        g = _block(gram, near)
-        g = 0.5 * (g + g.T)
-        pos = np.searchsorted(near, idx)
-        eye = np.eye(len(near))
-        for j, r in enumerate(ratios):
-            out[j, idx] = np.linalg.inv(g + (r + 1e-9) * eye)[pos, pos]
